@@ -1,0 +1,191 @@
+// The south interface: what a transport (ucx, verbs, ...) implements for the core.
+//
+// The core (connection manager, channels, completions) only talks to these classes; it never
+// includes a transport's headers. A transport lives in transport/<name>/ and is registered in
+// the TransportRegistry (registry.h) by name.
+//
+// Threading contract: the core serialises every call into one Transport object and everything
+// created from it (memory handles, endpoints, remote keys) with one lock. A transport therefore
+// needs no locks of its own for these calls, but it must not block in any of them beyond the
+// time a single non-blocking verbs/UCX call takes. The only exception: Transport's destructor.
+//
+// Completion contract: every post*() either returns a non-ok Status (then nothing was posted and
+// `done` is never called) or returns Ok and later calls done->complete(status) exactly once, from
+// inside progress() or close() (never from inside the post*() call itself), with Ok only when the
+// operation finished (for writes: the data is visible at the target).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "zcx/status.h"
+
+namespace zcx::transport {
+
+/// Access bits, same values as zcx::Access.
+enum AccessBits : uint32_t {
+  kAccessLocal = 0,        ///< only this process uses the memory (send source, recv target)
+  kAccessRemoteRead = 1,   ///< peers may RDMA-read it
+  kAccessRemoteWrite = 2,  ///< peers may RDMA-write it
+};
+
+/// Called exactly once per posted operation (see the completion contract above).
+class Completion {
+ public:
+  virtual void complete(Status status) = 0;
+
+ protected:
+  ~Completion() = default;
+};
+
+/// A registration of local memory. Destroying it deregisters the memory.
+class MemoryHandle {
+ public:
+  virtual ~MemoryHandle() = default;
+  virtual void* address() const = 0;
+  virtual size_t length() const = 0;
+  /// Opaque bytes a peer needs to access this memory remotely (UCX packed rkey; verbs rkey).
+  /// Empty for local-only registrations.
+  virtual std::vector<uint8_t> packedKey() const = 0;
+};
+
+/// A peer's key, unpacked for one endpoint. Must be destroyed before its endpoint.
+class RemoteKey {
+ public:
+  virtual ~RemoteKey() = default;
+};
+
+/// One element of a one-sided batch. Addresses are absolute virtual addresses; the core has
+/// already checked both ranges against their regions.
+struct RmaOp {
+  MemoryHandle* local = nullptr;
+  uint64_t local_addr = 0;
+  RemoteKey* remote = nullptr;
+  uint64_t remote_addr = 0;
+  size_t length = 0;  ///< may be 0 (the transport completes it without touching memory)
+};
+
+/// What an endpoint reports without being asked. Called from inside progress().
+class EndpointEvents {
+ public:
+  /// A two-sided message, delivered in the order the peer sent them. `data` is valid only
+  /// during the call.
+  virtual void onMessage(const uint8_t* data, size_t length) = 0;
+  /// A notification sent by the peer with postWrite(..., notify). Delivered only after the data
+  /// of that write batch is visible in our memory.
+  virtual void onNotify(uint32_t value) = 0;
+  /// The endpoint broke (peer died, QP error). Outstanding operations still complete (with
+  /// errors) through their own Completion, before or after this call.
+  virtual void onError(Status why) = 0;
+
+ protected:
+  ~EndpointEvents() = default;
+};
+
+enum class EndpointState { kConnecting, kReady, kBroken };
+
+enum class Role {
+  kActive,   ///< the side that called Engine::connect()
+  kPassive,  ///< the side whose listener accepted the connection
+};
+
+struct EndpointSetup {
+  Role role = Role::kActive;
+  /// The peer's Transport::localAddress() bytes, exchanged by the core's TCP handshake.
+  std::vector<uint8_t> peer_address;
+  /// Identical in both processes for this connection (random, chosen by the active side).
+  /// A transport with its own connection protocol (rdma_cm) uses it to match the two sides.
+  uint64_t token = 0;
+  /// Largest two-sided message either side will send (negotiated by the core).
+  size_t max_message_size = 0;
+  /// Events of this endpoint; outlives the endpoint.
+  EndpointEvents* events = nullptr;
+};
+
+/// A connection to one peer. Destroying an endpoint is like close(kCancelled).
+class Endpoint {
+ public:
+  virtual ~Endpoint() = default;
+
+  /// kConnecting until the transport's own connection protocol finishes (driven by progress()).
+  virtual EndpointState state() const = 0;
+  /// Why the endpoint is kBroken (Ok otherwise).
+  virtual Status error() const = 0;
+
+  virtual Result<std::unique_ptr<RemoteKey>> importKey(std::span<const uint8_t> packed_key) = 0;
+
+  /// Writes every op; if `notify` is set, the peer's onNotify(value) fires once all data of this
+  /// batch is visible there. `done` fires once for the whole batch.
+  virtual Status postWrite(std::span<const RmaOp> ops, std::optional<uint32_t> notify,
+                           Completion* done) = 0;
+  virtual Status postRead(std::span<const RmaOp> ops, Completion* done) = 0;
+  /// Sends `length` bytes from registered memory; length <= max_message_size.
+  virtual Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
+                          Completion* done) = 0;
+
+  /// Fails every outstanding operation with `why` (through its Completion, inside this call),
+  /// then releases the connection. Idempotent. After close() state() is kBroken.
+  virtual void close(Status why) = 0;
+};
+
+struct Capabilities {
+  bool rma = true;              ///< one-sided read/write
+  bool send_recv = true;        ///< two-sided messages
+  bool notify = true;           ///< write with notification
+  bool allocate = false;        ///< allocateMemory() gives memory faster than registering
+  size_t max_message_size = 0;  ///< largest two-sided message this transport can carry
+};
+
+/// Options the core passes through. Keys a transport does not know are an error.
+struct TransportConfig {
+  std::string device;        ///< "" = choose automatically
+  int port = 0;              ///< device port, 0 = choose
+  int gid_index = -1;        ///< -1 = choose
+  std::string bind_host;     ///< the host the core listens on (a hint for the transport)
+  std::map<std::string, std::string> params;  ///< transport-specific ("ucx.tls" = "tcp", ...)
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual std::string_view name() const = 0;
+  virtual Capabilities capabilities() const = 0;
+  /// A human description of what was chosen ("ucx 1.13.1 tls=tcp,self", "verbs rxe0 port 1 gid 1").
+  virtual std::string description() const = 0;
+
+  /// Registers [address, address+length). `access` is AccessBits.
+  virtual Result<std::unique_ptr<MemoryHandle>> registerMemory(void* address, size_t length,
+                                                                uint32_t access) = 0;
+  /// Allocates and registers memory owned by the handle.
+  virtual Result<std::unique_ptr<MemoryHandle>> allocateMemory(size_t length, uint32_t access) = 0;
+
+  /// Bytes a peer needs to reach this process (UCX worker address; verbs rdma_cm address).
+  virtual std::vector<uint8_t> localAddress() const = 0;
+
+  /// Starts a connection. Returns at once; the endpoint is kConnecting until progress() finishes it.
+  virtual Result<std::unique_ptr<Endpoint>> createEndpoint(const EndpointSetup& setup) = 0;
+
+  /// Makes progress on everything; returns how many events it handled (0 = idle).
+  virtual int progress() = 0;
+
+  /// A file descriptor that becomes readable when progress() has something to do, or -1 if the
+  /// transport cannot sleep (the core then polls).
+  virtual int eventFd() const = 0;
+  /// Prepares eventFd() for sleeping. Returns false if there is work right now (progress again
+  /// before sleeping).
+  virtual bool arm() = 0;
+};
+
+/// Creates a transport, or explains why it cannot exist on this machine (kUnavailable with the
+/// cause: "no RDMA device found (ibv_get_device_list: ...)").
+using TransportFactory = Result<std::unique_ptr<Transport>> (*)(const TransportConfig& config);
+
+}  // namespace zcx::transport

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything zcx's build, tests and tools need, from Debian's repositories. Idempotent:
+# does nothing when every package is already installed.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  g++ cmake ninja-build pkg-config clang-format
+  libucx-dev ucx-utils libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
+  libgflags-dev libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # reference tools compared against, and the many-node perf run
+  perftest ibverbs-utils rdmacm-utils openmpi-bin libopenmpi-dev python3-matplotlib
+  # the soft-RoCE guest (scripts/rxe-vm.sh)
+  qemu-system-x86 busybox-static iproute2 cpio kmod xz-utils
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,61 @@
+// The engine: one transport, registered memory, a listener and the connections it makes.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "zcx/connection.h"
+#include "zcx/memory.h"
+#include "zcx/options.h"
+#include "zcx/status.h"
+
+namespace zcx {
+
+namespace detail {
+class EngineImpl;
+}
+
+class Engine {
+ public:
+  /// Creates the transport (logging which and why), the listener and the progress thread.
+  static Result<std::unique_ptr<Engine>> create(const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  /// "ucx" or "verbs".
+  std::string_view transportName() const;
+  /// What the transport chose (devices, TLS), for logs.
+  std::string transportDescription() const;
+  /// "host:port" actually listened on ("" without a listener).
+  std::string listenAddress() const;
+
+  /// Registers user memory (it must outlive the region). `access` says what peers may do.
+  Result<MemoryRegion> registerMemory(void* address, size_t length, uint32_t access);
+  /// Allocates registered memory (transports may give faster memory this way, e.g. UCX shm).
+  Result<MemoryRegion> allocate(size_t length, uint32_t access);
+
+  /// Publishes a region under `name` to current and future peers (Connection::remoteRegion).
+  Status expose(std::string name, const MemoryRegion& region);
+  void unexpose(std::string_view name);
+
+  /// Connects to a listening engine at "host:port" (handshake: version, transport, addresses).
+  Result<Connection> connect(std::string_view host_port);
+  /// The next connection a peer made to our listener.
+  Result<Connection> accept(std::chrono::milliseconds timeout);
+
+  /// Manual progress mode: one round of progress; returns how many events it handled.
+  int progress();
+
+  /// Whether `transport` can be created on this machine (Ok) or why not.
+  static Status probeTransport(std::string_view transport, const EngineOptions& options = {});
+
+ private:
+  explicit Engine(std::shared_ptr<detail::EngineImpl> impl);
+  std::shared_ptr<detail::EngineImpl> impl_;
+};
+
+}  // namespace zcx

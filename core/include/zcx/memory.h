@@ -1,0 +1,61 @@
+// Registered memory and the descriptor a peer needs to reach it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "zcx/status.h"
+
+namespace zcx {
+
+/// What peers may do with a region. Local use (send source, receive or read target) is always allowed.
+enum Access : uint32_t {
+  kLocalOnly = 0,
+  kRemoteRead = 1,
+  kRemoteWrite = 2,
+  kRemoteReadWrite = kRemoteRead | kRemoteWrite,
+};
+
+/// A portable description of a region: what a peer needs to read or write it. Encoded as
+/// compact, versioned, checksummed bytes that can travel through any channel.
+struct RegionDescriptor {
+  std::string transport;  ///< transport that registered it ("ucx", "verbs")
+  uint64_t address = 0;   ///< virtual address in the owner's process
+  uint64_t length = 0;
+  uint32_t access = kLocalOnly;
+  std::vector<uint8_t> key;  ///< transport's packed remote key
+
+  std::vector<uint8_t> encode() const;
+  /// Validates magic, version, lengths and checksum: corrupt bytes give kProtocolError.
+  static Result<RegionDescriptor> decode(std::span<const uint8_t> bytes);
+};
+
+namespace detail {
+struct RegionState;
+}
+
+/// A registered memory region; deregisters (and frees, if the engine allocated it) on destruction.
+/// Move-only. May outlive its Engine object (it keeps the transport alive).
+class MemoryRegion {
+ public:
+  MemoryRegion() = default;
+  explicit MemoryRegion(std::shared_ptr<detail::RegionState> state) : state_(std::move(state)) {}
+
+  bool valid() const { return state_ != nullptr; }
+  uint8_t* data() const;
+  size_t size() const;
+  uint32_t access() const;
+  /// The descriptor to give a peer (see Engine::expose() for the by-name route).
+  RegionDescriptor descriptor() const;
+
+  const std::shared_ptr<detail::RegionState>& state() const { return state_; }
+
+ private:
+  std::shared_ptr<detail::RegionState> state_;
+};
+
+}  // namespace zcx

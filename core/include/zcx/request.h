@@ -1,0 +1,47 @@
+// The one completion contract: every operation returns a Request that completes exactly once
+// (Ok, an error, TimedOut at its deadline, or Cancelled when its connection closes).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include "zcx/status.h"
+
+namespace zcx {
+
+namespace detail {
+class RequestState;
+}
+
+class Request {
+ public:
+  Request() = default;
+  explicit Request(std::shared_ptr<detail::RequestState> state) : state_(std::move(state)) {}
+
+  /// Blocks until the operation completes or `timeout` passes (then kTimedOut; the operation
+  /// itself goes on until its own deadline). In manual progress mode it drives progress itself.
+  Status wait(std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+  /// The final status if complete, nothing if still in flight. Never blocks; in manual progress
+  /// mode it makes one round of progress.
+  std::optional<Status> test();
+  bool done() const;
+  /// Bytes received (recv) or moved (other operations); valid once complete.
+  size_t bytes() const;
+  /// Runs `callback` once with the final status: right away in this thread if already complete,
+  /// otherwise on the thread that makes progress, outside any zcx lock.
+  void onComplete(std::function<void(const Status&)> callback);
+
+  bool valid() const { return state_ != nullptr; }
+
+ private:
+  std::shared_ptr<detail::RequestState> state_;
+};
+
+/// Waits for all requests, each within what is left of `timeout`; returns the first error.
+Status waitAll(std::span<Request> requests,
+               std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+
+}  // namespace zcx

@@ -1,0 +1,527 @@
+#include "zcx/connection.h"
+
+#include <glog/logging.h>
+
+#include <cstring>
+
+#include "connection_impl.h"
+#include "control_protocol.h"
+#include "zcx/engine.h"
+
+namespace zcx {
+namespace detail {
+namespace {
+
+// Users hold this through Connection: when the last copy goes, the connection closes.
+struct ConnectionHandle {
+  std::shared_ptr<ConnectionImpl> impl;
+  ~ConnectionHandle() { impl->close(Status(StatusCode::kCancelled, "connection closed locally"), true); }
+};
+
+Connection wrap(std::shared_ptr<ConnectionImpl> impl) {
+  auto handle = std::make_shared<ConnectionHandle>(ConnectionHandle{std::move(impl)});
+  ConnectionImpl* raw = handle->impl.get();
+  return Connection(std::shared_ptr<ConnectionImpl>(handle, raw));
+}
+
+bool rangeOk(uint64_t offset, uint64_t length, uint64_t size) { return offset <= size && length <= size - offset; }
+
+std::string rangeText(uint64_t offset, uint64_t length, uint64_t size) {
+  return "[" + std::to_string(offset) + ", " + std::to_string(offset) + "+" + std::to_string(length) +
+         ") of a " + std::to_string(size) + "-byte region";
+}
+
+thread_local std::vector<transport::RmaOp> scratch_ops;
+
+}  // namespace
+
+ConnectionImpl::ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t conn_id, Fd control, std::string peer)
+    : id(conn_id), peer_name(std::move(peer)), engine_(std::move(engine)), control_(std::move(control)) {}
+
+ConnectionImpl::~ConnectionImpl() {
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  breakLocked(Status(StatusCode::kCancelled, "connection destroyed"));
+}
+
+Status ConnectionImpl::createEndpoint(const transport::EndpointSetup& setup) {
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  auto ep = engine_->transport->createEndpoint(setup);
+  if (!ep.ok()) return ep.status().withContext("creating the transport endpoint");
+  endpoint_ = std::move(*ep);
+  engine_->live.push_back(this);
+  return Status::Ok();
+}
+
+Status ConnectionImpl::waitReady(Clock::time_point deadline) {
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(engine_->mu);
+      if (!endpoint_) return broken_;
+      engine_->transport->progress();
+      auto state = endpoint_->state();
+      if (state == transport::EndpointState::kReady) return Status::Ok();
+      if (state == transport::EndpointState::kBroken) return endpoint_->error();
+    }
+    engine_->runDeferred();
+    if (Clock::now() >= deadline) {
+      return Status(StatusCode::kTimedOut, "the transport connection did not come up within connect_timeout");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+void ConnectionImpl::setPeerRegions(std::map<std::string, std::vector<uint8_t>> regions) {
+  std::lock_guard<std::mutex> lock(lookup_mu_);
+  peer_regions_ = std::move(regions);
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+void ConnectionImpl::breakLocked(Status why) {
+  if (closed_) return;
+  closed_ = true;
+  broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
+  if (endpoint_) endpoint_->close(broken_);  // completes every outstanding operation
+  for (auto& [bytes, ref] : keys_) ref->key.reset();  // keys go before their endpoint
+  keys_.clear();
+  endpoint_.reset();
+  for (auto& p : posted_) p.request->finish(broken_);
+  posted_.clear();
+  auto& live = engine_->live;
+  live.erase(std::remove(live.begin(), live.end(), this), live.end());
+  engine_->event.notify_all();
+}
+
+void ConnectionImpl::close(Status why, bool tell_peer) {
+  if (tell_peer) {
+    std::lock_guard<std::mutex> lock(control_write_mu_);
+    if (!bye_sent_.exchange(true)) {
+      (void)writeFrame(control_.get(), FrameType::kBye, {}, Clock::now() + std::chrono::milliseconds(100));
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    breakLocked(std::move(why));
+  }
+  engine_->runDeferred();
+  engine_->forgetConnection(this);
+  {
+    std::lock_guard<std::mutex> lock(lookup_mu_);
+    control_closed_ = true;
+  }
+  lookup_cv_.notify_all();
+}
+
+Status ConnectionImpl::status() const {
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  return closed_ ? broken_ : Status::Ok();
+}
+
+void ConnectionImpl::onError(Status why) {
+  LOG(WARNING) << "zcx: connection to " << peer_name << " failed: " << why.toString();
+  if (!closed_ && broken_.ok()) {
+    broken_ = why;
+    engine_->scheduleClose(this);
+  }
+}
+
+bool ConnectionImpl::handleControlFrame() {
+  auto f = readFrame(control_.get(), Clock::now() + engine_->options.connect_timeout);
+  Status end;
+  if (!f.ok()) {
+    end = Status(StatusCode::kConnectionBroken, "peer " + peer_name + " is gone (" + f.status().message() + ")");
+  } else if (f->type == FrameType::kBye) {
+    end = Status(StatusCode::kConnectionBroken, "peer " + peer_name + " closed the connection");
+  } else if (f->type == FrameType::kLookup) {
+    auto l = decodeLookup(f->body);
+    if (!l.ok()) {
+      end = l.status();
+    } else {
+      auto d = engine_->exposedRegion(l->name);
+      LookupReply reply{l->id, d.has_value(), d.value_or(std::vector<uint8_t>{})};
+      std::lock_guard<std::mutex> lock(control_write_mu_);
+      (void)writeFrame(control_.get(), FrameType::kLookupReply, encode(reply),
+                       Clock::now() + engine_->options.connect_timeout);
+    }
+  } else if (f->type == FrameType::kLookupReply) {
+    auto l = decodeLookupReply(f->body);
+    if (!l.ok()) {
+      end = l.status();
+    } else {
+      std::lock_guard<std::mutex> lock(lookup_mu_);
+      auto it = lookups_.find(l->id);
+      if (it != lookups_.end()) it->second = std::make_pair(l->found, std::move(l->descriptor));
+      lookup_cv_.notify_all();
+    }
+  } else {
+    end = Status(StatusCode::kProtocolError, "unexpected control frame from " + peer_name);
+  }
+  if (end.ok()) return true;
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    breakLocked(end);
+  }
+  engine_->runDeferred();
+  {
+    std::lock_guard<std::mutex> lock(lookup_mu_);
+    control_closed_ = true;
+  }
+  lookup_cv_.notify_all();
+  return false;
+}
+
+// ---------------------------------------------------------------- regions
+
+Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name, std::chrono::milliseconds timeout) {
+  std::string key(region_name);
+  std::vector<uint8_t> bytes;
+  {
+    std::unique_lock<std::mutex> lock(lookup_mu_);
+    auto it = peer_regions_.find(key);
+    if (it != peer_regions_.end()) {
+      bytes = it->second;
+    } else {
+      if (control_closed_) return Status(StatusCode::kConnectionBroken, "connection to " + peer_name + " is closed");
+      uint64_t lid = next_lookup_++;
+      lookups_[lid];
+      lock.unlock();
+      Status sent;
+      {
+        std::lock_guard<std::mutex> wlock(control_write_mu_);
+        sent = writeFrame(control_.get(), FrameType::kLookup, encode(Lookup{lid, key}), Clock::now() + timeout);
+      }
+      lock.lock();
+      bool got = sent.ok() && lookup_cv_.wait_for(lock, timeout, [&] {
+        return lookups_[lid].has_value() || control_closed_;
+      });
+      auto answer = std::move(lookups_[lid]);
+      lookups_.erase(lid);
+      if (!sent.ok()) return sent;
+      if (!got) return Status(StatusCode::kTimedOut, "peer " + peer_name + " did not answer the lookup of '" + key + "'");
+      if (!answer) return Status(StatusCode::kConnectionBroken, "connection to " + peer_name + " closed during lookup");
+      if (!answer->first) {
+        return Status(StatusCode::kNotFound, "peer " + peer_name + " exposes no region named '" + key +
+                                                 "'; call Engine::expose(\"" + key + "\", region) there first");
+      }
+      bytes = std::move(answer->second);
+      peer_regions_[key] = bytes;
+    }
+  }
+  auto d = RegionDescriptor::decode(bytes);
+  if (!d.ok()) return d.status().withContext("region '" + key + "'");
+  return importRegion(*d);
+}
+
+Result<RemoteRegion> ConnectionImpl::importRegion(const RegionDescriptor& d) {
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  if (closed_) return broken_;
+  if (d.transport != engine_->transport->name()) {
+    return Status(StatusCode::kInvalidArgument, "descriptor is for transport '" + d.transport + "' but this connection uses '" +
+                                                    std::string(engine_->transport->name()) + "'");
+  }
+  if (d.access == kLocalOnly) {
+    return Status(StatusCode::kPermissionDenied, "the peer registered this region for local use only; register it with kRemoteRead/kRemoteWrite");
+  }
+  RemoteRegion r;
+  r.descriptor_ = d;
+  auto it = keys_.find(d.key);
+  if (it != keys_.end()) {
+    r.key_ = it->second;
+    return r;
+  }
+  auto k = endpoint_->importKey(d.key);
+  if (!k.ok()) return k.status().withContext("importing the region's remote key");
+  auto ref = std::make_shared<RemoteKeyRef>();
+  ref->key = std::move(*k);
+  ref->owner = this;
+  keys_[d.key] = ref;
+  r.key_ = std::move(ref);
+  return r;
+}
+
+// ---------------------------------------------------------------- operations
+
+void ConnectionImpl::link(RequestState* r) {
+  r->connection = this;
+  r->prev = tail_;
+  r->next = nullptr;
+  (tail_ ? tail_->next : head_) = r;
+  tail_ = r;
+}
+
+void ConnectionImpl::unlink(RequestState* r) {
+  if (r->connection != this) return;
+  (r->prev ? r->prev->next : head_) = r->next;
+  (r->next ? r->next->prev : tail_) = r->prev;
+  r->prev = r->next = nullptr;
+  r->connection = nullptr;
+}
+
+Request ConnectionImpl::failed(Status s) {
+  auto r = std::make_shared<RequestState>(engine_);
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    r->finish(std::move(s));
+  }
+  engine_->runDeferred();
+  return Request(std::move(r));
+}
+
+Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops, std::optional<uint32_t> notify) {
+  const char* what = write ? "write" : "read";
+  uint32_t need = write ? kRemoteWrite : kRemoteRead;
+  auto& tops = scratch_ops;
+  tops.clear();
+  size_t total = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const RmaOp& op = ops[i];
+    auto where = [&] { return std::string(what) + " op " + std::to_string(i) + ": "; };
+    if (!op.local || !op.local->valid() || !op.remote || !op.remote->key_) {
+      return failed(Status(StatusCode::kInvalidArgument, where() + "needs a registered local region and an imported remote region"));
+    }
+    if (op.local->state()->engine != engine_) {
+      return failed(Status(StatusCode::kInvalidArgument, where() + "local region belongs to another engine"));
+    }
+    if (op.remote->key_->owner != this) {
+      return failed(Status(StatusCode::kInvalidArgument, where() + "remote region was imported on another connection"));
+    }
+    if (!rangeOk(op.local_offset, op.length, op.local->size())) {
+      return failed(Status(StatusCode::kOutOfRange, where() + "local range " + rangeText(op.local_offset, op.length, op.local->size())));
+    }
+    const RegionDescriptor& d = op.remote->descriptor();
+    if (!rangeOk(op.remote_offset, op.length, d.length)) {
+      return failed(Status(StatusCode::kOutOfRange, where() + "remote range " + rangeText(op.remote_offset, op.length, d.length) +
+                                                        "; nothing was posted"));
+    }
+    if (!(d.access & need)) {
+      return failed(Status(StatusCode::kPermissionDenied,
+                           where() + "the peer's region does not allow remote " + what + "s (registered with access " +
+                               std::to_string(d.access) + ")"));
+    }
+    tops.push_back({op.local->state()->handle.get(), reinterpret_cast<uint64_t>(op.local->data()) + op.local_offset,
+                    nullptr, d.address + op.remote_offset, op.length});
+    total += op.length;
+  }
+  auto r = std::make_shared<RequestState>(engine_);
+  r->setBytes(total);
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    if (closed_) {
+      r->finish(broken_);
+    } else {
+      for (size_t i = 0; i < ops.size(); ++i) tops[i].remote = ops[i].remote->key_->key.get();
+      r->deadline = Clock::now() + engine_->options.operation_timeout;
+      r->self = r;
+      link(r.get());
+      Status st = write ? endpoint_->postWrite(tops, notify, r.get()) : endpoint_->postRead(tops, r.get());
+      if (!st.ok()) {
+        unlink(r.get());
+        r->self.reset();
+        r->finish(st);
+      }
+    }
+  }
+  engine_->runDeferred();
+  engine_->notePosted();
+  return Request(std::move(r));
+}
+
+Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t length) {
+  if (!local.valid() || local.state()->engine != engine_) {
+    return failed(Status(StatusCode::kInvalidArgument, "send needs a region registered by this engine"));
+  }
+  if (!rangeOk(offset, length, local.size())) {
+    return failed(Status(StatusCode::kOutOfRange, "send range " + rangeText(offset, length, local.size())));
+  }
+  if (length > max_message_size) {
+    return failed(Status(StatusCode::kOutOfRange, "message of " + std::to_string(length) + " bytes exceeds the " +
+                                                      std::to_string(max_message_size) +
+                                                      "-byte limit of this connection (max_message_size of both sides); "
+                                                      "split it or use write()"));
+  }
+  auto r = std::make_shared<RequestState>(engine_);
+  r->setBytes(length);
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    if (closed_) {
+      r->finish(broken_);
+    } else {
+      r->deadline = Clock::now() + engine_->options.operation_timeout;
+      r->self = r;
+      link(r.get());
+      Status st = endpoint_->postSend(local.state()->handle.get(), reinterpret_cast<uint64_t>(local.data()) + offset,
+                                      length, r.get());
+      if (!st.ok()) {
+        unlink(r.get());
+        r->self.reset();
+        r->finish(st);
+      }
+    }
+  }
+  engine_->runDeferred();
+  engine_->notePosted();
+  return Request(std::move(r));
+}
+
+Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t capacity) {
+  if (!local.valid() || local.state()->engine != engine_) {
+    return failed(Status(StatusCode::kInvalidArgument, "recv needs a region registered by this engine"));
+  }
+  if (!rangeOk(offset, capacity, local.size())) {
+    return failed(Status(StatusCode::kOutOfRange, "recv buffer " + rangeText(offset, capacity, local.size())));
+  }
+  auto r = std::make_shared<RequestState>(engine_);
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    if (closed_) {
+      r->finish(broken_);
+    } else {
+      posted_.push_back({r, local.data() + offset, capacity});
+      deliverMessages();
+    }
+  }
+  engine_->runDeferred();
+  return Request(std::move(r));
+}
+
+// Matches queued messages with posted buffers, in order (engine lock held).
+void ConnectionImpl::deliverMessages() {
+  while (!unexpected_.empty() && !posted_.empty()) {
+    auto& msg = unexpected_.front();
+    PostedRecv p = std::move(posted_.front());
+    posted_.pop_front();
+    if (msg.size() > p.capacity) {
+      p.request->finish(Status(StatusCode::kOutOfRange, "a message of " + std::to_string(msg.size()) +
+                                                            " bytes does not fit the posted receive buffer of " +
+                                                            std::to_string(p.capacity) +
+                                                            " bytes; it stays queued for the next, larger buffer"));
+      continue;
+    }
+    if (!msg.empty()) std::memcpy(p.buffer, msg.data(), msg.size());
+    p.request->setBytes(msg.size());
+    p.request->finish(Status::Ok());
+    unexpected_.pop_front();
+  }
+}
+
+void ConnectionImpl::onMessage(const uint8_t* data, size_t length) {
+  if (unexpected_.empty() && !posted_.empty() && length <= posted_.front().capacity) {
+    PostedRecv p = std::move(posted_.front());  // fast path: straight into the posted buffer
+    posted_.pop_front();
+    if (length) std::memcpy(p.buffer, data, length);
+    p.request->setBytes(length);
+    p.request->finish(Status::Ok());
+    return;
+  }
+  unexpected_.emplace_back(data, data + length);
+  deliverMessages();
+  engine_->event.notify_all();
+}
+
+void ConnectionImpl::onNotify(uint32_t value) {
+  notifications_.push_back(value);
+  engine_->event.notify_all();
+}
+
+std::optional<uint32_t> ConnectionImpl::pollNotification() {
+  if (engine_->manualProgress()) engine_->progressOnce();
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  if (notifications_.empty()) return std::nullopt;
+  uint32_t v = notifications_.front();
+  notifications_.pop_front();
+  return v;
+}
+
+Result<uint32_t> ConnectionImpl::waitNotification(std::chrono::milliseconds timeout) {
+  auto until = Clock::now() + timeout;
+  for (;;) {
+    if (engine_->manualProgress()) engine_->progressOnce();
+    std::unique_lock<std::mutex> lock(engine_->mu);
+    if (!notifications_.empty()) {
+      uint32_t v = notifications_.front();
+      notifications_.pop_front();
+      return v;
+    }
+    if (closed_) return broken_;
+    if (Clock::now() >= until) {
+      return Status(StatusCode::kTimedOut, "no notification from " + peer_name + " within " +
+                                               std::to_string(timeout.count()) + " ms");
+    }
+    if (!engine_->manualProgress()) engine_->event.wait_until(lock, until);
+  }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- public API
+
+Result<Connection> Engine::connect(std::string_view host_port) {
+  auto c = impl_->connect(std::string(host_port));
+  if (!c.ok()) return c.status();
+  return detail::wrap(std::move(*c));
+}
+
+Result<Connection> Engine::accept(std::chrono::milliseconds timeout) {
+  auto c = impl_->accept(timeout);
+  if (!c.ok()) return c.status();
+  return detail::wrap(std::move(*c));
+}
+
+namespace {
+Status noConnection() { return Status(StatusCode::kInvalidArgument, "empty Connection (not connected)"); }
+Request failedRequest() {
+  // An empty Request reports kInvalidArgument from wait()/test().
+  return Request();
+}
+}  // namespace
+
+Result<RemoteRegion> Connection::remoteRegion(std::string_view name, std::chrono::milliseconds timeout) {
+  if (!impl_) return noConnection();
+  return impl_->remoteRegion(name, timeout);
+}
+
+Result<RemoteRegion> Connection::importRegion(const RegionDescriptor& descriptor) {
+  if (!impl_) return noConnection();
+  return impl_->importRegion(descriptor);
+}
+
+Request Connection::write(const MemoryRegion& local, size_t local_offset, const RemoteRegion& remote,
+                          size_t remote_offset, size_t length) {
+  RmaOp op{&local, local_offset, &remote, remote_offset, length};
+  return impl_ ? impl_->postRma(true, {&op, 1}, std::nullopt) : failedRequest();
+}
+
+Request Connection::read(const MemoryRegion& local, size_t local_offset, const RemoteRegion& remote,
+                         size_t remote_offset, size_t length) {
+  RmaOp op{&local, local_offset, &remote, remote_offset, length};
+  return impl_ ? impl_->postRma(false, {&op, 1}, std::nullopt) : failedRequest();
+}
+
+Request Connection::writeBatch(std::span<const RmaOp> ops) {
+  return impl_ ? impl_->postRma(true, ops, std::nullopt) : failedRequest();
+}
+Request Connection::readBatch(std::span<const RmaOp> ops) {
+  return impl_ ? impl_->postRma(false, ops, std::nullopt) : failedRequest();
+}
+Request Connection::writeWithNotify(std::span<const RmaOp> ops, uint32_t value) {
+  return impl_ ? impl_->postRma(true, ops, value) : failedRequest();
+}
+Request Connection::send(const MemoryRegion& local, size_t offset, size_t length) {
+  return impl_ ? impl_->send(local, offset, length) : failedRequest();
+}
+Request Connection::recv(const MemoryRegion& local, size_t offset, size_t capacity) {
+  return impl_ ? impl_->recv(local, offset, capacity) : failedRequest();
+}
+std::optional<uint32_t> Connection::pollNotification() { return impl_ ? impl_->pollNotification() : std::nullopt; }
+Result<uint32_t> Connection::waitNotification(std::chrono::milliseconds timeout) {
+  if (!impl_) return noConnection();
+  return impl_->waitNotification(timeout);
+}
+void Connection::close() {
+  if (impl_) impl_->close(Status(StatusCode::kCancelled, "connection closed locally"), true);
+}
+Status Connection::status() const { return impl_ ? impl_->status() : noConnection(); }
+std::string Connection::peerName() const { return impl_ ? impl_->peer_name : std::string(); }
+size_t Connection::maxMessageSize() const { return impl_ ? impl_->max_message_size : 0; }
+
+}  // namespace zcx

@@ -1,0 +1,104 @@
+// Internal state of a Connection: its endpoint, control socket, outstanding operations,
+// posted receives, unexpected messages and notifications.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine_impl.h"
+#include "request_state.h"
+#include "socket.h"
+#include "zcx/connection.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::detail {
+
+struct RemoteKeyRef {
+  std::unique_ptr<transport::RemoteKey> key;  ///< reset (under the engine lock) when the connection closes
+  const ConnectionImpl* owner = nullptr;
+};
+
+class ConnectionImpl final : public transport::EndpointEvents {
+ public:
+  ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t id, Fd control, std::string peer_name);
+  ~ConnectionImpl();
+
+  // ---- setup (handshake) ----
+  Status createEndpoint(const transport::EndpointSetup& setup);  ///< takes the engine lock
+  Status waitReady(Clock::time_point deadline);
+  void setPeerRegions(std::map<std::string, std::vector<uint8_t>> regions);
+
+  // ---- the public API ----
+  Result<RemoteRegion> remoteRegion(std::string_view name, std::chrono::milliseconds timeout);
+  Result<RemoteRegion> importRegion(const RegionDescriptor& d);
+  Request postRma(bool write, std::span<const RmaOp> ops, std::optional<uint32_t> notify);
+  Request send(const MemoryRegion& local, size_t offset, size_t length);
+  Request recv(const MemoryRegion& local, size_t offset, size_t capacity);
+  std::optional<uint32_t> pollNotification();
+  Result<uint32_t> waitNotification(std::chrono::milliseconds timeout);
+  void close(Status why, bool tell_peer);
+  Status status() const;
+
+  // ---- transport events (engine lock held, inside progress) ----
+  void onMessage(const uint8_t* data, size_t length) override;
+  void onNotify(uint32_t value) override;
+  void onError(Status why) override;
+
+  // ---- engine internals (engine lock held) ----
+  /// Fails everything and releases the endpoint: the one way a connection ends.
+  void breakLocked(Status why);
+  void unlink(RequestState* r);
+  RequestState* oldestOutstanding() const { return head_; }
+
+  // ---- control channel (control thread) ----
+  int controlFd() const { return control_.get(); }
+  /// Handles one frame from the peer; false if the control channel is finished.
+  bool handleControlFrame();
+
+  const uint64_t id;
+  const std::string peer_name;
+  size_t max_message_size = 0;
+
+ private:
+  Request failed(Status s);
+  void link(RequestState* r);
+  void deliverMessages();
+
+  std::shared_ptr<EngineImpl> engine_;
+  Fd control_;
+  std::mutex control_write_mu_;
+  std::atomic<bool> bye_sent_{false};
+
+  // Guarded by the engine lock.
+  std::unique_ptr<transport::Endpoint> endpoint_;
+  Status broken_;
+  bool closed_ = false;
+  RequestState* head_ = nullptr;
+  RequestState* tail_ = nullptr;
+  std::map<std::vector<uint8_t>, std::shared_ptr<RemoteKeyRef>> keys_;
+  struct PostedRecv {
+    std::shared_ptr<RequestState> request;
+    uint8_t* buffer;
+    size_t capacity;
+  };
+  std::deque<PostedRecv> posted_;
+  std::deque<std::vector<uint8_t>> unexpected_;
+  std::deque<uint32_t> notifications_;
+
+  // Lookups (control thread fulfils them).
+  std::mutex lookup_mu_;
+  std::condition_variable lookup_cv_;
+  uint64_t next_lookup_ = 1;
+  std::map<uint64_t, std::optional<std::pair<bool, std::vector<uint8_t>>>> lookups_;
+  std::map<std::string, std::vector<uint8_t>> peer_regions_;
+  bool control_closed_ = false;
+};
+
+}  // namespace zcx::detail

@@ -1,0 +1,135 @@
+#include "control_protocol.h"
+
+#include "wire.h"
+
+namespace zcx::detail {
+namespace {
+constexpr size_t kMaxName = 256;
+constexpr size_t kMaxAddress = 64 * 1024;
+constexpr size_t kMaxDescriptor = 8 * 1024;
+constexpr uint32_t kMaxRegions = 65536;
+
+Status malformed(const char* what) {
+  return Status(StatusCode::kProtocolError,
+                std::string("malformed ") + what + " from peer; is it a zcx engine of the same version?");
+}
+}  // namespace
+
+std::vector<uint8_t> encode(const Hello& h) {
+  WireWriter w;
+  w.u32(kHelloMagic);
+  w.u16(h.version);
+  w.str(h.name);
+  w.str(h.transport);
+  w.u64(h.token);
+  w.u64(h.max_message_size);
+  w.bytes(h.address);
+  w.u32(static_cast<uint32_t>(h.regions.size()));
+  for (const auto& [name, desc] : h.regions) {
+    w.str(name);
+    w.bytes(desc);
+  }
+  return std::move(w.data());
+}
+
+Result<Hello> decodeHello(const std::vector<uint8_t>& body) {
+  WireReader r(body);
+  if (r.u32() != kHelloMagic) return malformed("handshake (bad magic)");
+  Hello h;
+  h.version = r.u16();
+  if (r.ok() && h.version != kProtocolVersion) {
+    return Status(StatusCode::kVersionMismatch,
+                  "peer speaks zcx protocol version " + std::to_string(h.version) + ", this side " +
+                      std::to_string(kProtocolVersion) + "; run the same zcx version on both sides");
+  }
+  h.name = r.str(kMaxName);
+  h.transport = r.str(kMaxName);
+  h.token = r.u64();
+  h.max_message_size = r.u64();
+  h.address = r.bytes(kMaxAddress);
+  uint32_t n = r.u32();
+  if (n > kMaxRegions) return malformed("handshake (region count)");
+  for (uint32_t i = 0; r.ok() && i < n; ++i) {
+    std::string name = r.str(kMaxName);
+    h.regions[name] = r.bytes(kMaxDescriptor);
+  }
+  if (!r.ok() || r.remaining() != 0) return malformed("handshake");
+  return h;
+}
+
+std::vector<uint8_t> encode(const Reject& x) {
+  WireWriter w;
+  w.u8(x.code);
+  w.str(x.reason);
+  return std::move(w.data());
+}
+
+Result<Reject> decodeReject(const std::vector<uint8_t>& body) {
+  WireReader r(body);
+  Reject x;
+  x.code = r.u8();
+  x.reason = r.str(4096);
+  if (!r.ok()) return malformed("rejection");
+  return x;
+}
+
+std::vector<uint8_t> encode(const Lookup& l) {
+  WireWriter w;
+  w.u64(l.id);
+  w.str(l.name);
+  return std::move(w.data());
+}
+
+Result<Lookup> decodeLookup(const std::vector<uint8_t>& body) {
+  WireReader r(body);
+  Lookup l;
+  l.id = r.u64();
+  l.name = r.str(kMaxName);
+  if (!r.ok() || r.remaining() != 0) return malformed("lookup");
+  return l;
+}
+
+std::vector<uint8_t> encode(const LookupReply& l) {
+  WireWriter w;
+  w.u64(l.id);
+  w.u8(l.found ? 1 : 0);
+  w.bytes(l.descriptor);
+  return std::move(w.data());
+}
+
+Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body) {
+  WireReader r(body);
+  LookupReply l;
+  l.id = r.u64();
+  l.found = r.u8() != 0;
+  l.descriptor = r.bytes(kMaxDescriptor);
+  if (!r.ok() || r.remaining() != 0) return malformed("lookup reply");
+  return l;
+}
+
+Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body, Clock::time_point deadline) {
+  WireWriter w;
+  w.u32(static_cast<uint32_t>(body.size() + 1));
+  w.u8(static_cast<uint8_t>(type));
+  auto& out = w.data();
+  out.insert(out.end(), body.begin(), body.end());
+  return writeAll(fd, out, deadline);
+}
+
+Result<Frame> readFrame(int fd, Clock::time_point deadline) {
+  uint8_t header[5];
+  ZCX_RETURN_IF_ERROR(readAll(fd, header, deadline));
+  WireReader r(header);
+  uint32_t len = r.u32();
+  uint8_t type = r.u8();
+  if (len == 0 || len > kMaxFrame || type < 1 || type > static_cast<uint8_t>(FrameType::kBye)) {
+    return malformed("control frame");
+  }
+  Frame f;
+  f.type = static_cast<FrameType>(type);
+  f.body.resize(len - 1);
+  ZCX_RETURN_IF_ERROR(readAll(fd, f.body, deadline));
+  return f;
+}
+
+}  // namespace zcx::detail

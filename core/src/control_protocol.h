@@ -1,0 +1,71 @@
+// The out-of-band control protocol spoken over TCP between two engines.
+//
+//   client                          server
+//   HELLO(version, transport, token, address, regions) ->
+//                                <- HELLO (same fields)  or  REJECT(code, reason)
+//   (both create their transport endpoint and wait until it is ready)
+//   READY ->                     <- READY
+//   ... later, either side: LOOKUP(id, name) / LOOKUP_REPLY(id, found, descriptor), BYE.
+// The socket stays open for the life of the connection: its EOF tells that the peer is gone.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "socket.h"
+#include "zcx/status.h"
+
+namespace zcx::detail {
+
+constexpr uint16_t kProtocolVersion = 1;
+constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
+constexpr uint32_t kMaxFrame = 16u << 20;
+
+enum class FrameType : uint8_t { kHello = 1, kReject, kReady, kLookup, kLookupReply, kBye };
+
+struct Frame {
+  FrameType type = FrameType::kBye;
+  std::vector<uint8_t> body;
+};
+
+struct Hello {
+  uint16_t version = kProtocolVersion;
+  std::string name;       ///< engine name for logs
+  std::string transport;  ///< "ucx", "verbs"
+  uint64_t token = 0;
+  uint64_t max_message_size = 0;
+  std::vector<uint8_t> address;                               ///< transport address
+  std::map<std::string, std::vector<uint8_t>> regions;        ///< name -> encoded descriptor
+};
+
+struct Reject {
+  uint8_t code = 0;  ///< a StatusCode
+  std::string reason;
+};
+
+struct Lookup {
+  uint64_t id = 0;
+  std::string name;
+};
+
+struct LookupReply {
+  uint64_t id = 0;
+  bool found = false;
+  std::vector<uint8_t> descriptor;
+};
+
+std::vector<uint8_t> encode(const Hello& h);
+std::vector<uint8_t> encode(const Reject& r);
+std::vector<uint8_t> encode(const Lookup& l);
+std::vector<uint8_t> encode(const LookupReply& l);
+Result<Hello> decodeHello(const std::vector<uint8_t>& body);
+Result<Reject> decodeReject(const std::vector<uint8_t>& body);
+Result<Lookup> decodeLookup(const std::vector<uint8_t>& body);
+Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body);
+
+Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body, Clock::time_point deadline);
+Result<Frame> readFrame(int fd, Clock::time_point deadline);
+
+}  // namespace zcx::detail

@@ -1,0 +1,467 @@
+#include "zcx/engine.h"
+
+#include <glog/logging.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <random>
+
+#include "connection_impl.h"
+#include "control_protocol.h"
+#include "engine_impl.h"
+#include "zcx/transport/registry.h"
+
+namespace zcx {
+namespace detail {
+namespace {
+
+// How long the progress thread spins after the last event before it sleeps on the fd.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
+constexpr auto kDeadlineCheckPeriod = std::chrono::milliseconds(1);
+
+std::string defaultName() {
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  return std::string(host) + ":" + std::to_string(::getpid());
+}
+
+uint64_t randomToken() {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                          static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+  return rng();
+}
+
+void wake(const Fd& fd) {
+  uint64_t one = 1;
+  if (fd.valid()) (void)!::write(fd.get(), &one, sizeof(one));
+}
+
+void drain(const Fd& fd) {
+  uint64_t v;
+  (void)!::read(fd.get(), &v, sizeof(v));
+}
+
+transport::TransportConfig transportConfig(const EngineOptions& o) {
+  transport::TransportConfig c;
+  c.device = o.device;
+  c.port = o.device_port;
+  c.gid_index = o.gid_index;
+  c.params = o.transport_params;
+  if (auto hp = parseHostPort(o.listen_address); hp.ok()) c.bind_host = hp->host;
+  return c;
+}
+
+Status validate(const EngineOptions& o) {
+  if (o.connect_timeout.count() <= 0 || o.operation_timeout.count() <= 0) {
+    return Status(StatusCode::kInvalidArgument, "connect_timeout and operation_timeout must be positive");
+  }
+  if (o.max_message_size == 0 || o.max_message_size > (1u << 30)) {
+    return Status(StatusCode::kInvalidArgument, "max_message_size must be between 1 byte and 1 GiB");
+  }
+  if (!o.listen_address.empty()) ZCX_RETURN_IF_ERROR(parseHostPort(o.listen_address).status());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status validateOptions(const EngineOptions& o) { return validate(o); }
+transport::TransportConfig makeTransportConfig(const EngineOptions& o) { return transportConfig(o); }
+
+EngineImpl::EngineImpl(EngineOptions opts, std::unique_ptr<transport::Transport> t)
+    : options(std::move(opts)), transport(std::move(t)), name(options.name.empty() ? defaultName() : options.name) {}
+
+EngineImpl::~EngineImpl() { stop(); }
+
+Status EngineImpl::start() {
+  control_wake_ = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  progress_wake_ = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!control_wake_.valid() || !progress_wake_.valid()) {
+    return Status(StatusCode::kResourceExhausted, "eventfd failed; too many open files?");
+  }
+  if (!options.listen_address.empty()) {
+    auto hp = parseHostPort(options.listen_address);
+    auto l = listenTcp(*hp);
+    if (!l.ok()) return l.status();
+    listener_ = std::move(l->first);
+    listen_address = (hp->host.empty() ? std::string("0.0.0.0") : hp->host) + ":" + std::to_string(l->second);
+  }
+  control_thread_ = std::thread([this] { controlLoop(); });
+  if (options.progress == ProgressMode::kThread) progress_thread_ = std::thread([this] { progressLoop(); });
+  return Status::Ok();
+}
+
+void EngineImpl::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  stopping_ = true;
+  wake(control_wake_);
+  wake(progress_wake_);
+  if (control_thread_.joinable()) control_thread_.join();
+  if (progress_thread_.joinable()) progress_thread_.join();
+  std::map<uint64_t, std::shared_ptr<ConnectionImpl>> conns;
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    conns.swap(connections_);
+    accepted_.clear();
+  }
+  for (auto& [id, c] : conns) c->close(Status(StatusCode::kCancelled, "engine shut down"), true);
+  runDeferred();
+}
+
+// ---------------------------------------------------------------- progress
+
+int EngineImpl::progressOnce() {
+  int n;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    n = transport->progress();
+    auto now = Clock::now();
+    if (now >= next_deadline_check_) {
+      checkDeadlines(now);
+      next_deadline_check_ = now + kDeadlineCheckPeriod;
+    }
+    // Endpoints that failed inside progress are closed here, outside their own callbacks.
+    while (!to_close_.empty()) {
+      ConnectionImpl* c = to_close_.back();
+      to_close_.pop_back();
+      c->breakLocked(c->status());
+      ++n;
+    }
+  }
+  runDeferred();
+  return n;
+}
+
+void EngineImpl::checkDeadlines(Clock::time_point now) {
+  for (size_t i = 0; i < live.size(); ++i) {
+    ConnectionImpl* c = live[i];
+    RequestState* r = c->oldestOutstanding();
+    if (!r || r->deadline > now) continue;
+    Status why(StatusCode::kTimedOut,
+               "operation did not complete within " + std::to_string(options.operation_timeout.count()) +
+                   " ms (operation_timeout); the connection to " + c->peer_name +
+                   " is closed because a posted RDMA operation cannot be recalled");
+    r->finish(why);
+    c->breakLocked(why);  // completes (and unlinks) everything else outstanding
+    --i;                  // breakLocked removed c from live
+  }
+}
+
+void EngineImpl::scheduleClose(ConnectionImpl* conn) { to_close_.push_back(conn); }
+
+void EngineImpl::deferCallback(std::function<void(const Status&)> cb, Status status) {
+  deferred_.emplace_back(std::move(cb), std::move(status));
+}
+
+void EngineImpl::runDeferred() {
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (deferred_.empty()) return;
+    batch.swap(deferred_);
+  }
+  for (auto& [cb, st] : batch) cb(st);
+}
+
+void EngineImpl::notePosted() {
+  post_seq_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_seq_cst)) wake(progress_wake_);
+}
+
+void EngineImpl::progressLoop() {
+  auto last_event = Clock::now();
+  uint64_t seen_seq = post_seq_.load();
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    if (progressOnce() > 0) {
+      last_event = Clock::now();
+      continue;
+    }
+    uint64_t seq = post_seq_.load();
+    if (seq != seen_seq) {  // something was posted: stay hot
+      seen_seq = seq;
+      last_event = Clock::now();
+      continue;
+    }
+    if (Clock::now() - last_event < kSpinBeforeSleep) continue;
+    bool armed;
+    bool busy;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      armed = transport->arm();
+      busy = false;
+      for (ConnectionImpl* c : live) busy |= c->oldestOutstanding() != nullptr;
+    }
+    if (!armed) continue;
+    sleeping_.store(true, std::memory_order_seq_cst);
+    if (post_seq_.load(std::memory_order_seq_cst) != seen_seq) {
+      sleeping_.store(false);
+      continue;
+    }
+    pollfd fds[2] = {{progress_wake_.get(), POLLIN, 0}, {transport->eventFd(), POLLIN, 0}};
+    // Outstanding operations: wake at least every millisecond for their deadlines (and for
+    // transports whose fd does not cover every completion); idle: every 100 ms.
+    int timeout_ms = busy ? 1 : 100;
+    ::poll(fds, fds[1].fd >= 0 ? 2 : 1, fds[1].fd >= 0 ? timeout_ms : std::min(timeout_ms, 1));
+    sleeping_.store(false, std::memory_order_seq_cst);
+    if (fds[0].revents & POLLIN) drain(progress_wake_);
+    last_event = Clock::now();
+  }
+}
+
+// ---------------------------------------------------------------- connections
+
+std::map<std::string, std::vector<uint8_t>> EngineImpl::exposedRegions() {
+  std::lock_guard<std::mutex> lock(exposed_mu);
+  std::map<std::string, std::vector<uint8_t>> out;
+  for (auto& [n, e] : exposed) out[n] = e.second;
+  return out;
+}
+
+std::optional<std::vector<uint8_t>> EngineImpl::exposedRegion(const std::string& region) {
+  std::lock_guard<std::mutex> lock(exposed_mu);
+  auto it = exposed.find(region);
+  if (it == exposed.end()) return std::nullopt;
+  return it->second.second;
+}
+
+void EngineImpl::forgetConnection(ConnectionImpl* conn) {
+  std::lock_guard<std::mutex> lock(conn_mu_);
+  connections_.erase(conn->id);
+  wake(control_wake_);
+}
+
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active, Clock::time_point deadline) {
+  Hello mine;
+  mine.name = name;
+  mine.transport = std::string(transport->name());
+  mine.max_message_size = options.max_message_size;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    mine.address = transport->localAddress();
+  }
+  mine.regions = exposedRegions();
+  Hello peer;
+  if (active) {
+    mine.token = randomToken();
+    ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encode(mine), deadline));
+    auto f = readFrame(fd.get(), deadline);
+    if (!f.ok()) return f.status().withContext("handshake");
+    if (f->type == FrameType::kReject) {
+      auto rej = decodeReject(f->body);
+      if (!rej.ok()) return rej.status();
+      return Status(static_cast<StatusCode>(rej->code), "peer rejected the connection: " + rej->reason);
+    }
+    if (f->type != FrameType::kHello) {
+      return Status(StatusCode::kProtocolError, "handshake: unexpected frame from peer; is it a zcx engine?");
+    }
+    auto h = decodeHello(f->body);
+    if (!h.ok()) return h.status();
+    peer = std::move(*h);
+    if (peer.token != mine.token) return Status(StatusCode::kProtocolError, "handshake: peer echoed a wrong token");
+  } else {
+    auto f = readFrame(fd.get(), deadline);
+    if (!f.ok()) return f.status().withContext("handshake");
+    Result<Hello> h = f->type == FrameType::kHello
+                          ? decodeHello(f->body)
+                          : Result<Hello>(Status(StatusCode::kProtocolError, "handshake: first frame is not HELLO"));
+    if (h.ok() && h->transport != mine.transport) {
+      h = Status(StatusCode::kVersionMismatch, "peer uses transport '" + h->transport + "' but this engine uses '" +
+                                                   mine.transport + "'; choose the same --transport on both sides");
+    }
+    if (!h.ok()) {
+      Reject rej{static_cast<uint8_t>(h.status().code()), h.status().message()};
+      (void)writeFrame(fd.get(), FrameType::kReject, encode(rej), Clock::now() + std::chrono::milliseconds(200));
+      return h.status();
+    }
+    peer = std::move(*h);
+    mine.token = peer.token;
+    ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encode(mine), deadline));
+  }
+
+  static std::atomic<uint64_t> next_id{1};
+  auto conn = std::make_shared<ConnectionImpl>(shared_from_this(), next_id++, std::move(fd), peer.name);
+  size_t cap = transport->capabilities().max_message_size;
+  conn->max_message_size = std::min<size_t>(options.max_message_size, peer.max_message_size);
+  if (cap) conn->max_message_size = std::min(conn->max_message_size, cap);
+  conn->setPeerRegions(std::move(peer.regions));
+
+  transport::EndpointSetup setup;
+  setup.role = active ? transport::Role::kActive : transport::Role::kPassive;
+  setup.peer_address = std::move(peer.address);
+  setup.token = mine.token;
+  setup.max_message_size = conn->max_message_size;
+  setup.events = conn.get();
+  ZCX_RETURN_IF_ERROR(conn->createEndpoint(setup));
+  Status ready = conn->waitReady(deadline);
+  if (ready.ok()) ready = writeFrame(conn->controlFd(), FrameType::kReady, {}, deadline);
+  if (ready.ok()) {
+    auto f = readFrame(conn->controlFd(), deadline);
+    if (!f.ok()) ready = f.status();
+    else if (f->type != FrameType::kReady) ready = Status(StatusCode::kProtocolError, "handshake: expected READY");
+  }
+  if (!ready.ok()) {
+    conn->close(ready, false);
+    return ready.withContext("connection setup with " + conn->peer_name);
+  }
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    connections_[conn->id] = conn;
+  }
+  wake(control_wake_);
+  return conn;
+}
+
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& host_port) {
+  auto hp = parseHostPort(host_port);
+  if (!hp.ok()) return hp.status();
+  auto deadline = Clock::now() + options.connect_timeout;
+  auto fd = connectTcp(*hp, deadline);
+  if (!fd.ok()) return fd.status();
+  auto conn = handshake(std::move(*fd), true, deadline);
+  if (!conn.ok()) return conn.status().withContext("connect to " + host_port);
+  LOG(INFO) << "zcx: connected to " << (*conn)->peer_name << " at " << host_port << " over "
+            << transport->name();
+  return conn;
+}
+
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::accept(std::chrono::milliseconds timeout) {
+  if (!listener_.valid()) {
+    return Status(StatusCode::kInvalidArgument, "accept() on an engine without listen_address");
+  }
+  std::unique_lock<std::mutex> lock(conn_mu_);
+  if (!accepted_cv_.wait_for(lock, timeout, [&] { return !accepted_.empty() || stopping_; })) {
+    return Status(StatusCode::kTimedOut, "no peer connected within " + std::to_string(timeout.count()) + " ms");
+  }
+  if (accepted_.empty()) return Status(StatusCode::kCancelled, "engine shut down");
+  auto c = std::move(accepted_.front());
+  accepted_.pop_front();
+  return c;
+}
+
+void EngineImpl::handleIncoming(Fd fd) {
+  auto conn = handshake(std::move(fd), false, Clock::now() + options.connect_timeout);
+  if (!conn.ok()) {
+    LOG(WARNING) << "zcx: rejected an incoming connection: " << conn.status().toString();
+    return;
+  }
+  LOG(INFO) << "zcx: accepted " << (*conn)->peer_name << " over " << transport->name();
+  std::lock_guard<std::mutex> lock(conn_mu_);
+  accepted_.push_back(std::move(*conn));
+  accepted_cv_.notify_all();
+}
+
+void EngineImpl::controlLoop() {
+  std::vector<pollfd> fds;
+  std::vector<std::shared_ptr<ConnectionImpl>> polled;
+  while (!stopping_) {
+    fds.clear();
+    polled.clear();
+    fds.push_back({control_wake_.get(), POLLIN, 0});
+    if (listener_.valid()) fds.push_back({listener_.get(), POLLIN, 0});
+    {
+      std::lock_guard<std::mutex> lock(conn_mu_);
+      for (auto& [id, c] : connections_) {
+        polled.push_back(c);
+        fds.push_back({c->controlFd(), POLLIN, 0});
+      }
+    }
+    size_t first_conn = fds.size() - polled.size();
+    if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+    if (fds[0].revents) drain(control_wake_);
+    if (listener_.valid() && fds[1].revents & POLLIN) {
+      int cfd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (cfd >= 0) handleIncoming(Fd(cfd));
+    }
+    for (size_t i = 0; i < polled.size(); ++i) {
+      if (!fds[first_conn + i].revents) continue;
+      if (!polled[i]->handleControlFrame()) {
+        std::lock_guard<std::mutex> lock(conn_mu_);
+        connections_.erase(polled[i]->id);
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- public Engine
+
+Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
+  ZCX_RETURN_IF_ERROR(detail::validateOptions(options));
+  std::string why;
+  auto t = transport::TransportRegistry::builtin().create(options.transport, detail::makeTransportConfig(options), &why);
+  if (!t.ok()) return t.status();
+  LOG(INFO) << "zcx: transport " << (*t)->name() << " (" << (*t)->description() << "): " << why;
+  auto impl = std::make_shared<detail::EngineImpl>(options, std::move(*t));
+  ZCX_RETURN_IF_ERROR(impl->start());
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Status Engine::probeTransport(std::string_view transport, const EngineOptions& options) {
+  auto t = transport::TransportRegistry::builtin().create(transport, detail::makeTransportConfig(options));
+  return t.status();
+}
+
+Engine::Engine(std::shared_ptr<detail::EngineImpl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() { impl_->stop(); }
+
+std::string_view Engine::transportName() const { return impl_->transport->name(); }
+std::string Engine::transportDescription() const { return impl_->transport->description(); }
+std::string Engine::listenAddress() const { return impl_->listen_address; }
+
+Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32_t access) {
+  if (address == nullptr || length == 0) {
+    return Status(StatusCode::kInvalidArgument, "registerMemory needs a non-null address and a length > 0");
+  }
+  if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
+  auto state = std::make_shared<detail::RegionState>();
+  state->engine = impl_;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto h = impl_->transport->registerMemory(address, length, access);
+    if (!h.ok()) return h.status().withContext("registerMemory");
+    state->handle = std::move(*h);
+  }
+  state->data = static_cast<uint8_t*>(address);
+  state->size = length;
+  state->access = access;
+  return MemoryRegion(std::move(state));
+}
+
+Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
+  if (length == 0) return Status(StatusCode::kInvalidArgument, "allocate needs a length > 0");
+  if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
+  auto state = std::make_shared<detail::RegionState>();
+  state->engine = impl_;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto h = impl_->transport->allocateMemory(length, access);
+    if (!h.ok()) return h.status().withContext("allocate");
+    state->handle = std::move(*h);
+  }
+  state->data = static_cast<uint8_t*>(state->handle->address());
+  state->size = length;
+  state->access = access;
+  return MemoryRegion(std::move(state));
+}
+
+Status Engine::expose(std::string name, const MemoryRegion& region) {
+  if (!region.valid() || region.state()->engine != impl_) {
+    return Status(StatusCode::kInvalidArgument, "expose: the region was not registered by this engine");
+  }
+  if (name.empty() || name.size() > 200) return Status(StatusCode::kInvalidArgument, "expose: name must be 1-200 bytes");
+  std::lock_guard<std::mutex> lock(impl_->exposed_mu);
+  impl_->exposed[std::move(name)] = {region.state().get(), region.descriptor().encode()};
+  return Status::Ok();
+}
+
+void Engine::unexpose(std::string_view name) {
+  std::lock_guard<std::mutex> lock(impl_->exposed_mu);
+  impl_->exposed.erase(std::string(name));
+}
+
+int Engine::progress() { return impl_->progressOnce(); }
+
+}  // namespace zcx

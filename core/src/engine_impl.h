@@ -1,0 +1,105 @@
+// Internal state of an Engine: the transport behind its lock, the progress and control threads.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "socket.h"
+#include "zcx/options.h"
+#include "zcx/status.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::detail {
+
+class ConnectionImpl;
+class EngineImpl;
+class RequestState;
+
+struct RegionState {
+  std::shared_ptr<EngineImpl> engine;
+  std::unique_ptr<transport::MemoryHandle> handle;
+  uint8_t* data = nullptr;
+  size_t size = 0;
+  uint32_t access = 0;
+  ~RegionState();
+};
+
+class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
+ public:
+  EngineImpl(EngineOptions options, std::unique_ptr<transport::Transport> transport);
+  ~EngineImpl();
+
+  Status start();  ///< listener + threads
+  void stop();     ///< closes every connection, joins the threads; idempotent
+
+  // ---- progress (all transport calls happen under mu) ----
+  /// One round: transport progress, deadlines, deferred closes, then callbacks (outside mu).
+  int progressOnce();
+  /// After a post: wakes the progress thread if it sleeps.
+  void notePosted();
+  /// Queues a user callback to run outside the lock (mu held).
+  void deferCallback(std::function<void(const Status&)> cb, Status status);
+  /// Runs queued callbacks (mu not held).
+  void runDeferred();
+  /// Closes `conn`'s endpoint after the current transport call returns (mu held).
+  void scheduleClose(ConnectionImpl* conn);
+  bool manualProgress() const { return options.progress == ProgressMode::kManual; }
+
+  // ---- connections ----
+  Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& host_port);
+  Result<std::shared_ptr<ConnectionImpl>> accept(std::chrono::milliseconds timeout);
+  std::map<std::string, std::vector<uint8_t>> exposedRegions();
+  std::optional<std::vector<uint8_t>> exposedRegion(const std::string& name);
+  void forgetConnection(ConnectionImpl* conn);
+
+  const EngineOptions options;
+  std::unique_ptr<transport::Transport> transport;
+  std::string name;
+
+  std::mutex mu;                  ///< the engine lock
+  std::condition_variable event;  ///< notified (under mu) when notifications/messages arrive
+  std::vector<ConnectionImpl*> live;  ///< connections with an endpoint (mu)
+
+  std::mutex exposed_mu;
+  std::map<std::string, std::pair<const RegionState*, std::vector<uint8_t>>> exposed;
+
+  std::string listen_address;
+
+ private:
+  void progressLoop();
+  void controlLoop();
+  void handleIncoming(Fd fd);
+  void checkDeadlines(Clock::time_point now);
+  Result<std::shared_ptr<ConnectionImpl>> handshake(Fd fd, bool active, Clock::time_point deadline);
+
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> deferred_;  // mu
+  std::vector<ConnectionImpl*> to_close_;                                         // mu
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;   // progress-local
+  Clock::time_point next_deadline_check_{};
+
+  std::mutex conn_mu_;
+  std::map<uint64_t, std::shared_ptr<ConnectionImpl>> connections_;  // open, polled by control
+  std::deque<std::shared_ptr<ConnectionImpl>> accepted_;
+  std::condition_variable accepted_cv_;
+
+  Fd listener_;
+  Fd control_wake_;
+  Fd progress_wake_;
+  std::thread control_thread_;
+  std::thread progress_thread_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> sleeping_{false};
+  std::atomic<uint64_t> post_seq_{0};
+  bool stopped_ = false;
+};
+
+}  // namespace zcx::detail

@@ -1,0 +1,109 @@
+#include "zcx/request.h"
+
+#include "connection_impl.h"
+#include "engine_impl.h"
+#include "request_state.h"
+
+namespace zcx {
+namespace detail {
+
+void RequestState::complete(Status status) {
+  // Keep ourselves alive through finish(): `self` may hold the last reference.
+  std::shared_ptr<RequestState> keep = std::move(self);
+  if (connection) connection->unlink(this);
+  finish(std::move(status));
+}
+
+bool RequestState::finish(Status status) {
+  std::function<void(const Status&)> cb;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return false;
+    done_ = true;
+    status_ = std::move(status);
+    cb = std::move(callback_);
+  }
+  cv_.notify_all();
+  if (cb) engine_->deferCallback(std::move(cb), status_);
+  return true;
+}
+
+bool RequestState::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+Status RequestState::status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return status_;
+}
+
+bool RequestState::waitUntil(Clock::time_point until) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_until(lock, until, [&] { return done_; });
+}
+
+void RequestState::onComplete(std::function<void(const Status&)> callback) {
+  Status final_status;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!done_) {
+      callback_ = std::move(callback);
+      return;
+    }
+    final_status = status_;
+  }
+  callback(final_status);
+}
+
+}  // namespace detail
+
+Status Request::wait(std::chrono::milliseconds timeout) {
+  if (!state_) return Status(StatusCode::kInvalidArgument, "wait() on an empty Request");
+  auto until = detail::Clock::now() + timeout;
+  if (state_->engine()->manualProgress()) {
+    while (!state_->done()) {
+      state_->engine()->progressOnce();
+      if (detail::Clock::now() >= until) break;
+    }
+  } else {
+    state_->waitUntil(until);
+  }
+  if (!state_->done()) {
+    return Status(StatusCode::kTimedOut, "operation still in flight after " + std::to_string(timeout.count()) +
+                                             " ms of waiting; wait again, or it fails at its own deadline");
+  }
+  return state_->status();
+}
+
+std::optional<Status> Request::test() {
+  if (!state_) return Status(StatusCode::kInvalidArgument, "test() on an empty Request");
+  if (!state_->done() && state_->engine()->manualProgress()) state_->engine()->progressOnce();
+  if (!state_->done()) return std::nullopt;
+  return state_->status();
+}
+
+bool Request::done() const { return state_ && state_->done(); }
+
+size_t Request::bytes() const { return state_ ? state_->bytes() : 0; }
+
+void Request::onComplete(std::function<void(const Status&)> callback) {
+  if (!state_) {
+    callback(Status(StatusCode::kInvalidArgument, "onComplete() on an empty Request"));
+    return;
+  }
+  state_->onComplete(std::move(callback));
+}
+
+Status waitAll(std::span<Request> requests, std::chrono::milliseconds timeout) {
+  auto until = detail::Clock::now() + timeout;
+  Status first;
+  for (auto& r : requests) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - detail::Clock::now());
+    Status s = r.wait(std::max(left, std::chrono::milliseconds(0)));
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
+}
+
+}  // namespace zcx

@@ -1,0 +1,57 @@
+// The shared state behind a Request: completes exactly once, whoever gets there first
+// (the transport, the deadline, or a close), and only then runs the user's callback.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "socket.h"
+#include "zcx/status.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::detail {
+
+class EngineImpl;
+class ConnectionImpl;
+
+class RequestState final : public transport::Completion {
+ public:
+  explicit RequestState(std::shared_ptr<EngineImpl> engine) : engine_(std::move(engine)) {}
+
+  /// The transport is done with the operation (engine lock held). Unlinks it from its
+  /// connection's outstanding list and finishes it if nothing finished it before.
+  void complete(Status status) override;
+
+  /// The user-visible completion; false if already complete. Engine lock held.
+  bool finish(Status status);
+
+  bool done() const;
+  Status status() const;
+  size_t bytes() const { return bytes_; }
+  void setBytes(size_t n) { bytes_ = n; }
+  /// Waits on the condition variable (thread mode) until done or `until`.
+  bool waitUntil(Clock::time_point until);
+  void onComplete(std::function<void(const Status&)> callback);
+
+  EngineImpl* engine() const { return engine_.get(); }
+
+  // Outstanding-list bookkeeping, owned by ConnectionImpl under the engine lock.
+  ConnectionImpl* connection = nullptr;
+  Clock::time_point deadline{};
+  RequestState* prev = nullptr;
+  RequestState* next = nullptr;
+  std::shared_ptr<RequestState> self;  ///< keeps the state alive while the transport holds it
+
+ private:
+  std::shared_ptr<EngineImpl> engine_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  Status status_;
+  size_t bytes_ = 0;
+  std::function<void(const Status&)> callback_;
+};
+
+}  // namespace zcx::detail

@@ -1,0 +1,431 @@
+#include "ucx/ucx_endpoint.h"
+
+#include <glog/logging.h>
+
+#include <string>
+
+#include "ucx/ucx_key_format.h"
+#include "ucx/ucx_memory.h"
+#include "ucx/ucx_remote_key.h"
+#include "ucx/ucx_status.h"
+
+namespace zcx::transport::ucx {
+namespace {
+
+/// Used when the core passes max_message_size 0.
+constexpr size_t kDefaultMaxMessage = size_t{1} << 30;
+
+}  // namespace
+
+UcxEndpoint::UcxEndpoint(std::shared_ptr<UcxWorker> worker, const EndpointSetup& setup)
+    : worker_(std::move(worker)),
+      key_{setup.token, static_cast<uint8_t>(setup.role == Role::kActive ? 0 : 1)},
+      token_(setup.token),
+      role_(key_.second),
+      max_message_size_(setup.max_message_size == 0 ? kDefaultMaxMessage : setup.max_message_size),
+      events_(setup.events) {}
+
+Result<std::unique_ptr<UcxEndpoint>> UcxEndpoint::create(std::shared_ptr<UcxWorker> worker,
+                                                         const EndpointSetup& setup) {
+  if (setup.peer_address.empty()) {
+    return Status(StatusCode::kInvalidArgument, "ucx: empty peer worker address");
+  }
+  if (setup.events == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "ucx: EndpointSetup.events is null");
+  }
+  std::unique_ptr<UcxEndpoint> self(new UcxEndpoint(std::move(worker), setup));
+  Status added = self->worker_->addEndpoint(self->key_, self.get());
+  if (!added.ok()) {
+    self->closed_ = true;  // nothing to undo; do not unregister the other endpoint's key
+    return added;
+  }
+
+  ucp_ep_params_t p{};
+  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                 UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  p.address = reinterpret_cast<const ucp_address_t*>(setup.peer_address.data());
+  p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  p.err_handler.cb = &UcxWorker::onEndpointError;
+  p.err_handler.arg = self->worker_.get();
+  ucs_status_t st = ucp_ep_create(self->worker_->worker(), &p, &self->ep_);
+  if (st != UCS_OK) {
+    self->ep_ = nullptr;
+    Status s = statusFromUcs(st, "ucp_ep_create");
+    if (s.code() == StatusCode::kConnectionBroken) {
+      s = Status(StatusCode::kConnectionRefused, s.message());
+    }
+    return s.withContext("ucx: cannot reach the peer worker (do both sides use the same ucx.tls?)");
+  }
+
+  // Messages that arrived before this endpoint existed are delivered from the next progress().
+  std::vector<BufferedMessage> early = self->worker_->takeEarly(self->key_);
+  if (!early.empty()) {
+    for (auto& m : early) {
+      if (m.is_notify) {
+        self->early_notifies_.push_back(static_cast<uint32_t>(m.value));
+      } else {
+        uint64_t seq = m.value;
+        self->reorder_.emplace(seq, std::move(m));
+      }
+    }
+    self->worker_->scheduleDelivery(self->key_);
+  }
+  return self;
+}
+
+UcxEndpoint::~UcxEndpoint() { close(Status(StatusCode::kCancelled, "ucx endpoint destroyed")); }
+
+Status UcxEndpoint::checkUsable() const {
+  if (closed_ || state_ == EndpointState::kBroken) {
+    return error_.ok() ? Status(StatusCode::kConnectionBroken, "ucx endpoint is broken") : error_;
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+Result<std::unique_ptr<RemoteKey>> UcxEndpoint::importKey(std::span<const uint8_t> packed_key) {
+  ZCX_RETURN_IF_ERROR(checkUsable());
+  auto body = unframeKey(packed_key);
+  if (!body.ok()) return body.status();
+  ucp_rkey_h rkey = nullptr;
+  ucs_status_t st = ucp_ep_rkey_unpack(ep_, body->data(), &rkey);
+  if (st != UCS_OK) {
+    return Status(StatusCode::kProtocolError,
+                  std::string("ucp_ep_rkey_unpack: ") + ucs_status_string(st) +
+                      " (the key does not match this connection's transports)");
+  }
+  auto key = std::make_unique<UcxRemoteKey>(this, rkey);
+  keys_.insert(key.get());
+  return std::unique_ptr<RemoteKey>(std::move(key));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Posting
+
+OpRecord* UcxEndpoint::startRecord(OpRecord::Kind kind, Completion* done) {
+  OpRecord* rec = worker_->acquire();
+  rec->kind = kind;
+  rec->done = done;
+  rec->endpoint = this;
+  rec->next = head_;
+  rec->prev = nullptr;
+  if (head_ != nullptr) head_->prev = rec;
+  head_ = rec;
+  return rec;
+}
+
+void UcxEndpoint::unlink(OpRecord* rec) {
+  if (rec->prev != nullptr) {
+    rec->prev->next = rec->next;
+  } else if (head_ == rec) {
+    head_ = rec->next;
+  }
+  if (rec->next != nullptr) rec->next->prev = rec->prev;
+  rec->prev = rec->next = nullptr;
+}
+
+ucp_request_param_t UcxEndpoint::requestParam(OpRecord* rec, MemoryHandle* local) const {
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.send = &UcxWorker::onRequestDone;
+  p.user_data = rec;
+  if (local != nullptr) {
+    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+    p.memh = static_cast<UcxMemory*>(local)->memh();
+  }
+  return p;
+}
+
+bool UcxEndpoint::track(OpRecord* rec, ucs_status_ptr_t ptr, const char* call) {
+  if (UCS_PTR_IS_PTR(ptr)) {
+    ++rec->pending;
+    return true;
+  }
+  ucs_status_t st = UCS_PTR_STATUS(ptr);
+  if (st == UCS_OK) return true;
+  if (rec->status.ok()) rec->status = statusFromUcs(st, call);
+  return false;
+}
+
+Status UcxEndpoint::finishPost(OpRecord* rec, bool posted_any) {
+  if (!rec->status.ok() && !posted_any) {
+    // Nothing reached UCX: report synchronously, `done` is never called.
+    Status s = rec->status;
+    unlink(rec);
+    rec->user_done = true;
+    rec->endpoint = nullptr;
+    worker_->releaseIfIdle(rec);
+    return s;
+  }
+  // Completions are never delivered from inside post*(): an op UCX finished at once waits for
+  // the next progress().
+  if (rec->pending == 0) worker_->schedule(rec);
+  return Status::Ok();
+}
+
+namespace {
+
+Status checkOps(std::span<const RmaOp> ops, const UcxEndpoint* self, const char* what) {
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const RmaOp& op = ops[i];
+    if (op.length == 0) continue;
+    if (op.local == nullptr || op.remote == nullptr) {
+      return Status(StatusCode::kInvalidArgument, std::string("ucx ") + what + ": op " +
+                                                      std::to_string(i) +
+                                                      " has no local memory handle or remote key");
+    }
+    const auto* key = static_cast<const UcxRemoteKey*>(op.remote);
+    if (key->owner() != self || key->rkey() == nullptr) {
+      return Status(StatusCode::kInvalidArgument,
+                    std::string("ucx ") + what + ": op " + std::to_string(i) +
+                        " uses a remote key imported on another endpoint");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status UcxEndpoint::postWrite(std::span<const RmaOp> ops, std::optional<uint32_t> notify,
+                              Completion* done) {
+  ZCX_RETURN_IF_ERROR(checkUsable());
+  if (done == nullptr) return Status(StatusCode::kInvalidArgument, "ucx write: no completion");
+  ZCX_RETURN_IF_ERROR(checkOps(ops, this, "write"));
+
+  OpRecord* rec = startRecord(OpRecord::Kind::kWrite, done);
+  rec->phase = OpRecord::Phase::kFlush;  // the puts and their flush are in flight together
+  rec->has_notify = notify.has_value();
+  rec->notify_value = notify.value_or(0);
+  bool posted_any = false;
+  bool ok = true;
+  for (const RmaOp& op : ops) {
+    if (op.length == 0) continue;
+    ucp_request_param_t p = requestParam(rec, op.local);
+    ucs_status_ptr_t ptr =
+        ucp_put_nbx(ep_, reinterpret_cast<const void*>(op.local_addr), op.length, op.remote_addr,
+                    static_cast<const UcxRemoteKey*>(op.remote)->rkey(), &p);
+    if (!track(rec, ptr, "ucp_put_nbx")) {
+      ok = false;
+      break;
+    }
+    posted_any = true;
+  }
+  if (ok) {
+    // The flush completes once every put is done at the origin and at the target.
+    ucp_request_param_t p = requestParam(rec, nullptr);
+    if (track(rec, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx")) posted_any = true;
+  }
+  return finishPost(rec, posted_any);
+}
+
+Status UcxEndpoint::postRead(std::span<const RmaOp> ops, Completion* done) {
+  ZCX_RETURN_IF_ERROR(checkUsable());
+  if (done == nullptr) return Status(StatusCode::kInvalidArgument, "ucx read: no completion");
+  ZCX_RETURN_IF_ERROR(checkOps(ops, this, "read"));
+
+  OpRecord* rec = startRecord(OpRecord::Kind::kRead, done);
+  bool posted_any = false;
+  for (const RmaOp& op : ops) {
+    if (op.length == 0) continue;
+    ucp_request_param_t p = requestParam(rec, op.local);
+    ucs_status_ptr_t ptr =
+        ucp_get_nbx(ep_, reinterpret_cast<void*>(op.local_addr), op.length, op.remote_addr,
+                    static_cast<const UcxRemoteKey*>(op.remote)->rkey(), &p);
+    if (!track(rec, ptr, "ucp_get_nbx")) break;
+    posted_any = true;
+  }
+  // A get's completion means the data is in local memory: no flush needed.
+  return finishPost(rec, posted_any);
+}
+
+Status UcxEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
+                             Completion* done) {
+  ZCX_RETURN_IF_ERROR(checkUsable());
+  if (done == nullptr) return Status(StatusCode::kInvalidArgument, "ucx send: no completion");
+  if (length > max_message_size_) {
+    return Status(StatusCode::kOutOfRange, "ucx send: message of " + std::to_string(length) +
+                                               " bytes exceeds the connection's maximum of " +
+                                               std::to_string(max_message_size_));
+  }
+  if (length > 0 && local == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "ucx send: no local memory handle");
+  }
+  OpRecord* rec = startRecord(OpRecord::Kind::kSend, done);
+  rec->header = AmHeader{};
+  rec->header.token = token_;
+  rec->header.value = next_send_seq_;
+  rec->header.role = role_;
+  ucp_request_param_t p = requestParam(rec, length > 0 ? local : nullptr);
+  ucs_status_ptr_t ptr = ucp_am_send_nbx(ep_, kAmMessage, &rec->header, sizeof(AmHeader),
+                                         reinterpret_cast<const void*>(local_addr), length, &p);
+  bool posted = track(rec, ptr, "ucp_am_send_nbx");
+  if (posted) ++next_send_seq_;
+  return finishPost(rec, posted);
+}
+
+void UcxEndpoint::postNotify(OpRecord* rec) {
+  rec->header = AmHeader{};
+  rec->header.token = token_;
+  rec->header.value = rec->notify_value;
+  rec->header.role = role_;
+  ucp_request_param_t p = requestParam(rec, nullptr);
+  track(rec, ucp_am_send_nbx(ep_, kAmNotify, &rec->header, sizeof(AmHeader), nullptr, 0, &p),
+        "ucp_am_send_nbx(notify)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completion
+
+void UcxEndpoint::advance(OpRecord* rec) {
+  while (rec->pending == 0) {
+    if (rec->status.ok() && !closed_ && state_ != EndpointState::kBroken &&
+        rec->kind == OpRecord::Kind::kWrite && rec->has_notify &&
+        rec->phase == OpRecord::Phase::kFlush) {
+      // The batch is visible at the target: now tell the peer.
+      rec->phase = OpRecord::Phase::kNotify;
+      postNotify(rec);
+      continue;
+    }
+    finish(rec);
+    return;
+  }
+}
+
+void UcxEndpoint::finish(OpRecord* rec) {
+  unlink(rec);
+  Completion* done = rec->done;
+  Status status = std::move(rec->status);
+  if (!status.ok() && state_ == EndpointState::kBroken && !error_.ok() &&
+      error_.code() == StatusCode::kConnectionBroken) {
+    status = error_;  // the peer died: report that, not the request's own status
+  }
+  rec->user_done = true;
+  rec->endpoint = nullptr;
+  worker_->releaseIfIdle(rec);
+  done->complete(std::move(status));
+}
+
+void UcxEndpoint::failAll(const Status& why) {
+  while (head_ != nullptr) {
+    OpRecord* rec = head_;
+    unlink(rec);
+    Completion* done = rec->done;
+    rec->user_done = true;
+    rec->endpoint = nullptr;
+    worker_->releaseIfIdle(rec);  // stays alive while UCX still holds requests on it
+    done->complete(why);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiving
+
+void UcxEndpoint::receiveMessage(uint64_t seq, const uint8_t* data, size_t length) {
+  if (closed_) return;
+  if (seq == next_recv_seq_) {
+    ++next_recv_seq_;
+    events_->onMessage(data, length);
+    if (!reorder_.empty()) drainReorder();
+    return;
+  }
+  if (seq < next_recv_seq_) {
+    LOG(WARNING) << "ucx: dropping duplicate message " << seq << " on connection " << token_;
+    return;
+  }
+  BufferedMessage m;
+  m.value = seq;
+  m.data.assign(data, data + length);
+  reorder_.emplace(seq, std::move(m));
+}
+
+void UcxEndpoint::receiveOwned(BufferedMessage message) {
+  if (closed_) return;
+  if (message.value < next_recv_seq_) {
+    LOG(WARNING) << "ucx: dropping duplicate message " << message.value << " on connection "
+                 << token_;
+    return;
+  }
+  uint64_t seq = message.value;
+  reorder_.emplace(seq, std::move(message));
+  drainReorder();
+}
+
+void UcxEndpoint::drainReorder() {
+  while (!closed_) {
+    auto it = reorder_.find(next_recv_seq_);
+    if (it == reorder_.end()) return;
+    auto node = reorder_.extract(it);
+    ++next_recv_seq_;
+    if (!node.mapped().hole)
+      events_->onMessage(node.mapped().data.data(), node.mapped().data.size());
+  }
+}
+
+void UcxEndpoint::receiveNotify(uint32_t value) {
+  if (closed_) return;
+  events_->onNotify(value);
+}
+
+void UcxEndpoint::deliverBuffered() {
+  std::vector<uint32_t> notifies = std::move(early_notifies_);
+  early_notifies_.clear();
+  for (uint32_t v : notifies) {
+    if (closed_) return;
+    events_->onNotify(v);
+  }
+  drainReorder();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failure and close
+
+void UcxEndpoint::markBroken(ucs_status_t status) {
+  if (closed_) return;
+  state_ = EndpointState::kBroken;
+  if (error_.ok()) {
+    error_ = Status(StatusCode::kConnectionBroken,
+                    std::string("ucx peer failure (err_handler): ") + ucs_status_string(status));
+  }
+}
+
+void UcxEndpoint::reportBroken() {
+  if (closed_ || broken_reported_) return;
+  broken_reported_ = true;
+  Status why = error_;
+  failAll(why);
+  if (!closed_) events_->onError(why);
+}
+
+void UcxEndpoint::close(Status why) {
+  if (closed_) return;
+  closed_ = true;
+  Status reason = why.ok() ? Status(StatusCode::kCancelled, "ucx endpoint closed") : why;
+  if (error_.ok()) error_ = reason;
+  state_ = EndpointState::kBroken;
+  worker_->removeEndpoint(key_);
+  reorder_.clear();
+  early_notifies_.clear();
+
+  failAll(reason);
+
+  if (ep_ != nullptr) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(ep_, &p);
+    ep_ = nullptr;
+    if (UCS_PTR_IS_PTR(req)) {
+      worker_->finishClose(req);
+    } else if (UCS_PTR_IS_ERR(req)) {
+      LOG(WARNING) << "ucp_ep_close_nbx: " << ucs_status_string(UCS_PTR_STATUS(req));
+    }
+  }
+  // After the ep is gone: destroy the unpacked keys (the core may destroy its RemoteKey objects
+  // later; they are detached and do nothing then).
+  for (UcxRemoteKey* key : keys_) key->release();
+  keys_.clear();
+}
+
+}  // namespace zcx::transport::ucx

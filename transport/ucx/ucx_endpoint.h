@@ -1,0 +1,92 @@
+// One connection to a peer worker: a ucp_ep created from the peer's worker address with peer
+// error handling, plus the ordering state of the two-sided messages it receives.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <unordered_set>
+#include <vector>
+
+#include "ucx/ucx_op.h"
+#include "ucx/ucx_worker.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport::ucx {
+
+class UcxRemoteKey;
+
+class UcxEndpoint final : public Endpoint {
+ public:
+  static Result<std::unique_ptr<UcxEndpoint>> create(std::shared_ptr<UcxWorker> worker,
+                                                     const EndpointSetup& setup);
+  ~UcxEndpoint() override;
+
+  EndpointState state() const override { return state_; }
+  Status error() const override { return error_; }
+  Result<std::unique_ptr<RemoteKey>> importKey(std::span<const uint8_t> packed_key) override;
+  Status postWrite(std::span<const RmaOp> ops, std::optional<uint32_t> notify,
+                   Completion* done) override;
+  Status postRead(std::span<const RmaOp> ops, Completion* done) override;
+  Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
+                  Completion* done) override;
+  void close(Status why) override;
+
+  // --- called by UcxWorker ---
+  ucp_ep_h ucpEp() const { return ep_; }
+  /// Runs the record's state machine once it has no UCX request in flight.
+  void advance(OpRecord* rec);
+  /// An in-order-or-not message; delivered at once when it is the next one.
+  void receiveMessage(uint64_t seq, const uint8_t* data, size_t length);
+  void receiveOwned(BufferedMessage message);
+  void receiveNotify(uint32_t value);
+  /// Delivers what was buffered before the endpoint existed.
+  void deliverBuffered();
+  /// From the err_handler (inside UCX progress): only marks the endpoint broken.
+  void markBroken(ucs_status_t status);
+  /// Deferred part of a peer failure: fails outstanding ops, then calls onError.
+  void reportBroken();
+
+  // --- called by UcxRemoteKey ---
+  void forgetKey(UcxRemoteKey* key) { keys_.erase(key); }
+
+ private:
+  UcxEndpoint(std::shared_ptr<UcxWorker> worker, const EndpointSetup& setup);
+
+  Status checkUsable() const;
+  OpRecord* startRecord(OpRecord::Kind kind, Completion* done);
+  /// Posts one request for `rec`; false if it failed at once (rec->status then holds why).
+  bool track(OpRecord* rec, ucs_status_ptr_t ptr, const char* call);
+  ucp_request_param_t requestParam(OpRecord* rec, MemoryHandle* local) const;
+  /// After posting: returns the status for the post call (error only if nothing was posted).
+  Status finishPost(OpRecord* rec, bool posted_any);
+  void postNotify(OpRecord* rec);
+  void finish(OpRecord* rec);
+  void unlink(OpRecord* rec);
+  void failAll(const Status& why);
+  void drainReorder();
+
+  std::shared_ptr<UcxWorker> worker_;
+  ucp_ep_h ep_ = nullptr;
+  RouteKey key_;
+  uint64_t token_ = 0;
+  uint8_t role_ = 0;
+  size_t max_message_size_ = 0;
+  EndpointEvents* events_ = nullptr;
+  EndpointState state_ = EndpointState::kReady;
+  Status error_;
+  bool closed_ = false;
+  bool broken_reported_ = false;
+
+  OpRecord* head_ = nullptr;  // outstanding records (doubly linked)
+  std::unordered_set<UcxRemoteKey*> keys_;
+
+  uint64_t next_send_seq_ = 0;
+  uint64_t next_recv_seq_ = 0;
+  std::map<uint64_t, BufferedMessage> reorder_;
+  std::vector<uint32_t> early_notifies_;
+};
+
+}  // namespace zcx::transport::ucx

@@ -1,0 +1,62 @@
+#include "ucx/ucx_key_format.h"
+
+#include <cstring>
+#include <string>
+
+namespace zcx::transport::ucx {
+namespace {
+
+constexpr uint32_t kMagic = 0x4b58435a;  // "ZCXK" little-endian
+constexpr size_t kHeaderSize = 16;
+
+uint64_t fnv1a(std::span<const uint8_t> bytes) {
+  uint64_t h = 1469598103934665603ull;
+  for (uint8_t b : bytes) {
+    h ^= b;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+std::vector<uint8_t> frameKey(std::span<const uint8_t> ucx_bytes) {
+  std::vector<uint8_t> out(kHeaderSize + ucx_bytes.size());
+  uint32_t magic = kMagic;
+  auto length = static_cast<uint32_t>(ucx_bytes.size());
+  uint64_t sum = fnv1a(ucx_bytes);
+  std::memcpy(out.data(), &magic, 4);
+  std::memcpy(out.data() + 4, &length, 4);
+  std::memcpy(out.data() + 8, &sum, 8);
+  if (!ucx_bytes.empty()) std::memcpy(out.data() + kHeaderSize, ucx_bytes.data(), ucx_bytes.size());
+  return out;
+}
+
+Result<std::span<const uint8_t>> unframeKey(std::span<const uint8_t> framed) {
+  if (framed.size() < kHeaderSize) {
+    return Status(StatusCode::kProtocolError,
+                  "ucx remote key too short (" + std::to_string(framed.size()) + " bytes)");
+  }
+  uint32_t magic = 0;
+  uint32_t length = 0;
+  uint64_t sum = 0;
+  std::memcpy(&magic, framed.data(), 4);
+  std::memcpy(&length, framed.data() + 4, 4);
+  std::memcpy(&sum, framed.data() + 8, 8);
+  if (magic != kMagic) {
+    return Status(StatusCode::kProtocolError,
+                  "not a zcx ucx remote key (bad magic; was it packed by another transport?)");
+  }
+  if (length == 0 || length != framed.size() - kHeaderSize) {
+    return Status(StatusCode::kProtocolError,
+                  "ucx remote key length mismatch (header says " + std::to_string(length) +
+                      ", got " + std::to_string(framed.size() - kHeaderSize) + " bytes)");
+  }
+  std::span<const uint8_t> body = framed.subspan(kHeaderSize);
+  if (fnv1a(body) != sum) {
+    return Status(StatusCode::kProtocolError, "ucx remote key checksum mismatch (corrupted)");
+  }
+  return body;
+}
+
+}  // namespace zcx::transport::ucx

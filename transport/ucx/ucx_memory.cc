@@ -1,0 +1,68 @@
+#include "ucx/ucx_memory.h"
+
+#include <glog/logging.h>
+
+#include <string>
+
+#include "ucx/ucx_key_format.h"
+#include "ucx/ucx_status.h"
+
+namespace zcx::transport::ucx {
+
+void UcpMemDeleter::operator()(ucp_mem_h memh) const noexcept {
+  if (memh == nullptr) return;
+  ucs_status_t st = ucp_mem_unmap(context, memh);
+  if (st != UCS_OK) LOG(ERROR) << "ucp_mem_unmap: " << ucs_status_string(st);
+}
+
+Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> worker, void* address,
+                                                  size_t length, uint32_t access, bool allocate) {
+  if (length == 0) {
+    return Status(StatusCode::kInvalidArgument, "ucx: cannot register zero bytes");
+  }
+  if (!allocate && address == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "ucx: cannot register a null address");
+  }
+  if ((access & ~uint32_t{kAccessRemoteRead | kAccessRemoteWrite}) != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "ucx: unknown access bits " + std::to_string(access));
+  }
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                 UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  p.address = allocate ? nullptr : address;
+  p.length = length;
+  p.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
+  ucp_mem_h raw = nullptr;
+  ucs_status_t st = ucp_mem_map(worker->context(), &p, &raw);
+  if (st != UCS_OK) {
+    return statusFromUcs(st, "ucp_mem_map")
+        .withContext("ucx: registering " + std::to_string(length) + " bytes");
+  }
+  std::unique_ptr<UcxMemory> self(new UcxMemory());
+  self->memh_ = UcpMemPtr(raw, UcpMemDeleter{worker->context()});
+  self->worker_ = std::move(worker);
+  self->length_ = length;
+  self->address_ = address;
+  if (allocate) {
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    st = ucp_mem_query(raw, &attr);
+    if (st != UCS_OK) return statusFromUcs(st, "ucp_mem_query");
+    if (attr.length < length) {
+      return Status(StatusCode::kInternal, "ucp_mem_map allocated fewer bytes than asked");
+    }
+    self->address_ = attr.address;
+  }
+  if (access != kAccessLocal) {
+    void* buffer = nullptr;
+    size_t size = 0;
+    st = ucp_rkey_pack(self->worker_->context(), raw, &buffer, &size);
+    if (st != UCS_OK) return statusFromUcs(st, "ucp_rkey_pack");
+    self->packed_ = frameKey({static_cast<const uint8_t*>(buffer), size});
+    ucp_rkey_buffer_release(buffer);
+  }
+  return self;
+}
+
+}  // namespace zcx::transport::ucx

@@ -1,0 +1,44 @@
+// A local memory registration: the owner of a ucp_mem_h (ucp_mem_map / ucp_mem_unmap) and of
+// its packed remote key bytes (packed once at registration).
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <memory>
+#include <vector>
+
+#include "ucx/ucx_worker.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport::ucx {
+
+struct UcpMemDeleter {
+  ucp_context_h context = nullptr;
+  void operator()(ucp_mem_h memh) const noexcept;
+};
+using UcpMemPtr = std::unique_ptr<ucp_mem, UcpMemDeleter>;
+
+class UcxMemory final : public MemoryHandle {
+ public:
+  /// Maps [address, address+length) (allocate=false) or lets UCX allocate `length` bytes
+  /// (allocate=true, address ignored). Packs a remote key unless access is local only.
+  static Result<std::unique_ptr<UcxMemory>> map(std::shared_ptr<UcxWorker> worker, void* address,
+                                                size_t length, uint32_t access, bool allocate);
+
+  void* address() const override { return address_; }
+  size_t length() const override { return length_; }
+  std::vector<uint8_t> packedKey() const override { return packed_; }
+
+  ucp_mem_h memh() const { return memh_.get(); }
+
+ private:
+  UcxMemory() = default;
+
+  std::shared_ptr<UcxWorker> worker_;  // keeps the context alive until the unmap
+  UcpMemPtr memh_;
+  void* address_ = nullptr;
+  size_t length_ = 0;
+  std::vector<uint8_t> packed_;
+};
+
+}  // namespace zcx::transport::ucx

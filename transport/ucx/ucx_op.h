@@ -1,0 +1,54 @@
+// The record of one posted operation (a write batch, a read batch or a send).
+//
+// Records belong to the worker (UcxWorker), not to the endpoint: UCX may call a request's
+// callback after the endpoint closed (force close cancels them), so a record lives until both
+// its user Completion was delivered and every UCX request on it called back.
+#pragma once
+
+#include <cstdint>
+
+#include "ucx/ucx_wire.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport::ucx {
+
+class UcxEndpoint;
+class UcxWorker;
+
+struct OpRecord {
+  enum class Kind : uint8_t { kWrite, kRead, kSend };
+  /// kData: RMA/send requests in flight; kFlush: puts + flush in flight; kNotify: notify AM.
+  enum class Phase : uint8_t { kData, kFlush, kNotify };
+
+  UcxWorker* worker = nullptr;
+  UcxEndpoint* endpoint = nullptr;  ///< null once the user completion was delivered
+  Completion* done = nullptr;
+  Status status;         ///< first error seen
+  uint32_t pending = 0;  ///< UCX requests that have not called back yet
+  Kind kind = Kind::kWrite;
+  Phase phase = Phase::kData;
+  bool has_notify = false;
+  bool queued = false;     ///< in the worker's attention queue
+  bool user_done = false;  ///< `done` was called (or will be by whoever set this)
+  uint32_t notify_value = 0;
+  AmHeader header;  ///< AM header of a send or notify: must live until the send completes
+
+  // The endpoint's list of outstanding records.
+  OpRecord* prev = nullptr;
+  OpRecord* next = nullptr;
+  // The worker's free list.
+  OpRecord* next_free = nullptr;
+
+  const char* callName() const {
+    switch (phase) {
+      case Phase::kData:
+        return kind == Kind::kRead ? "ucp_get_nbx"
+                                   : (kind == Kind::kSend ? "ucp_am_send_nbx" : "ucp_put_nbx");
+      case Phase::kFlush: return "ucp_put_nbx/ucp_ep_flush_nbx";
+      case Phase::kNotify: return "ucp_am_send_nbx(notify)";
+    }
+    return "ucx";
+  }
+};
+
+}  // namespace zcx::transport::ucx

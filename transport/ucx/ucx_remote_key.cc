@@ -1,0 +1,18 @@
+#include "ucx/ucx_remote_key.h"
+
+#include "ucx/ucx_endpoint.h"
+
+namespace zcx::transport::ucx {
+
+UcxRemoteKey::~UcxRemoteKey() {
+  if (owner_ != nullptr) owner_->forgetKey(this);
+  release();
+}
+
+void UcxRemoteKey::release() noexcept {
+  if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
+  rkey_ = nullptr;
+  owner_ = nullptr;
+}
+
+}  // namespace zcx::transport::ucx

@@ -1,0 +1,123 @@
+// The state shared by one transport and everything created from it: the UCX context and worker,
+// active-message routing (token -> endpoint), the pool of operation records and the work that
+// progress() defers out of UCX callbacks.
+//
+// Shared (std::shared_ptr) by the transport, its endpoints and memory handles, so the worker
+// outlives every UCX object created on it whatever order the core destroys them in.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "ucx/ucx_context.h"
+#include "ucx/ucx_op.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport::ucx {
+
+class UcxEndpoint;
+
+/// Which endpoint an active message is for: the connection token and the receiver's role.
+using RouteKey = std::pair<uint64_t, uint8_t>;
+
+/// A message that arrived before its endpoint existed (or one received by rendezvous).
+struct BufferedMessage {
+  bool is_notify = false;
+  uint64_t value = 0;  ///< sequence number or notify value
+  bool hole = false;   ///< the data was lost (failed rendezvous receive): skip this sequence
+  std::vector<uint8_t> data;
+};
+
+class UcxWorker {
+ public:
+  /// Installs the AM handlers; `context` must be fully created.
+  static Result<std::shared_ptr<UcxWorker>> create(std::unique_ptr<UcxContext> context);
+  ~UcxWorker();
+  UcxWorker(const UcxWorker&) = delete;
+  UcxWorker& operator=(const UcxWorker&) = delete;
+
+  ucp_context_h context() const { return context_->context(); }
+  ucp_worker_h worker() const { return context_->worker(); }
+  const UcxContext& ucx() const { return *context_; }
+
+  // --- operation records ---
+  OpRecord* acquire();
+  /// Returns a record to the pool once nobody refers to it any more.
+  void releaseIfIdle(OpRecord* rec);
+  /// The record has no UCX request in flight: advance it from the next progress().
+  void schedule(OpRecord* rec);
+  /// The ucp_send_nbx_callback_t used for every request; user_data is the OpRecord.
+  static void onRequestDone(void* request, ucs_status_t status, void* user_data);
+
+  // --- endpoints ---
+  Status addEndpoint(RouteKey key, UcxEndpoint* endpoint);
+  /// The endpoint is closing: later messages for `key` are dropped.
+  void removeEndpoint(RouteKey key);
+  /// Messages that arrived for `key` before addEndpoint (handed over once).
+  std::vector<BufferedMessage> takeEarly(RouteKey key);
+  /// Asks progress() to call endpoint->deliverBuffered() for `key`.
+  void scheduleDelivery(RouteKey key);
+  /// ucp_err_handler_cb_t; arg is the UcxWorker.
+  static void onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  /// Waits (bounded, ~1 s) for an ep close request, or leaves it to progress() if called from
+  /// inside a UCX callback.
+  void finishClose(void* request);
+
+  // --- progress ---
+  int progress();
+  /// True when progress() has deferred work right now (the core must not sleep).
+  bool hasDeferredWork() const;
+  bool insideUcxProgress() const { return in_ucx_progress_ > 0; }
+
+ private:
+  explicit UcxWorker(std::unique_ptr<UcxContext> context) : context_(std::move(context)) {}
+
+  static ucs_status_t onAmMessage(void* arg, const void* header, size_t header_length, void* data,
+                                  size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t onAmNotify(void* arg, const void* header, size_t header_length, void* data,
+                                 size_t length, const ucp_am_recv_param_t* param);
+  static void onRndvDone(void* request, ucs_status_t status, size_t length, void* user_data);
+
+  struct RndvRecv {
+    UcxWorker* worker;
+    RouteKey key;
+    uint64_t seq;
+    std::vector<uint8_t> buffer;
+  };
+
+  UcxEndpoint* find(RouteKey key) const;
+  /// Routes a received message; buffers it if the endpoint does not exist yet.
+  void deliverMessage(RouteKey key, uint64_t seq, const uint8_t* data, size_t length);
+  void deliverOwned(RouteKey key, BufferedMessage message);
+  void deliverNotify(RouteKey key, uint32_t value);
+  void stashEarly(RouteKey key, BufferedMessage message);
+  int drainDeferred();
+  void pollClosing();
+
+  std::unique_ptr<UcxContext> context_;
+
+  std::vector<std::unique_ptr<OpRecord>> records_;
+  OpRecord* free_ = nullptr;
+  std::vector<OpRecord*> attention_;
+  std::vector<OpRecord*> attention_spare_;
+
+  std::map<RouteKey, UcxEndpoint*> endpoints_;
+  std::set<RouteKey> retired_;
+  std::map<RouteKey, std::vector<BufferedMessage>> early_;
+  size_t early_bytes_ = 0;
+  size_t early_count_ = 0;
+  std::vector<RouteKey> deliveries_;
+  std::vector<std::pair<RouteKey, ucs_status_t>> broken_;
+  std::unordered_set<RndvRecv*> rndv_;
+  std::vector<void*> closing_;
+  int in_ucx_progress_ = 0;
+};
+
+}  // namespace zcx::transport::ucx

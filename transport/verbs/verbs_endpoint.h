@@ -1,0 +1,131 @@
+// VerbsEndpoint: one RC QP made through rdma_cm, its receive ring, and the send-side machinery
+// (software pending queue, selective signaling, op slot table).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "verbs/verbs_memory.h"
+#include "verbs/verbs_resources.h"
+#include "verbs/verbs_wire.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport::verbs {
+
+class VerbsTransport;
+
+class VerbsEndpoint final : public Endpoint {
+ public:
+  VerbsEndpoint(VerbsTransport* transport, uint32_t serial, const EndpointSetup& setup,
+                size_t max_message_size);
+  ~VerbsEndpoint() override;
+
+  EndpointState state() const override { return state_; }
+  Status error() const override { return error_; }
+  Result<std::unique_ptr<RemoteKey>> importKey(std::span<const uint8_t> packed_key) override;
+  Status postWrite(std::span<const RmaOp> ops, std::optional<uint32_t> notify,
+                   Completion* done) override;
+  Status postRead(std::span<const RmaOp> ops, Completion* done) override;
+  Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
+                  Completion* done) override;
+  void close(Status why) override;
+
+  // ---- for VerbsTransport
+  uint32_t serial() const { return serial_; }
+  uint64_t token() const { return token_; }
+  /// Active side: creates the cm id and starts address resolution.
+  Status startActive(const sockaddr_in& peer);
+  /// Passive side: takes the connect request's id, creates the QP and accepts.
+  void accept(CmIdPtr id, const ConnectData& data, uint8_t initiator_depth,
+              uint8_t responder_resources);
+  /// A cm event for our id (already acked; private data copied).
+  void onCmEvent(rdma_cm_event_type type, int status, const std::vector<uint8_t>& private_data);
+  void onWc(const ibv_wc& wc);
+  /// Delivers deferred completions and posts pending WRs; returns how much it did.
+  int drive();
+  bool hasWork() const;
+  /// The transport is going away before us: close and stop calling it.
+  void detach(Status why);
+
+ private:
+  struct OpSlot {
+    Completion* done = nullptr;
+    uint16_t gen = 0;
+    bool active = false;
+    const char* kind = "";
+  };
+  struct PendingWr {
+    ibv_send_wr wr{};
+    ibv_sge sge{};
+    uint32_t slot = 0;
+    bool last_of_op = false;
+    bool is_read = false;
+  };
+  struct SignalGroup {
+    uint32_t wrs = 0;
+    uint32_t reads = 0;
+  };
+  using Deferred = std::vector<std::pair<Completion*, Status>>;
+
+  Status checkUsable() const;
+  Status createQp(rdma_cm_id* id);
+  Status postRecv(uint32_t index);
+  Result<uint32_t> allocSlot(Completion* done, const char* kind);
+  void releaseSlot(uint32_t slot);
+  Status queueRma(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
+                  Completion* done);
+  int flushPending();
+  /// Marks the endpoint broken: QP to ERR, every outstanding op fails (op `failed_slot` with
+  /// `op_status`, the others with kConnectionBroken), then onError(why); the callbacks run
+  /// from the next drive() (inside progress()).
+  void breakConnection(Status why, int64_t failed_slot = -1, Status op_status = Status());
+  /// Collects every outstanding op and deferred completion (slots released).
+  Deferred takeOutstanding(const Status& why, int64_t failed_slot, const Status& op_status);
+  void destroyConnection();
+  Status wcError(const ibv_wc& wc, const char* kind) const;
+
+  VerbsTransport* transport_;
+  const uint32_t serial_;
+  const Role role_;
+  const uint64_t token_;
+  const size_t max_message_size_;
+  EndpointEvents* events_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
+  EndpointState state_ = EndpointState::kConnecting;
+  Status error_;
+  bool closed_ = false;
+  bool error_pending_ = false;  ///< onError(error_) not yet reported
+  bool qp_connected_ = false;   ///< rdma_connect/accept done: rdma_disconnect makes sense
+
+  CmIdPtr id_;
+  ibv_qp* qp_ = nullptr;  ///< id_->qp
+  uint32_t cq_entries_ = 0;
+  uint32_t sq_depth_ = 0;
+  uint32_t max_inline_ = 0;
+  uint32_t read_limit_ = 1;
+  uint32_t signal_interval_ = 1;
+  uint64_t max_wr_bytes_ = 0;
+
+  // Receive ring: recv_depth_ buffers of slot_size_ bytes in one registration.
+  uint32_t recv_depth_ = 0;
+  size_t slot_size_ = 0;
+  std::unique_ptr<VerbsMemory> recv_ring_;
+
+  std::vector<OpSlot> slots_;
+  std::vector<uint32_t> free_slots_;
+  std::deque<PendingWr> pending_;
+  std::deque<SignalGroup> groups_;
+  uint32_t sq_posted_ = 0;       ///< WRs posted and not yet retired by a CQE
+  uint32_t reads_inflight_ = 0;  ///< READ WRs among them
+  uint32_t unsignaled_run_ = 0;
+  uint32_t unsignaled_reads_ = 0;
+  Deferred deferred_;
+  std::vector<ibv_send_wr> post_buf_;
+  std::vector<ibv_sge> sge_buf_;
+};
+
+}  // namespace zcx::transport::verbs

@@ -1,0 +1,153 @@
+#include "verbs/verbs_memory.h"
+
+#include <sys/resource.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+
+namespace zcx::transport::verbs {
+namespace {
+
+constexpr uint8_t kKeyMagic[3] = {'Z', 'V', 'K'};
+constexpr uint8_t kKeyVersion = 1;
+constexpr size_t kPackedKeySize = 24;
+
+void putLe(uint8_t* p, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t getLe(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+std::string memlockText() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0) return "RLIMIT_MEMLOCK unknown";
+  if (rl.rlim_cur == RLIM_INFINITY) return "RLIMIT_MEMLOCK is unlimited";
+  return "RLIMIT_MEMLOCK is " + std::to_string(rl.rlim_cur / 1024) + " KiB";
+}
+
+bool memlockLimited() {
+  rlimit rl{};
+  return getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
+}
+
+}  // namespace
+
+int ibvAccessFlags(uint32_t access) {
+  int flags = IBV_ACCESS_LOCAL_WRITE;
+  if (access & kAccessRemoteRead) flags |= IBV_ACCESS_REMOTE_READ;
+  if (access & kAccessRemoteWrite) flags |= IBV_ACCESS_REMOTE_WRITE;
+  return flags;
+}
+
+Result<std::unique_ptr<VerbsMemory>> VerbsMemory::create(ibv_pd* pd, void* address, size_t length,
+                                                         uint32_t access, uint64_t max_mr_size) {
+  if (address == nullptr || length == 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "cannot register an empty region (address " +
+                      std::to_string(reinterpret_cast<uintptr_t>(address)) + ", length " +
+                      std::to_string(length) + ")");
+  }
+  if ((access & ~uint32_t{kAccessRemoteRead | kAccessRemoteWrite}) != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "unknown access bits " + std::to_string(access) + " for registration");
+  }
+  if (max_mr_size != 0 && length > max_mr_size) {
+    return Status(StatusCode::kOutOfRange, "region of " + std::to_string(length) +
+                                               " bytes is larger than the device's max_mr_size (" +
+                                               std::to_string(max_mr_size) +
+                                               " bytes); register it in smaller pieces");
+  }
+  errno = 0;
+  MrPtr mr(ibv_reg_mr(pd, address, length, ibvAccessFlags(access)));
+  if (!mr) {
+    const int err = errno;
+    std::ostringstream msg;
+    msg << "ibv_reg_mr of " << length << " bytes at " << address << " failed (errno " << err << ": "
+        << std::strerror(err) << ")";
+    if ((err == ENOMEM || err == EFAULT || err == EPERM) && memlockLimited()) {
+      msg << "; " << memlockText()
+          << ", which limits how much memory can be pinned: raise it (`ulimit -l unlimited`, "
+             "or memlock in /etc/security/limits.conf / LimitMEMLOCK for systemd)";
+      return Status(StatusCode::kResourceExhausted, msg.str());
+    }
+    if (err == ENOMEM) return Status(StatusCode::kResourceExhausted, msg.str());
+    if (err == EFAULT) {
+      msg << "; the range is not mapped memory of this process";
+      return Status(StatusCode::kInvalidArgument, msg.str());
+    }
+    return Status(StatusCode::kInternal, msg.str());
+  }
+  return std::unique_ptr<VerbsMemory>(
+      new VerbsMemory(address, length, access, std::move(mr), nullptr));
+}
+
+Result<std::unique_ptr<VerbsMemory>> VerbsMemory::allocate(ibv_pd* pd, size_t length,
+                                                           uint32_t access, uint64_t max_mr_size) {
+  if (length == 0) return Status(StatusCode::kInvalidArgument, "cannot allocate 0 bytes");
+  const size_t align = length >= (size_t{2} << 20) ? (size_t{2} << 20) : 4096;
+  const size_t rounded = (length + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
+  if (p == nullptr) {
+    return Status(StatusCode::kResourceExhausted,
+                  "cannot allocate " + std::to_string(length) + " bytes for registration");
+  }
+  std::memset(p, 0, rounded);  // touch the pages so registration pins real memory
+  auto r = create(pd, p, length, access, max_mr_size);
+  if (!r.ok()) {
+    std::free(p);
+    return r.status();
+  }
+  (*r)->owned_ = p;
+  return r;
+}
+
+VerbsMemory::~VerbsMemory() {
+  mr_.reset();
+  if (owned_ != nullptr) std::free(owned_);
+}
+
+std::vector<uint8_t> VerbsMemory::packedKey() const {
+  if ((access_ & (kAccessRemoteRead | kAccessRemoteWrite)) == 0) return {};
+  return packKey(mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
+}
+
+std::vector<uint8_t> packKey(uint32_t rkey, uint64_t addr, uint64_t length) {
+  std::vector<uint8_t> out(kPackedKeySize);
+  std::memcpy(out.data(), kKeyMagic, 3);
+  out[3] = kKeyVersion;
+  putLe(&out[4], rkey, 4);
+  putLe(&out[8], addr, 8);
+  putLe(&out[16], length, 8);
+  return out;
+}
+
+Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {
+  if (bytes.size() != kPackedKeySize) {
+    return Status(StatusCode::kProtocolError,
+                  "verbs packed key has " + std::to_string(bytes.size()) + " bytes, expected " +
+                      std::to_string(kPackedKeySize) + " (a key from another transport?)");
+  }
+  if (std::memcmp(bytes.data(), kKeyMagic, 3) != 0) {
+    return Status(StatusCode::kProtocolError,
+                  "bytes are not a verbs packed key (bad magic; a key from another transport?)");
+  }
+  if (bytes[3] != kKeyVersion) {
+    return Status(StatusCode::kProtocolError, "verbs packed key version " +
+                                                  std::to_string(bytes[3]) + ", expected " +
+                                                  std::to_string(kKeyVersion));
+  }
+  const uint64_t addr = getLe(&bytes[8], 8);
+  const uint64_t length = getLe(&bytes[16], 8);
+  if (length == 0 || addr + length < addr) {
+    return Status(StatusCode::kProtocolError, "verbs packed key describes an invalid range");
+  }
+  return std::make_unique<VerbsRemoteKey>(static_cast<uint32_t>(getLe(&bytes[4], 4)), addr, length);
+}
+
+}  // namespace zcx::transport::verbs

@@ -1,0 +1,67 @@
+// Memory registration (MemoryHandle), packed keys and their import (RemoteKey).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "verbs/verbs_resources.h"
+#include "zcx/status.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport::verbs {
+
+/// Maps zcx AccessBits to ibv access flags (LOCAL_WRITE always: recv and READ targets need it).
+int ibvAccessFlags(uint32_t access);
+
+class VerbsMemory final : public MemoryHandle {
+ public:
+  /// Registers [address, address+length) on `pd`. Errors name the cause (max_mr_size,
+  /// RLIMIT_MEMLOCK, ...).
+  static Result<std::unique_ptr<VerbsMemory>> create(ibv_pd* pd, void* address, size_t length,
+                                                     uint32_t access, uint64_t max_mr_size);
+  /// Allocates page-aligned memory (huge-page aligned above 2 MiB) and registers it.
+  static Result<std::unique_ptr<VerbsMemory>> allocate(ibv_pd* pd, size_t length, uint32_t access,
+                                                       uint64_t max_mr_size);
+  ~VerbsMemory() override;
+
+  void* address() const override { return address_; }
+  size_t length() const override { return length_; }
+  std::vector<uint8_t> packedKey() const override;
+
+  uint32_t lkey() const { return mr_->lkey; }
+  uint32_t rkey() const { return mr_->rkey; }
+
+ private:
+  VerbsMemory(void* address, size_t length, uint32_t access, MrPtr mr, void* owned)
+      : address_(address), length_(length), access_(access), mr_(std::move(mr)), owned_(owned) {}
+
+  void* address_;
+  size_t length_;
+  uint32_t access_;
+  MrPtr mr_;
+  void* owned_;  ///< allocation freed after deregistration (allocate() only)
+};
+
+/// A peer's region as seen through a packed key: {rkey, addr, length}.
+class VerbsRemoteKey final : public RemoteKey {
+ public:
+  VerbsRemoteKey(uint32_t rkey, uint64_t addr, uint64_t length)
+      : rkey_(rkey), addr_(addr), length_(length) {}
+  uint32_t rkey() const { return rkey_; }
+  uint64_t addr() const { return addr_; }
+  uint64_t length() const { return length_; }
+
+ private:
+  uint32_t rkey_;
+  uint64_t addr_;
+  uint64_t length_;
+};
+
+/// Bytes: "ZVK" magic, version 1, rkey (u32 LE), addr (u64 LE), length (u64 LE) = 24 bytes.
+std::vector<uint8_t> packKey(uint32_t rkey, uint64_t addr, uint64_t length);
+/// kProtocolError if the bytes are not a packed key of this version.
+Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes);
+
+}  // namespace zcx::transport::verbs

@@ -1,0 +1,181 @@
+// Unit tests of the core's pieces that need no peer: status, descriptor and handshake codecs,
+// address parsing, the transport registry's choice.
+#include <gtest/gtest.h>
+
+#include "control_protocol.h"
+#include "socket.h"
+#include "wire.h"
+#include "zcx/transport/registry.h"
+#include "zcx/zcx.h"
+
+namespace zcx {
+namespace {
+
+TEST(Status, CarriesCodeAndMessage) {
+  Status s(StatusCode::kTimedOut, "took too long");
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.toString(), "TimedOut: took too long");
+  EXPECT_EQ(s.withContext("write").toString(), "TimedOut: write: took too long");
+  EXPECT_TRUE(Status::Ok().ok());
+  Result<int> r = 5;
+  EXPECT_EQ(*r, 5);
+  Result<int> e = Status(StatusCode::kNotFound, "x");
+  EXPECT_EQ(e.status().code(), StatusCode::kNotFound);
+  Result<int> bogus = Status::Ok();  // a Result must never be "ok without a value"
+  EXPECT_FALSE(bogus.ok());
+}
+
+TEST(Descriptor, RoundTripsAndDetectsEveryBitFlip) {
+  RegionDescriptor d{"ucx", 0x7f0012345678, 1u << 20, kRemoteReadWrite, {1, 2, 3, 4, 5, 250}};
+  auto bytes = d.encode();
+  auto back = RegionDescriptor::decode(bytes);
+  ASSERT_TRUE(back.ok()) << back.status().toString();
+  EXPECT_EQ(back->transport, "ucx");
+  EXPECT_EQ(back->address, d.address);
+  EXPECT_EQ(back->length, d.length);
+  EXPECT_EQ(back->access, d.access);
+  EXPECT_EQ(back->key, d.key);
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    for (int bit = 0; bit < 8; ++bit) {
+      auto bad = bytes;
+      bad[i] ^= static_cast<uint8_t>(1 << bit);
+      EXPECT_FALSE(RegionDescriptor::decode(bad).ok()) << "byte " << i << " bit " << bit;
+    }
+  }
+  bytes.push_back(0);
+  EXPECT_EQ(RegionDescriptor::decode(bytes).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Descriptor, RejectsAFutureVersionClearly) {
+  auto bytes = RegionDescriptor{"ucx", 1, 2, 0, {}}.encode();
+  bytes[4] = 9;
+  auto r = RegionDescriptor::decode(bytes);
+  EXPECT_EQ(r.status().code(), StatusCode::kVersionMismatch);
+  EXPECT_NE(r.status().message().find("same zcx version"), std::string::npos);
+}
+
+TEST(Wire, ReaderNeverReadsPastTheEnd) {
+  detail::WireWriter w;
+  w.u64(42);
+  w.str("hello");
+  auto data = w.data();
+  for (size_t cut = 0; cut < data.size(); ++cut) {
+    detail::WireReader r(std::span(data).first(cut));
+    r.u64();
+    r.str(100);
+    EXPECT_FALSE(r.ok()) << cut;
+  }
+  detail::WireReader whole(data);
+  EXPECT_EQ(whole.u64(), 42u);
+  EXPECT_EQ(whole.str(100), "hello");
+  EXPECT_TRUE(whole.ok());
+  detail::WireReader limited(data);
+  limited.u64();
+  EXPECT_EQ(limited.str(3), "");  // longer than allowed
+  EXPECT_FALSE(limited.ok());
+}
+
+TEST(Handshake, HelloRoundTripsAndGarbageIsAProtocolError) {
+  detail::Hello h;
+  h.name = "node-a:1";
+  h.transport = "ucx";
+  h.token = 0xfeedface;
+  h.max_message_size = 4096;
+  h.address = {9, 8, 7};
+  h.regions["weights"] = {1, 2, 3};
+  auto bytes = detail::encode(h);
+  auto back = detail::decodeHello(bytes);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->token, h.token);
+  EXPECT_EQ(back->regions.at("weights"), h.regions.at("weights"));
+  std::vector<uint8_t> junk(bytes.begin(), bytes.begin() + 10);
+  EXPECT_EQ(detail::decodeHello(junk).status().code(), StatusCode::kProtocolError);
+  bytes[0] ^= 1;
+  EXPECT_EQ(detail::decodeHello(bytes).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Address, ParsesHostPortAndExplainsMistakes) {
+  auto a = detail::parseHostPort("10.0.0.1:18515");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "10.0.0.1");
+  EXPECT_EQ(a->port, 18515);
+  auto v6 = detail::parseHostPort("[::1]:7");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(detail::parseHostPort("nohost").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(detail::parseHostPort("h:99999").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(detail::parseHostPort("h:12x").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Registry, UnknownTransportListsTheChoices) {
+  auto r = transport::TransportRegistry::builtin().create("carrier-pigeon", {});
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(r.status().message().find("ucx"), std::string::npos);
+}
+
+TEST(Registry, AutoExplainsItsChoice) {
+  std::string why;
+  auto r = transport::TransportRegistry::builtin().create("auto", {}, &why);
+  ASSERT_TRUE(r.ok()) << r.status().toString();
+  EXPECT_NE(why.find("using " + std::string((*r)->name())), std::string::npos) << why;
+  if ((*r)->name() == "ucx") {
+    // Without an RDMA device, the account says why verbs was passed over.
+    EXPECT_NE(why.find("verbs unavailable"), std::string::npos) << why;
+  }
+}
+
+TEST(Engine, VerbsWithoutDeviceSaysWhy) {
+  EngineOptions o;
+  o.transport = "verbs";
+  Status probe = Engine::probeTransport("verbs", o);
+  if (probe.ok()) {
+    auto e = Engine::create(o);
+    ASSERT_TRUE(e.ok()) << e.status().toString();
+    EXPECT_EQ((*e)->transportName(), "verbs");
+  } else {
+    auto e = Engine::create(o);
+    EXPECT_EQ(e.status().code(), StatusCode::kUnavailable) << e.status().toString();
+    EXPECT_NE(e.status().message().find("RDMA"), std::string::npos) << e.status().message();
+  }
+}
+
+TEST(Engine, BadOptionsAreRejected) {
+  EngineOptions o;
+  o.transport = "ucx";
+  o.max_message_size = 0;
+  EXPECT_EQ(Engine::create(o).status().code(), StatusCode::kInvalidArgument);
+  o.max_message_size = 4096;
+  o.listen_address = "127.0.0.1:notaport";
+  EXPECT_EQ(Engine::create(o).status().code(), StatusCode::kInvalidArgument);
+  o.listen_address = "";
+  o.operation_timeout = std::chrono::milliseconds(0);
+  EXPECT_EQ(Engine::create(o).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Engine, RegistrationValidatesItsArguments) {
+  EngineOptions o;
+  o.transport = "ucx";
+  o.transport_params = {{"ucx.tls", "tcp,self"}, {"ucx.net_devices", "lo"}};
+  auto e = Engine::create(o);
+  ASSERT_TRUE(e.ok()) << e.status().toString();
+  EXPECT_EQ((*e)->registerMemory(nullptr, 10, kLocalOnly).status().code(), StatusCode::kInvalidArgument);
+  char buf[64];
+  EXPECT_EQ((*e)->registerMemory(buf, 0, kLocalOnly).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*e)->registerMemory(buf, 64, 77).status().code(), StatusCode::kInvalidArgument);
+  auto r = (*e)->registerMemory(buf, 64, kRemoteWrite);
+  ASSERT_TRUE(r.ok()) << r.status().toString();
+  RegionDescriptor d = r->descriptor();
+  EXPECT_EQ(d.address, reinterpret_cast<uint64_t>(buf));
+  EXPECT_EQ(d.length, 64u);
+  EXPECT_EQ(d.transport, "ucx");
+  EXPECT_FALSE(d.key.empty());
+  EXPECT_EQ((*e)->expose("", *r).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE((*e)->expose("buf", *r).ok());
+  auto a = (*e)->allocate(1 << 20, kRemoteRead);
+  ASSERT_TRUE(a.ok()) << a.status().toString();
+  a->data()[0] = 1;
+  a->data()[(1 << 20) - 1] = 2;  // the whole range is ours
+}
+
+}  // namespace
+}  // namespace zcx

@@ -15,10 +15,30 @@ bool isUcxVarName(std::string_view name) {
   return true;
 }
 
+/// True unless the TLS list names transports and none of them is shared memory (then UCX warns
+/// "invalid configuration: MM_ERROR_HANDLING=y").
+bool mayUseSharedMemory(std::string_view tls) {
+  if (tls.empty() || tls.front() == '^') return true;
+  size_t start = 0;
+  while (start <= tls.size()) {
+    size_t end = tls.find(',', start);
+    if (end == std::string_view::npos) end = tls.size();
+    std::string_view t = tls.substr(start, end - start);
+    if (t == "all" || t == "sm" || t == "shm" || t == "posix" || t == "sysv" || t == "mm" ||
+        t == "xpmem" || t == "knem" || t == "cma") {
+      return true;
+    }
+    start = end + 1;
+  }
+  return false;
+}
+
 }  // namespace
 
 Result<UcxSettings> parseSettings(const TransportConfig& config) {
   UcxSettings settings;
+  // Peer error handling over posix/sysv needs it (UCX default n: ep creation fails otherwise).
+  // Inserted first so an explicit ucx.MM_ERROR_HANDLING overrides it.
   settings.vars.emplace_back("MM_ERROR_HANDLING", "y");
   bool have_devices = false;
   for (const auto& [key, value] : config.params) {
@@ -49,6 +69,7 @@ Result<UcxSettings> parseSettings(const TransportConfig& config) {
     settings.net_devices = config.device;
     settings.vars.emplace_back("NET_DEVICES", config.device);
   }
+  if (!mayUseSharedMemory(settings.tls)) settings.vars.erase(settings.vars.begin());
   return settings;
 }
 

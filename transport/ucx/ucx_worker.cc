@@ -60,8 +60,8 @@ UcxWorker::~UcxWorker() {
     ucp_request_free(req);
   }
   closing_.clear();
-  for (int i = 0; i < kMaxProgressRounds && ucp_worker_progress(worker()) != 0; ++i) {
-  }
+  // No ucp_worker_progress here: with shm, progressing a worker whose peer worker is already
+  // destroyed can run a late wireup and crash UCX 1.13 (keepalive on a failed mm ep).
   // Rendezvous receives still in flight keep their buffers until the worker is destroyed.
   if (!rndv_.empty()) {
     VLOG(1) << "ucx: " << rndv_.size() << " rendezvous receives outstanding at shutdown";

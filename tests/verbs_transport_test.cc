@@ -1,0 +1,541 @@
+// Tests of the verbs transport. The VerbsTransport suite needs an RDMA device (run it in the
+// soft-RoCE guest: scripts/rxe-vm.sh or /work/shared/tools/run-in-rxe-vm.sh); VerbsNoDevice
+// runs everywhere and checks what create() says about the machine.
+#include <gtest/gtest.h>
+#include <infiniband/verbs.h>
+#include <poll.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "verbs/factory.h"
+#include "zcx/transport/transport.h"
+
+namespace zcx::transport {
+namespace {
+
+using namespace std::chrono_literals;
+
+int rdmaDeviceCount() {
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  if (list != nullptr) ibv_free_device_list(list);
+  return list == nullptr ? 0 : n;
+}
+
+/// Counts calls and notices a call made from inside post*() (which the contract forbids).
+struct Done final : Completion {
+  const bool* in_post = nullptr;
+  int calls = 0;
+  bool called_inline = false;
+  Status status{StatusCode::kInternal, "never completed"};
+  void complete(Status s) override {
+    if (in_post != nullptr && *in_post) called_inline = true;
+    ++calls;
+    status = std::move(s);
+  }
+};
+
+struct Events final : EndpointEvents {
+  std::vector<std::vector<uint8_t>> messages;
+  std::vector<uint32_t> notifies;
+  std::vector<Status> errors;
+  std::function<void(uint32_t)> on_notify;
+  void onMessage(const uint8_t* data, size_t length) override {
+    messages.emplace_back(data, data + length);
+  }
+  void onNotify(uint32_t value) override {
+    if (on_notify) on_notify(value);
+    notifies.push_back(value);
+  }
+  void onError(Status why) override { errors.push_back(std::move(why)); }
+};
+
+class VerbsTransport : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto a = verbs::create(TransportConfig{});
+    ASSERT_TRUE(a.ok()) << "verbs transport needs an RDMA device (run in the rxe guest): "
+                        << a.status().toString();
+    auto b = verbs::create(TransportConfig{});
+    ASSERT_TRUE(b.ok()) << b.status().toString();
+    ta_ = std::move(*a);
+    tb_ = std::move(*b);
+    std::mt19937_64 rng(std::random_device{}());
+    const uint64_t token = rng();
+    EndpointSetup sb;
+    sb.role = Role::kPassive;
+    sb.peer_address = ta_->localAddress();
+    sb.token = token;
+    sb.max_message_size = 64 << 10;
+    sb.events = &eb_;
+    // Passive first here; the other order (request before createEndpoint) has its own test.
+    auto epb = tb_->createEndpoint(sb);
+    ASSERT_TRUE(epb.ok()) << epb.status().toString();
+    EndpointSetup sa = sb;
+    sa.role = Role::kActive;
+    sa.peer_address = tb_->localAddress();
+    sa.events = &ea_;
+    auto epa = ta_->createEndpoint(sa);
+    ASSERT_TRUE(epa.ok()) << epa.status().toString();
+    a_ = std::move(*epa);
+    b_ = std::move(*epb);
+    EXPECT_EQ(a_->state(), EndpointState::kConnecting);
+    ASSERT_TRUE(pump([&] { return ready(); }, 20s))
+        << "a: " << a_->error().toString() << " b: " << b_->error().toString();
+
+    const size_t size = 2 << 20;
+    bufa_.assign(size, 0);
+    bufb_.assign(size, 0);
+    auto ma = ta_->registerMemory(bufa_.data(), size, kAccessRemoteRead | kAccessRemoteWrite);
+    ASSERT_TRUE(ma.ok()) << ma.status().toString();
+    auto mb = tb_->registerMemory(bufb_.data(), size, kAccessRemoteRead | kAccessRemoteWrite);
+    ASSERT_TRUE(mb.ok()) << mb.status().toString();
+    ma_ = std::move(*ma);
+    mb_ = std::move(*mb);
+    auto kb = a_->importKey(mb_->packedKey());
+    ASSERT_TRUE(kb.ok()) << kb.status().toString();
+    kb_ = std::move(*kb);
+  }
+
+  void TearDown() override {
+    kb_.reset();
+    a_.reset();
+    b_.reset();
+    ma_.reset();
+    mb_.reset();
+    ta_.reset();
+    tb_.reset();
+  }
+
+  bool ready() const {
+    return a_ && b_ && a_->state() == EndpointState::kReady && b_->state() == EndpointState::kReady;
+  }
+
+  /// Drives both transports until pred() holds or the deadline passes.
+  bool pump(const std::function<bool()>& pred, std::chrono::milliseconds limit = 20s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (ta_) ta_->progress();
+      if (tb_) tb_->progress();
+      if (pred()) return true;
+    }
+    return pred();
+  }
+
+  /// Keeps progressing for a while (to see that nothing more happens).
+  void settle(std::chrono::milliseconds d = 200ms) {
+    pump([] { return false; }, d);
+  }
+
+  uint64_t addrA(size_t off) { return reinterpret_cast<uintptr_t>(bufa_.data()) + off; }
+  uint64_t addrB(size_t off) { return reinterpret_cast<uintptr_t>(bufb_.data()) + off; }
+
+  static void fillRandom(uint8_t* p, size_t n, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(rng());
+  }
+
+  Done& newDone() { return dones_.emplace_back(); }
+
+  std::deque<Done> dones_;  // before the endpoints: closing them may still complete these
+  std::unique_ptr<Transport> ta_, tb_;
+  Events ea_, eb_;
+  std::unique_ptr<Endpoint> a_, b_;
+  std::vector<uint8_t> bufa_, bufb_;
+  std::unique_ptr<MemoryHandle> ma_, mb_;
+  std::unique_ptr<RemoteKey> kb_;
+  bool in_post_ = false;
+};
+
+TEST_F(VerbsTransport, VerbsConnectsThroughRdmaCm) {
+  EXPECT_TRUE(ready());
+  EXPECT_EQ(ta_->name(), "verbs");
+  EXPECT_GE(ta_->eventFd(), 0);
+  EXPECT_NE(ta_->localAddress(), tb_->localAddress());
+  EXPECT_TRUE(ea_.errors.empty());
+  EXPECT_TRUE(eb_.errors.empty());
+  EXPECT_EQ(ta_->capabilities().max_message_size, size_t{1} << 20);
+  EXPECT_TRUE(ma_->packedKey().size() > 0);
+}
+
+TEST_F(VerbsTransport, VerbsWriteAndReadOddSizesAndOffsets) {
+  const size_t sizes[] = {1, 7, 4096, (1 << 20) + 13};
+  uint64_t seed = 1;
+  for (size_t size : sizes) {
+    SCOPED_TRACE("size " + std::to_string(size));
+    const size_t src_off = 3, dst_off = 5;
+    // WRITE a -> b, poisoned destination with guard bytes.
+    fillRandom(&bufa_[src_off], size, ++seed);
+    std::memset(bufb_.data(), 0xAB, size + dst_off + 16);
+    RmaOp op{ma_.get(), addrA(src_off), kb_.get(), addrB(dst_off), size};
+    Done& w = newDone();
+    w.in_post = &in_post_;
+    in_post_ = true;
+    ASSERT_TRUE(a_->postWrite({&op, 1}, std::nullopt, &w).ok());
+    in_post_ = false;
+    ASSERT_TRUE(pump([&] { return w.calls > 0; })) << "write did not complete";
+    ASSERT_TRUE(w.status.ok()) << w.status.toString();
+    EXPECT_FALSE(w.called_inline);
+    EXPECT_EQ(0, std::memcmp(&bufa_[src_off], &bufb_[dst_off], size));
+    EXPECT_EQ(bufb_[dst_off - 1], 0xAB);
+    EXPECT_EQ(bufb_[dst_off + size], 0xAB);
+
+    // READ b -> a into a poisoned destination.
+    fillRandom(&bufb_[dst_off], size, ++seed);
+    std::memset(bufa_.data(), 0xCD, size + src_off + 16);
+    Done& r = newDone();
+    r.in_post = &in_post_;
+    in_post_ = true;
+    ASSERT_TRUE(a_->postRead({&op, 1}, &r).ok());
+    in_post_ = false;
+    ASSERT_TRUE(pump([&] { return r.calls > 0; })) << "read did not complete";
+    ASSERT_TRUE(r.status.ok()) << r.status.toString();
+    EXPECT_FALSE(r.called_inline);
+    EXPECT_EQ(0, std::memcmp(&bufa_[src_off], &bufb_[dst_off], size));
+    EXPECT_EQ(bufa_[src_off - 1], 0xCD);
+    EXPECT_EQ(bufa_[src_off + size], 0xCD);
+    settle(20ms);
+    EXPECT_EQ(w.calls, 1);
+    EXPECT_EQ(r.calls, 1);
+  }
+}
+
+TEST_F(VerbsTransport, VerbsBatchOf1000OpsCompletesOnceWithSmallSendQueue) {
+  constexpr size_t kOps = 1000, kLen = 61, kStride = 97;
+  fillRandom(bufa_.data(), kOps * kStride, 42);
+  std::memset(bufb_.data(), 0, kOps * kStride);
+  std::vector<RmaOp> ops;
+  for (size_t i = 0; i < kOps; ++i) {
+    ops.push_back({ma_.get(), addrA(i * kStride), kb_.get(), addrB(i * kStride + 1), kLen});
+  }
+  Done& w = newDone();
+  w.in_post = &in_post_;
+  in_post_ = true;
+  ASSERT_TRUE(a_->postWrite(ops, std::nullopt, &w).ok());
+  in_post_ = false;
+  ASSERT_TRUE(pump([&] { return w.calls > 0; }));
+  ASSERT_TRUE(w.status.ok()) << w.status.toString();
+  for (size_t i = 0; i < kOps; ++i) {
+    ASSERT_EQ(0, std::memcmp(&bufa_[i * kStride], &bufb_[i * kStride + 1], kLen)) << "op " << i;
+  }
+  // And the same batch read back, also larger than the send queue.
+  std::memset(bufa_.data(), 0, kOps * kStride);
+  Done& r = newDone();
+  ASSERT_TRUE(a_->postRead(ops, &r).ok());
+  ASSERT_TRUE(pump([&] { return r.calls > 0; }));
+  ASSERT_TRUE(r.status.ok()) << r.status.toString();
+  for (size_t i = 0; i < kOps; ++i) {
+    ASSERT_EQ(0, std::memcmp(&bufa_[i * kStride], &bufb_[i * kStride + 1], kLen)) << "op " << i;
+  }
+  settle(50ms);
+  EXPECT_EQ(w.calls, 1);
+  EXPECT_EQ(r.calls, 1);
+  EXPECT_FALSE(w.called_inline);
+}
+
+TEST_F(VerbsTransport, VerbsNotifyArrivesAfterTheData) {
+  const size_t size = 256 << 10;
+  fillRandom(bufa_.data(), size, 7);
+  std::memset(bufb_.data(), 0, size);
+  bool data_was_there = false;
+  eb_.on_notify = [&](uint32_t v) {
+    if (v == 0xDEADBEEF) data_was_there = std::memcmp(bufa_.data(), bufb_.data(), size) == 0;
+  };
+  std::vector<RmaOp> ops = {
+      {ma_.get(), addrA(0), kb_.get(), addrB(0), size / 2},
+      {ma_.get(), addrA(size / 2), kb_.get(), addrB(size / 2), size / 2},
+      {ma_.get(), addrA(0), kb_.get(), addrB(0), 0},  // zero-length tail
+  };
+  Done& w = newDone();
+  ASSERT_TRUE(a_->postWrite(ops, 0xDEADBEEF, &w).ok());
+  ASSERT_TRUE(pump([&] { return w.calls > 0 && !eb_.notifies.empty(); }));
+  ASSERT_TRUE(w.status.ok()) << w.status.toString();
+  ASSERT_EQ(eb_.notifies.size(), 1u);
+  EXPECT_EQ(eb_.notifies[0], 0xDEADBEEF);
+  EXPECT_TRUE(data_was_there);
+
+  // A batch of zero-length ops only (and an empty batch) still notifies.
+  RmaOp zero{ma_.get(), addrA(0), kb_.get(), addrB(0), 0};
+  Done& z1 = newDone();
+  Done& z2 = newDone();
+  Done& z3 = newDone();
+  z1.in_post = z2.in_post = z3.in_post = &in_post_;
+  in_post_ = true;
+  ASSERT_TRUE(a_->postWrite({&zero, 1}, 7u, &z1).ok());
+  ASSERT_TRUE(a_->postWrite({}, 8u, &z2).ok());
+  ASSERT_TRUE(a_->postWrite({&zero, 1}, std::nullopt, &z3).ok());
+  in_post_ = false;
+  ASSERT_TRUE(pump([&] { return z1.calls && z2.calls && z3.calls && eb_.notifies.size() == 3; }));
+  EXPECT_TRUE(z1.status.ok() && z2.status.ok() && z3.status.ok());
+  EXPECT_FALSE(z1.called_inline || z2.called_inline || z3.called_inline);
+  EXPECT_EQ(eb_.notifies[1], 7u);
+  EXPECT_EQ(eb_.notifies[2], 8u);
+  EXPECT_TRUE(eb_.messages.empty());
+}
+
+TEST_F(VerbsTransport, VerbsSendRecvKeepsOrderOf100Messages) {
+  constexpr int kMessages = 100;
+  std::vector<Done*> done;
+  for (int i = 0; i < kMessages; ++i) done.push_back(&newDone());
+  size_t off = 0;
+  std::vector<std::pair<size_t, size_t>> where;
+  for (int i = 0; i < kMessages; ++i) {
+    const size_t len = i == 50 ? size_t{64} << 10 : (i * 131) % 3000 + 1;  // one of max size
+    fillRandom(&bufa_[off], len, 1000 + i);
+    where.emplace_back(off, len);
+    done[i]->in_post = &in_post_;
+    in_post_ = true;
+    ASSERT_TRUE(a_->postSend(ma_.get(), addrA(off), len, done[i]).ok()) << i;
+    in_post_ = false;
+    off += len;
+  }
+  ASSERT_TRUE(pump([&] { return eb_.messages.size() == kMessages; }))
+      << "got " << eb_.messages.size();
+  ASSERT_TRUE(pump([&] {
+    for (Done* d : done) {
+      if (d->calls == 0) return false;
+    }
+    return true;
+  }));
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_EQ(eb_.messages[i].size(), where[i].second) << i;
+    EXPECT_EQ(0, std::memcmp(eb_.messages[i].data(), &bufa_[where[i].first], where[i].second)) << i;
+    EXPECT_TRUE(done[i]->status.ok()) << done[i]->status.toString();
+    EXPECT_FALSE(done[i]->called_inline);
+  }
+  // And back, with more messages than the receive ring (the ring is reposted as it drains).
+  std::vector<Done*> back;
+  for (int i = 0; i < 300; ++i) back.push_back(&newDone());
+  for (int i = 0; i < 300; ++i) {
+    bufb_[i] = static_cast<uint8_t>(i);
+    ASSERT_TRUE(b_->postSend(mb_.get(), addrB(i), 1, back[i]).ok());
+  }
+  ASSERT_TRUE(pump([&] { return ea_.messages.size() == 300; })) << ea_.messages.size();
+  for (int i = 0; i < 300; ++i) ASSERT_EQ(ea_.messages[i], std::vector<uint8_t>{uint8_t(i)});
+  settle(50ms);
+  for (Done* d : done) EXPECT_EQ(d->calls, 1);
+  for (Done* d : back) EXPECT_EQ(d->calls, 1);
+}
+
+TEST_F(VerbsTransport, VerbsMessageLargerThanMaxIsOutOfRange) {
+  Done& d = newDone();
+  Status s = a_->postSend(ma_.get(), addrA(0), (64 << 10) + 1, &d);
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange) << s.toString();
+  settle(20ms);
+  EXPECT_EQ(d.calls, 0);
+  EXPECT_EQ(a_->state(), EndpointState::kReady);
+}
+
+TEST_F(VerbsTransport, VerbsBadPackedKeyIsProtocolError) {
+  std::vector<uint8_t> good = mb_->packedKey();
+  EXPECT_EQ(a_->importKey(std::vector<uint8_t>{1, 2, 3}).status().code(),
+            StatusCode::kProtocolError);
+  std::vector<uint8_t> bad = good;
+  bad[0] ^= 0xff;
+  EXPECT_EQ(a_->importKey(bad).status().code(), StatusCode::kProtocolError);
+  bad = good;
+  bad[3] = 99;  // version
+  EXPECT_EQ(a_->importKey(bad).status().code(), StatusCode::kProtocolError);
+  bad = good;
+  bad.push_back(0);
+  EXPECT_EQ(a_->importKey(bad).status().code(), StatusCode::kProtocolError);
+  EXPECT_TRUE(a_->importKey(good).ok());
+  auto local_only = ta_->registerMemory(bufa_.data(), 4096, kAccessLocal);
+  ASSERT_TRUE(local_only.ok());
+  EXPECT_TRUE((*local_only)->packedKey().empty());
+}
+
+TEST_F(VerbsTransport, VerbsWriteToReadOnlyRegionIsRemoteAccessError) {
+  std::vector<uint8_t> ro(8192, 0x11);
+  auto mro = tb_->registerMemory(ro.data(), ro.size(), kAccessRemoteRead);
+  ASSERT_TRUE(mro.ok());
+  auto key = a_->importKey((*mro)->packedKey());
+  ASSERT_TRUE(key.ok());
+  // Reading it is fine.
+  RmaOp rop{ma_.get(), addrA(0), key->get(), reinterpret_cast<uintptr_t>(ro.data()), 100};
+  Done& r = newDone();
+  ASSERT_TRUE(a_->postRead({&rop, 1}, &r).ok());
+  ASSERT_TRUE(pump([&] { return r.calls > 0; }));
+  EXPECT_TRUE(r.status.ok()) << r.status.toString();
+  // Writing it fails, and so does everything queued behind it.
+  Done& w = newDone();
+  Done& after = newDone();
+  ASSERT_TRUE(a_->postWrite({&rop, 1}, std::nullopt, &w).ok());
+  RmaOp fine{ma_.get(), addrA(0), kb_.get(), addrB(0), 100};
+  ASSERT_TRUE(a_->postWrite({&fine, 1}, std::nullopt, &after).ok());
+  ASSERT_TRUE(pump([&] { return w.calls > 0 && after.calls > 0; }, 30s));
+  EXPECT_EQ(w.status.code(), StatusCode::kRemoteAccessError) << w.status.toString();
+  EXPECT_NE(w.status.message().find("remote"), std::string::npos) << w.status.toString();
+  EXPECT_FALSE(after.status.ok());
+  ASSERT_TRUE(pump([&] { return !ea_.errors.empty(); }, 5s));
+  EXPECT_EQ(a_->state(), EndpointState::kBroken);
+  EXPECT_FALSE(a_->error().ok());
+  EXPECT_EQ(std::vector<uint8_t>(ro.begin(), ro.begin() + 100), std::vector<uint8_t>(100, 0x11));
+  // The endpoint refuses new work instead of hanging.
+  Done& later = newDone();
+  EXPECT_FALSE(a_->postWrite({&fine, 1}, std::nullopt, &later).ok());
+  // The peer learns too (its QP errs or it sees the disconnect).
+  EXPECT_TRUE(pump([&] { return b_->state() == EndpointState::kBroken; }, 10s));
+  settle(50ms);
+  EXPECT_EQ(w.calls, 1);
+  EXPECT_EQ(after.calls, 1);
+  EXPECT_EQ(later.calls, 0);
+  key->reset();
+}
+
+TEST_F(VerbsTransport, VerbsCloseCancelsOutstandingOpsExactlyOnce) {
+  // Enough work that it cannot have finished: we never progress between post and close.
+  std::vector<RmaOp> ops;
+  for (int i = 0; i < 16; ++i) {
+    ops.push_back({ma_.get(), addrA(0), kb_.get(), addrB(0), 1 << 20});
+  }
+  std::vector<Done*> done;
+  for (int i = 0; i < 5; ++i) done.push_back(&newDone());
+  for (Done* d : done) {
+    d->in_post = &in_post_;
+    in_post_ = true;
+    ASSERT_TRUE(a_->postWrite(ops, std::nullopt, d).ok());
+    in_post_ = false;
+  }
+  Done& s = newDone();
+  ASSERT_TRUE(a_->postSend(ma_.get(), addrA(0), 100, &s).ok());
+  a_->close(Status(StatusCode::kCancelled, "test closes"));
+  for (Done* d : done) {
+    EXPECT_EQ(d->calls, 1);
+    EXPECT_EQ(d->status.code(), StatusCode::kCancelled) << d->status.toString();
+    EXPECT_FALSE(d->called_inline);
+  }
+  EXPECT_EQ(s.calls, 1);
+  EXPECT_EQ(a_->state(), EndpointState::kBroken);
+  a_->close(Status(StatusCode::kCancelled, "again"));  // idempotent
+  Done& after = newDone();
+  EXPECT_FALSE(a_->postSend(ma_.get(), addrA(0), 1, &after).ok());
+  // The peer sees the disconnect; late flushed completions are ignored.
+  EXPECT_TRUE(pump([&] { return b_->state() == EndpointState::kBroken; }, 10s));
+  settle(100ms);
+  for (Done* d : done) EXPECT_EQ(d->calls, 1);
+  EXPECT_EQ(s.calls, 1);
+  EXPECT_EQ(after.calls, 0);
+  EXPECT_FALSE(eb_.errors.empty());
+}
+
+TEST_F(VerbsTransport, VerbsConnectRequestBeforePassiveEndpointIsStashed) {
+  // The active side connects before the passive side has called createEndpoint.
+  Events ea2, eb2;
+  EndpointSetup sa;
+  sa.role = Role::kActive;
+  sa.peer_address = tb_->localAddress();
+  sa.token = 0x1234567890abcdefULL;
+  sa.max_message_size = 4096;
+  sa.events = &ea2;
+  auto a2 = ta_->createEndpoint(sa);
+  ASSERT_TRUE(a2.ok()) << a2.status().toString();
+  settle(300ms);  // the request reaches tb_ and waits there
+  EXPECT_EQ((*a2)->state(), EndpointState::kConnecting);
+  EndpointSetup sb = sa;
+  sb.role = Role::kPassive;
+  sb.peer_address = ta_->localAddress();
+  sb.events = &eb2;
+  auto b2 = tb_->createEndpoint(sb);
+  ASSERT_TRUE(b2.ok()) << b2.status().toString();
+  ASSERT_TRUE(pump([&] {
+    return (*a2)->state() == EndpointState::kReady && (*b2)->state() == EndpointState::kReady;
+  })) << (*a2)->error().toString()
+      << " / " << (*b2)->error().toString();
+  bufa_[0] = 77;
+  Done& d = newDone();
+  ASSERT_TRUE((*a2)->postSend(ma_.get(), addrA(0), 1, &d).ok());
+  ASSERT_TRUE(pump([&] { return d.calls > 0 && eb2.messages.size() == 1; }));
+  EXPECT_EQ(eb2.messages[0][0], 77);
+  // The first pair is untouched.
+  EXPECT_TRUE(ready());
+}
+
+TEST_F(VerbsTransport, VerbsConnectToNobodyFailsWithoutHanging) {
+  Events e;
+  EndpointSetup s;
+  s.role = Role::kActive;
+  std::vector<uint8_t> addr = tb_->localAddress();
+  addr[8] ^= 0x5a;  // another port: nobody listens there
+  s.peer_address = addr;
+  s.token = 99;
+  s.max_message_size = 4096;
+  s.events = &e;
+  auto ep = ta_->createEndpoint(s);
+  ASSERT_TRUE(ep.ok()) << ep.status().toString();
+  ASSERT_TRUE(pump([&] { return (*ep)->state() == EndpointState::kBroken; }, 30s));
+  EXPECT_FALSE((*ep)->error().ok());
+  EXPECT_EQ(e.errors.size(), 1u);
+  EXPECT_FALSE(ta_->createEndpoint({Role::kActive, {1, 2, 3}, 5, 4096, &e}).ok());
+}
+
+TEST_F(VerbsTransport, VerbsEventFdWakesOnCompletion) {
+  // Idle: arm() says we may sleep.
+  settle(20ms);
+  bool armed = false;
+  for (int i = 0; i < 100 && !armed; ++i) {
+    ta_->progress();
+    tb_->progress();
+    armed = ta_->arm();
+  }
+  EXPECT_TRUE(armed);
+  // b posts at once (its QP is ready), so a's fd must become readable without progressing a.
+  Done& d = newDone();
+  ASSERT_TRUE(b_->postSend(mb_.get(), addrB(0), 10, &d).ok());
+  pollfd pfd{ta_->eventFd(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 10000), 1) << "eventFd did not wake up for a receive";
+  ASSERT_TRUE(pump([&] { return ea_.messages.size() == 1 && d.calls == 1; }));
+  // Same for a connection event (the cm channel is behind the same fd).
+  settle(20ms);
+  armed = false;
+  for (int i = 0; i < 100 && !armed; ++i) {
+    ta_->progress();
+    tb_->progress();
+    armed = tb_->arm();
+  }
+  EXPECT_TRUE(armed);
+  a_->close(Status(StatusCode::kCancelled, "bye"));
+  pfd = {tb_->eventFd(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 10000), 1) << "eventFd did not wake up for a disconnect";
+  EXPECT_TRUE(pump([&] { return b_->state() == EndpointState::kBroken; }, 10s));
+}
+
+TEST(VerbsNoDevice, CreateExplainsWhatItFound) {
+  auto t = verbs::create(TransportConfig{});
+  if (rdmaDeviceCount() == 0) {
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.status().code(), StatusCode::kUnavailable);
+    EXPECT_NE(t.status().message().find("RDMA"), std::string::npos) << t.status().toString();
+    EXPECT_NE(t.status().message().find("ucx"), std::string::npos) << t.status().toString();
+  } else {
+    ASSERT_TRUE(t.ok()) << t.status().toString();
+    const std::string d = (*t)->description();
+    EXPECT_NE(d.find("verbs "), std::string::npos) << d;
+    EXPECT_NE(d.find(" gid "), std::string::npos) << d;
+    EXPECT_NE(d.find("RoCE v2"), std::string::npos) << d;
+    if (const char* dev = std::getenv("RXE_DEV")) {
+      EXPECT_NE(d.find(std::string("verbs ") + dev + " port"), std::string::npos) << d;
+    }
+    // A device that does not exist is refused by name.
+    TransportConfig c;
+    c.device = "no_such_dev";
+    auto bad = verbs::create(c);
+    EXPECT_EQ(bad.status().code(), StatusCode::kUnavailable);
+    EXPECT_NE(bad.status().message().find("no_such_dev"), std::string::npos);
+  }
+  TransportConfig c;
+  c.params["verbs.bogus"] = "1";
+  auto unknown = verbs::create(c);
+  EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument) << unknown.status().toString();
+}
+
+}  // namespace
+}  // namespace zcx::transport

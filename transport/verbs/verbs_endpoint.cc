@@ -276,9 +276,10 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
       return;
     }
     case RDMA_CM_EVENT_REJECTED:
-      breakConnection(Status(
-          StatusCode::kConnectionRefused,
-          "the peer rejected the rdma_cm connection (reason " + std::to_string(status) + ")"));
+      breakConnection(
+          Status(StatusCode::kConnectionRefused,
+                 "the peer rejected the rdma_cm connection (reason " + std::to_string(status) +
+                     (status == 8 ? ": nobody listens at that address and port" : "") + ")"));
       return;
     case RDMA_CM_EVENT_ADDR_ERROR:
     case RDMA_CM_EVENT_ROUTE_ERROR:

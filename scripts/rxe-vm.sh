@@ -82,7 +82,7 @@ parse_args() {
     esac
   done
   shift $((OPTIND - 1))
-  [ $# -gt 0 ] || { usage >&2; die "no command given (usage: $0 [options] -- CMD [ARG...])"; }
+  [ $# -gt 0 ] || die "no command given (usage: $0 [options] -- CMD [ARG...]; -h for help)"
   if [ $# -eq 1 ]; then
     COMMAND=$1
   else

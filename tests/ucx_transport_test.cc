@@ -11,6 +11,14 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <deque>
+
 #include "ucx/factory.h"
 #include "zcx/transport/transport.h"
 
@@ -71,6 +79,8 @@ std::map<std::string, std::string> paramsFor(const std::string& name) {
   // transport itself); self covers loopback within one worker.
   return {{"ucx.tls", "posix,cma,self"}};
 }
+
+uint64_t addr0(const std::vector<uint8_t>& buf) { return reinterpret_cast<uint64_t>(buf.data()); }
 
 std::vector<uint8_t> randomBytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -603,6 +613,267 @@ TEST_P(UcxTransportTest, PeerDeathBreaksTheEndpoint) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tls, UcxTransportTest, ::testing::Values("tcp", "shm"),
+                         [](const auto& info) { return info.param; });
+
+// ---------------------------------------------------------------------------------------------
+// Two processes: this binary re-executes itself as the peer (the child runs the test
+// UcxTwoProcessChild.Serve, which skips unless ZCX_UCX_CHILD is set). The child registers a
+// buffer, echoes every message back, answers a notify with the first bytes of its buffer, and is
+// killed at the end to check peer-death detection.
+
+std::map<std::string, std::string> twoProcessParams(const std::string& name) {
+  std::map<std::string, std::string> p;
+  if (name == "tcp") p = {{"ucx.tls", "tcp"}, {"ucx.net_devices", "lo"}};
+  if (name == "posix_cma") p = {{"ucx.tls", "posix,cma,self"}};
+  if (name == "sysv_cma") p = {{"ucx.tls", "sysv,cma,self"}};
+  p["ucx.KEEPALIVE_INTERVAL"] = "1s";  // detect the killed peer quickly
+  return p;
+}
+
+bool writeAll(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+bool readAll(int fd, void* data, size_t n) {
+  auto* p = static_cast<uint8_t*>(data);
+  while (n > 0) {
+    ssize_t r = ::read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+bool writeBlob(int fd, const std::vector<uint8_t>& v) {
+  uint32_t n = static_cast<uint32_t>(v.size());
+  return writeAll(fd, &n, 4) && writeAll(fd, v.data(), v.size());
+}
+bool readBlob(int fd, std::vector<uint8_t>* v) {
+  uint32_t n = 0;
+  if (!readAll(fd, &n, 4) || n > (1u << 20)) return false;
+  v->resize(n);
+  return readAll(fd, v->data(), n);
+}
+
+constexpr size_t kChildBuffer = 4 * kMiB;
+constexpr size_t kNotifyEcho = 4096;
+
+TEST(UcxTwoProcessChild, Serve) {
+  const char* env = std::getenv("ZCX_UCX_CHILD");
+  if (env == nullptr) GTEST_SKIP() << "only runs as the peer of UcxTwoProcessTest";
+  int in = 3, out = 4;  // the pipes to the parent (stdout is gtest's)
+  TransportConfig config;
+  config.params = twoProcessParams(env);
+  auto t = ucx::create(config);
+  ASSERT_TRUE(t.ok()) << t.status().toString();
+  std::vector<uint8_t> buffer(kChildBuffer, 0);
+  auto mem =
+      (*t)->registerMemory(buffer.data(), buffer.size(), kAccessRemoteRead | kAccessRemoteWrite);
+  ASSERT_TRUE(mem.ok()) << mem.status().toString();
+  uint64_t base = reinterpret_cast<uint64_t>(buffer.data());
+  ASSERT_TRUE(writeBlob(out, (*t)->localAddress()));
+  ASSERT_TRUE(writeBlob(out, (*mem)->packedKey()));
+  ASSERT_TRUE(writeAll(out, &base, 8));
+  std::vector<uint8_t> peer;
+  uint64_t token = 0;
+  ASSERT_TRUE(readBlob(in, &peer));
+  ASSERT_TRUE(readAll(in, &token, 8));
+
+  struct Echo final : EndpointEvents {
+    void onMessage(const uint8_t* data, size_t length) override {
+      pending.emplace_back(data, data + length);
+    }
+    void onNotify(uint32_t value) override {
+      std::vector<uint8_t> m(4 + kNotifyEcho);
+      std::memcpy(m.data(), &value, 4);
+      std::memcpy(m.data() + 4, buf->data(), kNotifyEcho);
+      pending.push_back(std::move(m));
+    }
+    void onError(Status) override {}
+    std::vector<uint8_t>* buf = nullptr;
+    std::deque<std::vector<uint8_t>> pending;
+  } events;
+  events.buf = &buffer;
+  EndpointSetup setup;
+  setup.role = Role::kPassive;
+  setup.peer_address = peer;
+  setup.token = token;
+  setup.max_message_size = 8 * kMiB;
+  setup.events = &events;
+  auto ep = (*t)->createEndpoint(setup);
+  ASSERT_TRUE(ep.ok()) << ep.status().toString();
+
+  std::deque<std::pair<std::vector<uint8_t>, std::unique_ptr<MemoryHandle>>> inflight;
+  std::deque<std::unique_ptr<TestCompletion>> completions;
+  auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (std::chrono::steady_clock::now() < deadline) {  // until the parent kills us
+    (*t)->progress();
+    while (!events.pending.empty()) {
+      inflight.emplace_back(std::move(events.pending.front()), nullptr);
+      events.pending.pop_front();
+      auto& [bytes, m] = inflight.back();
+      if (!bytes.empty()) {
+        auto r = (*t)->registerMemory(bytes.data(), bytes.size(), kAccessLocal);
+        ASSERT_TRUE(r.ok());
+        m = std::move(r).value();
+      }
+      completions.push_back(std::make_unique<TestCompletion>());
+      Status s = (*ep)->postSend(m.get(), reinterpret_cast<uint64_t>(bytes.data()), bytes.size(),
+                                 completions.back().get());
+      ASSERT_TRUE(s.ok()) << s.toString();
+    }
+  }
+}
+
+class UcxTwoProcessTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(UcxTwoProcessTest, RmaMessagesAndPeerDeath) {
+  int to_child[2], from_child[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  ASSERT_EQ(::pipe(from_child), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Pipes on fds 3 and 4; the child's gtest chatter goes to /dev/null.
+    int in = ::dup(to_child[0]), out = ::dup(from_child[1]);
+    ::dup2(in, 3);
+    ::dup2(out, 4);
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::setenv("ZCX_UCX_CHILD", GetParam().c_str(), 1);
+    ::execl("/proc/self/exe", "ucx_transport_test", "--gtest_filter=UcxTwoProcessChild.Serve",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(to_child[0]);
+  ::close(from_child[1]);
+  struct Reaper {
+    pid_t pid;
+    int fds[2];
+    ~Reaper() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      ::close(fds[0]);
+      ::close(fds[1]);
+    }
+  } reaper{pid, {to_child[1], from_child[0]}};
+
+  std::vector<uint8_t> child_address, child_key;
+  uint64_t child_base = 0;
+  ASSERT_TRUE(readBlob(from_child[0], &child_address)) << "child did not start";
+  ASSERT_TRUE(readBlob(from_child[0], &child_key));
+  ASSERT_TRUE(readAll(from_child[0], &child_base, 8));
+
+  TransportConfig config;
+  config.params = twoProcessParams(GetParam());
+  auto t = ucx::create(config);
+  ASSERT_TRUE(t.ok()) << t.status().toString();
+  Transport& tr = **t;
+  uint64_t token = 0xfeedbeef;
+  ASSERT_TRUE(writeBlob(to_child[1], tr.localAddress()));
+  ASSERT_TRUE(writeAll(to_child[1], &token, 8));
+
+  TestEvents events;
+  EndpointSetup setup;
+  setup.role = Role::kActive;
+  setup.peer_address = child_address;
+  setup.token = token;
+  setup.max_message_size = 8 * kMiB;
+  setup.events = &events;
+  auto ep = tr.createEndpoint(setup);
+  ASSERT_TRUE(ep.ok()) << ep.status().toString();
+  auto key = (*ep)->importKey(child_key);
+  ASSERT_TRUE(key.ok()) << key.status().toString();
+  auto pump = [&](const std::function<bool()>& done, std::chrono::seconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done() && std::chrono::steady_clock::now() < deadline) tr.progress();
+    return done();
+  };
+
+  // Write with notify: the child answers the notify with its buffer's first bytes.
+  const size_t size = 2 * kMiB + 13;
+  std::vector<uint8_t> src = randomBytes(size, 11);
+  auto msrc = tr.registerMemory(src.data(), src.size(), kAccessLocal);
+  ASSERT_TRUE(msrc.ok());
+  RmaOp w{msrc->get(), addr0(src), key->get(), child_base + 1, size};
+  TestCompletion wc;
+  ASSERT_TRUE(posting([&] { return (*ep)->postWrite({&w, 1}, 99u, &wc); }).ok());
+  ASSERT_TRUE(pump([&] { return wc.calls > 0 && !events.messages.empty(); }, 30s))
+      << "write/notify did not finish: " << wc.calls << " " << wc.last.toString();
+  EXPECT_TRUE(wc.last.ok()) << wc.last.toString();
+  ASSERT_EQ(events.messages[0].size(), 4 + kNotifyEcho);
+  uint32_t echoed = 0;
+  std::memcpy(&echoed, events.messages[0].data(), 4);
+  EXPECT_EQ(echoed, 99u);
+  EXPECT_EQ(events.messages[0][4], 0);  // byte 0 untouched
+  EXPECT_EQ(0, std::memcmp(events.messages[0].data() + 5, src.data(), kNotifyEcho - 1))
+      << "data not visible when the notify arrived";
+
+  // Read it back.
+  std::vector<uint8_t> back(size, kPoison);
+  auto mback = tr.registerMemory(back.data(), back.size(), kAccessLocal);
+  ASSERT_TRUE(mback.ok());
+  RmaOp r{mback->get(), addr0(back), key->get(), child_base + 1, size};
+  TestCompletion rc;
+  ASSERT_TRUE(posting([&] { return (*ep)->postRead({&r, 1}, &rc); }).ok());
+  ASSERT_TRUE(pump([&] { return rc.calls > 0; }, 30s));
+  EXPECT_TRUE(rc.last.ok()) << rc.last.toString();
+  EXPECT_EQ(back, src);
+
+  // Messages, one large (rendezvous), echoed back in order.
+  std::vector<std::vector<uint8_t>> msgs = {randomBytes(10, 1), randomBytes(3 * kMiB, 2),
+                                            randomBytes(1000, 3)};
+  std::vector<std::unique_ptr<MemoryHandle>> mh;
+  std::vector<TestCompletion> sc(msgs.size());
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    auto m = tr.registerMemory(msgs[i].data(), msgs[i].size(), kAccessLocal);
+    ASSERT_TRUE(m.ok());
+    mh.push_back(std::move(m).value());
+    ASSERT_TRUE((*ep)->postSend(mh.back().get(), addr0(msgs[i]), msgs[i].size(), &sc[i]).ok());
+  }
+  ASSERT_TRUE(pump([&] { return events.messages.size() == 1 + msgs.size(); }, 30s));
+  for (size_t i = 0; i < msgs.size(); ++i) EXPECT_EQ(events.messages[1 + i], msgs[i]) << i;
+
+  // Kill the peer: the endpoint breaks, ops complete exactly once with kConnectionBroken.
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  std::vector<std::unique_ptr<TestCompletion>> ops;
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (events.errors.empty() && std::chrono::steady_clock::now() < deadline) {
+    if ((*ep)->state() != EndpointState::kBroken && ops.size() < 20) {
+      ops.push_back(std::make_unique<TestCompletion>());
+      RmaOp small{msrc->get(), addr0(src), key->get(), child_base, 64};
+      if (!(*ep)->postWrite({&small, 1}, std::nullopt, ops.back().get()).ok()) ops.pop_back();
+    }
+    for (int i = 0; i < 100; ++i) tr.progress();
+  }
+  ASSERT_EQ(events.errors.size(), 1u) << "peer death not detected within 60 s";
+  EXPECT_EQ(events.errors[0].code(), StatusCode::kConnectionBroken) << events.errors[0].toString();
+  EXPECT_EQ((*ep)->state(), EndpointState::kBroken);
+  pump(
+      [&] {
+        for (auto& c : ops)
+          if (c->calls == 0) return false;
+        return true;
+      },
+      10s);
+  for (int i = 0; i < 200; ++i) tr.progress();
+  for (auto& c : ops) {
+    EXPECT_EQ(c->calls, 1);
+    EXPECT_EQ(c->inline_calls, 0);
+    EXPECT_FALSE(c->last.ok());
+  }
+  key->reset();
+  ep->reset();
+}
+
+INSTANTIATE_TEST_SUITE_P(Tls, UcxTwoProcessTest, ::testing::Values("tcp", "posix_cma", "sysv_cma"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

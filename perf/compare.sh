@@ -188,6 +188,8 @@ ucx_part() {  # tcp | shm
   measure "$part" get_bw_4M bw "$z --test read_bw --size 4194304 --depth 16 --iters $n4m" "$srv" "$cli -t ucp_get -s 4194304 -n $n4m" parse_ucx
   measure "$part" put_lat_8 lat "$z --test write_lat --size 8 --iters $nlat" "$srv" "$cli -t ucp_put_lat -s 8 -n $nlat" parse_ucx
   measure "$part" put_rate_8 rate "$z --test write_bw --size 8 --depth 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
+  # The same with 64 writes per request (Connection::writeBatch, one completion per 64 messages).
+  measure "$part" put_rate_8_batch64 rate "$z --test write_bw --size 8 --depth 16 --batch 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   unset UCX_TLS UCX_NET_DEVICES
 }
 
@@ -205,6 +207,7 @@ verbs_part() {  # inside the guest
   measure verbs read_lat_8 lat "$z --test read_lat --size 8 --iters 2000" "ib_read_lat $pt -s 8 -n 2000" "ib_read_lat $pt -s 8 -n 2000 $SERVER_IP" parse_perftest
   measure verbs send_lat_8 lat "$z --test send_lat --size 8 --iters 2000" "ib_send_lat $pt -s 8 -n 2000" "ib_send_lat $pt -s 8 -n 2000 $SERVER_IP" parse_perftest
   measure verbs write_rate_8 rate "$z --test write_bw --size 8 --depth 128 --iters 20000" "ib_write_bw $pt -s 8 -n 20000" "ib_write_bw $pt -s 8 -n 20000 $SERVER_IP" parse_perftest
+  measure verbs write_rate_8_batch16 rate "$z --test write_bw --size 8 --depth 8 --batch 16 --iters 20000" "ib_write_bw $pt -s 8 -n 20000" "ib_write_bw $pt -s 8 -n 20000 $SERVER_IP" parse_perftest
 }
 
 print_table() {

@@ -38,7 +38,7 @@ std::string toJson(const PerfResult& r) {
     << ",\"bw_peak_MBps\":" << num(r.bw_peak_MBps) << ",\"msg_rate_Mpps\":" << num(r.msg_rate_Mpps)
     << ",\"lat_us\":{\"min\":" << num(r.lat.min) << ",\"avg\":" << num(r.lat.avg) << ",\"p50\":" << num(r.lat.p50)
     << ",\"p99\":" << num(r.lat.p99) << ",\"p999\":" << num(r.lat.p999) << ",\"max\":" << num(r.lat.max) << "}"
-    << ",\"depth\":" << r.depth << ",\"qps\":" << r.qps << ",\"seconds\":" << num(r.seconds)
+    << ",\"depth\":" << r.depth << ",\"qps\":" << r.qps << ",\"batch\":" << r.batch << ",\"seconds\":" << num(r.seconds)
     << ",\"verify\":" << (r.verified ? "true" : "false");
   if (r.verified) o << ",\"verify_errors\":" << r.verify_errors << ",\"verified_bytes\":" << r.verified_bytes;
   o << ",\"transport_description\":" << jsonString(r.transport_description) << "}";

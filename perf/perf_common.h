@@ -119,6 +119,7 @@ struct PerfResult {
   uint64_t iterations = 0;
   int depth = 0;
   int qps = 0;
+  int batch = 1;
   double seconds = 0;
   double bw_avg_MBps = 0;
   double bw_peak_MBps = 0;

@@ -41,6 +41,7 @@ DEFINE_int64(iters, 0, "operations per connection and size (0: automatic, perfte
 DEFINE_double(duration, 0, "run each size for this many seconds instead of --iters");
 DEFINE_int32(depth, 16, "operations in flight per connection (bandwidth tests)");
 DEFINE_int32(qps, 1, "data connections (bandwidth tests)");
+DEFINE_int32(batch, 1, "write_bw/read_bw: messages per request (writeBatch/readBatch; one completion each)");
 DEFINE_string(transport, "auto", "auto|ucx|verbs");
 DEFINE_string(device, "", "RDMA device (verbs), e.g. rxe0");
 DEFINE_int32(gid_index, -1, "GID index (verbs; -1: automatic)");
@@ -493,7 +494,7 @@ int runServer() {
 struct ClientConfig {
   TestKind kind;
   std::vector<uint64_t> sizes;
-  int depth, qps, slots;
+  int depth, qps, slots, batch;
   bool verify;
 };
 
@@ -584,6 +585,7 @@ class Client {
     res->size = size;
     res->depth = isLatency(cfg_.kind) ? 1 : cfg_.depth;
     res->qps = cfg_.qps;
+    res->batch = cfg_.batch;
     res->verified = cfg_.verify;
     res->verify_errors += result->errors;
     res->verified_bytes += result->checked;
@@ -621,6 +623,12 @@ class Client {
 
   Request post(int q, uint64_t n, uint64_t size) {
     size_t off = slotOff(q, n);
+    if (cfg_.batch > 1) {  // `batch` messages of `size` bytes, all from/to the connection's slot
+      for (auto& op : batch_ops_) {
+        op = RmaOp{&buf_.region, off, &remote_[q], off, size};
+      }
+      return cfg_.kind == TestKind::kWriteBw ? data_[q].writeBatch(batch_ops_) : data_[q].readBatch(batch_ops_);
+    }
     switch (cfg_.kind) {
       case TestKind::kWriteBw:
         if (cfg_.verify) fillPattern(buf_.data() + off, size, FLAGS_seed, n + (uint64_t(q) << 40));
@@ -637,6 +645,8 @@ class Client {
   /// Keeps `depth` operations in flight on every connection; `warm` unmeasured ops first.
   Status bandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res, Ctl* done) {
     const int Q = cfg_.qps, D = cfg_.depth;
+    const uint64_t B = cfg_.batch;  // messages per request
+    iters = (iters + B - 1) / B;    // from here on, counts are requests
     uint64_t warm = timed ? 2 * D : std::min<uint64_t>(iters / 10 + D, 1000);
     std::vector<std::vector<Request>> reqs(Q, std::vector<Request>(D));
     std::vector<std::vector<Clock::time_point>> at(Q, std::vector<Clock::time_point>(D));
@@ -683,7 +693,7 @@ class Client {
             ++win_ops;
             if (measure && now - win_start >= 10ms) {
               double secs = std::chrono::duration<double>(now - win_start).count();
-              *peak = std::max(*peak, win_ops * size / secs / 1e6);
+              *peak = std::max(*peak, win_ops * B * size / secs / 1e6);
               win_start = now;
               win_ops = 0;
             }
@@ -699,7 +709,7 @@ class Client {
             if (measure) {
               double frac = timed ? std::chrono::duration<double>(now - t0).count() / FLAGS_duration
                                   : double(*total_done - base_done) / double(target * Q);
-              progressLine(now, t0, size, frac, (*total_done - base_done) * size);
+              progressLine(now, t0, size, frac, (*total_done - base_done) * B * size);
             }
           }
         }
@@ -720,11 +730,11 @@ class Client {
     auto t1 = Clock::now();
     clearProgress();
     double secs = std::chrono::duration<double>(t1 - t0).count();
-    res->iterations = total;
+    res->iterations = total * B;
     res->seconds = secs;
-    res->bw_avg_MBps = total * size / secs / 1e6;
+    res->bw_avg_MBps = total * B * size / secs / 1e6;
     res->bw_peak_MBps = std::max(peak, res->bw_avg_MBps);
-    res->msg_rate_Mpps = total / secs / 1e6;
+    res->msg_rate_Mpps = total * B / secs / 1e6;
     res->verify_errors = verify_errors;
     res->verified_bytes = verified;
     for (int q = 0; q < Q; ++q) done->counts[q] = posted[q];
@@ -824,6 +834,7 @@ class Client {
 
   Engine& eng_;
   ClientConfig cfg_;
+  std::vector<RmaOp> batch_ops_ = std::vector<RmaOp>(cfg_.batch);
   CtlChannel ctl_;
   std::vector<Connection> data_;
   std::vector<RemoteRegion> remote_;
@@ -874,6 +885,12 @@ Status validate(ClientConfig* cfg) {
   if (FLAGS_mpi_pattern != "pairs" && FLAGS_mpi_pattern != "ring") {
     return err(StatusCode::kInvalidArgument, "--mpi_pattern must be pairs or ring");
   }
+  if (FLAGS_batch < 1 || FLAGS_batch > 1024) return err(StatusCode::kInvalidArgument, "--batch must be 1..1024");
+  if (FLAGS_batch > 1 && cfg->kind != TestKind::kWriteBw && cfg->kind != TestKind::kReadBw) {
+    return err(StatusCode::kInvalidArgument, "--batch applies to write_bw and read_bw only");
+  }
+  if (FLAGS_batch > 1 && FLAGS_verify) return err(StatusCode::kInvalidArgument, "--batch does not combine with --verify");
+  cfg->batch = FLAGS_batch;
   cfg->depth = FLAGS_depth;
   cfg->qps = FLAGS_qps;
   cfg->verify = FLAGS_verify;

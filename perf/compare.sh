@@ -123,7 +123,9 @@ ROWS=$OUT/rows.tsv  # part case metric zcx raw ratio target verdict
 # The strings are split on spaces; @PORT@ is replaced by the port of each run.
 measure() {
   local part=$1 name=$2 kind=$3 zargs=$4 rsrv=$5 rcli=$6 rparse=$7
-  local zs=() rs=() r v logf
+  local zs=() rs=() r v logf ztest zsize
+  ztest=$(sed -E 's/.*--test ([a-z_]+).*/\1/' <<<"$zargs")
+  zsize=$(sed -E 's/.*--size ([0-9]+).*/\1/' <<<"$zargs")
   for r in $(seq "$REPS"); do
     next_port
     logf=$OUT/$part.$name.zcx.$r.log
@@ -141,7 +143,7 @@ measure() {
     if run_pair "$logf" ${rsrv//@PORT@/$PORT} -- ${rcli//@PORT@/$PORT}; then
       if v=$($rparse "$kind" "$logf"); then
         rs+=("$v")
-        echo "{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"raw\",\"metric\":\"$kind\",\"value\":$v}" >>"$OUT/results.jsonl"
+        echo "{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"raw\",\"test\":\"$ztest\",\"size\":$zsize,\"metric\":\"$kind\",\"value\":$v}" >>"$OUT/results.jsonl"
       else
         log "could not parse the raw tool's output: $logf"
       fi
@@ -152,12 +154,13 @@ measure() {
   local zm rm ratio target verdict
   zm=$(printf '%s\n' "${zs[@]}" | median)
   rm=$(printf '%s\n' "${rs[@]}" | median)
-  read -r ratio target verdict < <(awk -v z="$zm" -v r="$rm" -v k="$kind" 'BEGIN {
+  # (a here-string, not process substitution: the rxe guest has no /dev/fd)
+  read -r ratio target verdict <<<"$(awk -v z="$zm" -v r="$rm" -v k="$kind" 'BEGIN {
     if (z == "nan" || r == "nan" || r == 0) { print "n/a n/a FAILED"; exit }
     q = z / r
     if (k == "lat") { t = "<=1.10"; ok = q <= 1.10 } else if (k == "rate") { t = ">=0.90"; ok = q >= 0.90 }
     else { t = ">=0.97"; ok = q >= 0.97 }
-    printf "%.3f %s %s\n", q, t, ok ? "meets" : "MISSES" }')
+    printf "%.3f %s %s\n", q, t, ok ? "meets" : "MISSES" }')"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$name" "$kind" "$zm" "$rm" "$ratio" "$target" "$verdict" \
     "${zs[*]} | ${rs[*]}" >>"$ROWS"
   log "$part $name: zcx $zm raw $rm ratio $ratio ($verdict)"

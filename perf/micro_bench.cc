@@ -2,7 +2,8 @@
 //  - RegionDescriptor encode / decode;
 //  - registering a range that is already registered (is it a cache hit?), against a first
 //    registration of a fresh range;
-//  - the submit cost of Connection::write() (the call alone), and a whole write (post + completion),
+//  - the submit cost of Connection::write() (the call alone), and a whole write (post +
+//  completion),
 //    on two engines connected in this process over UCX (shm by default; ZCX_BENCH_TLS to change).
 #include <benchmark/benchmark.h>
 #include <glog/logging.h>
@@ -167,7 +168,8 @@ void BM_WritePipelined(benchmark::State& state) {
 }
 BENCHMARK(BM_WritePipelined)->Arg(8)->Arg(65536);
 
-/// 64 writes in one writeBatch request (one completion): the batched alternative to BM_WritePipelined.
+/// 64 writes in one writeBatch request (one completion): the batched alternative to
+/// BM_WritePipelined.
 void BM_WriteBatch64(benchmark::State& state) {
   size_t size = static_cast<size_t>(state.range(0));
   Pair p(size * 64);

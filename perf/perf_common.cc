@@ -34,37 +34,44 @@ std::string num(double v) {
 std::string toJson(const PerfResult& r) {
   std::ostringstream o;
   o << "{\"test\":" << jsonString(r.test) << ",\"transport\":" << jsonString(r.transport)
-    << ",\"size\":" << r.size << ",\"iterations\":" << r.iterations << ",\"bw_avg_MBps\":" << num(r.bw_avg_MBps)
-    << ",\"bw_peak_MBps\":" << num(r.bw_peak_MBps) << ",\"msg_rate_Mpps\":" << num(r.msg_rate_Mpps)
-    << ",\"lat_us\":{\"min\":" << num(r.lat.min) << ",\"avg\":" << num(r.lat.avg) << ",\"p50\":" << num(r.lat.p50)
-    << ",\"p99\":" << num(r.lat.p99) << ",\"p999\":" << num(r.lat.p999) << ",\"max\":" << num(r.lat.max) << "}"
-    << ",\"depth\":" << r.depth << ",\"qps\":" << r.qps << ",\"batch\":" << r.batch << ",\"seconds\":" << num(r.seconds)
-    << ",\"verify\":" << (r.verified ? "true" : "false");
-  if (r.verified) o << ",\"verify_errors\":" << r.verify_errors << ",\"verified_bytes\":" << r.verified_bytes;
+    << ",\"size\":" << r.size << ",\"iterations\":" << r.iterations
+    << ",\"bw_avg_MBps\":" << num(r.bw_avg_MBps) << ",\"bw_peak_MBps\":" << num(r.bw_peak_MBps)
+    << ",\"msg_rate_Mpps\":" << num(r.msg_rate_Mpps) << ",\"lat_us\":{\"min\":" << num(r.lat.min)
+    << ",\"avg\":" << num(r.lat.avg) << ",\"p50\":" << num(r.lat.p50)
+    << ",\"p99\":" << num(r.lat.p99) << ",\"p999\":" << num(r.lat.p999)
+    << ",\"max\":" << num(r.lat.max) << "}"
+    << ",\"depth\":" << r.depth << ",\"qps\":" << r.qps << ",\"batch\":" << r.batch
+    << ",\"seconds\":" << num(r.seconds) << ",\"verify\":" << (r.verified ? "true" : "false");
+  if (r.verified)
+    o << ",\"verify_errors\":" << r.verify_errors << ",\"verified_bytes\":" << r.verified_bytes;
   o << ",\"transport_description\":" << jsonString(r.transport_description) << "}";
   return o.str();
 }
 
 void printHeader(bool latency) {
-  std::printf("---------------------------------------------------------------------------------------\n");
+  std::printf(
+      "---------------------------------------------------------------------------------------\n");
   if (latency) {
-    std::printf(" %-10s %-12s %-11s %-11s %-11s %-11s %-11s %-11s %-11s\n", "#bytes", "#iterations", "t_min[us]",
-                "t_max[us]", "t_p50[us]", "t_avg[us]", "t_p99[us]", "t_p99.9[us]", "MsgRate[Mpps]");
+    std::printf(" %-10s %-12s %-11s %-11s %-11s %-11s %-11s %-11s %-11s\n", "#bytes", "#iterations",
+                "t_min[us]", "t_max[us]", "t_p50[us]", "t_avg[us]", "t_p99[us]", "t_p99.9[us]",
+                "MsgRate[Mpps]");
   } else {
-    std::printf(" %-10s %-12s %-15s %-18s %-14s %-10s\n", "#bytes", "#iterations", "BW peak[MB/s]", "BW average[MB/s]",
-                "MsgRate[Mpps]", "lat_p50[us]");
+    std::printf(" %-10s %-12s %-15s %-18s %-14s %-10s\n", "#bytes", "#iterations", "BW peak[MB/s]",
+                "BW average[MB/s]", "MsgRate[Mpps]", "lat_p50[us]");
   }
 }
 
 void printRow(const PerfResult& r) {
   if (r.test.find("_lat") != std::string::npos) {
     std::printf(" %-10llu %-12llu %-11.3f %-11.3f %-11.3f %-11.3f %-11.3f %-11.3f %-11.6f",
-                static_cast<unsigned long long>(r.size), static_cast<unsigned long long>(r.iterations), r.lat.min,
-                r.lat.max, r.lat.p50, r.lat.avg, r.lat.p99, r.lat.p999, r.msg_rate_Mpps);
+                static_cast<unsigned long long>(r.size),
+                static_cast<unsigned long long>(r.iterations), r.lat.min, r.lat.max, r.lat.p50,
+                r.lat.avg, r.lat.p99, r.lat.p999, r.msg_rate_Mpps);
   } else {
-    std::printf(" %-10llu %-12llu %-15.2f %-18.2f %-14.6f %-10.2f", static_cast<unsigned long long>(r.size),
-                static_cast<unsigned long long>(r.iterations), r.bw_peak_MBps, r.bw_avg_MBps, r.msg_rate_Mpps,
-                r.lat.p50);
+    std::printf(" %-10llu %-12llu %-15.2f %-18.2f %-14.6f %-10.2f",
+                static_cast<unsigned long long>(r.size),
+                static_cast<unsigned long long>(r.iterations), r.bw_peak_MBps, r.bw_avg_MBps,
+                r.msg_rate_Mpps, r.lat.p50);
   }
   if (r.verified) {
     std::printf("  verify: %s (%llu bytes checked)", r.verify_errors ? "FAILED" : "ok",

@@ -18,8 +18,9 @@ enum class TestKind : uint32_t { kWriteBw = 1, kReadBw, kSendBw, kWriteLat, kRea
 
 inline bool parseTest(std::string_view s, TestKind* out) {
   static const std::pair<std::string_view, TestKind> kNames[] = {
-      {"write_bw", TestKind::kWriteBw},   {"read_bw", TestKind::kReadBw},   {"send_bw", TestKind::kSendBw},
-      {"write_lat", TestKind::kWriteLat}, {"read_lat", TestKind::kReadLat}, {"send_lat", TestKind::kSendLat},
+      {"write_bw", TestKind::kWriteBw}, {"read_bw", TestKind::kReadBw},
+      {"send_bw", TestKind::kSendBw},   {"write_lat", TestKind::kWriteLat},
+      {"read_lat", TestKind::kReadLat}, {"send_lat", TestKind::kSendLat},
   };
   for (const auto& [name, kind] : kNames) {
     if (s == name) {

@@ -41,7 +41,8 @@ DEFINE_int64(iters, 0, "operations per connection and size (0: automatic, perfte
 DEFINE_double(duration, 0, "run each size for this many seconds instead of --iters");
 DEFINE_int32(depth, 16, "operations in flight per connection (bandwidth tests)");
 DEFINE_int32(qps, 1, "data connections (bandwidth tests)");
-DEFINE_int32(batch, 1, "write_bw/read_bw: messages per request (writeBatch/readBatch; one completion each)");
+DEFINE_int32(batch, 1,
+             "write_bw/read_bw: messages per request (writeBatch/readBatch; one completion each)");
 DEFINE_string(transport, "auto", "auto|ucx|verbs");
 DEFINE_string(device, "", "RDMA device (verbs), e.g. rxe0");
 DEFINE_int32(gid_index, -1, "GID index (verbs; -1: automatic)");
@@ -51,13 +52,18 @@ DEFINE_bool(verify, false, "check the bytes that arrived (slows the run)");
 DEFINE_bool(json, false, "print one JSON object per result line instead of the table");
 DEFINE_bool(loopback, false, "start a server process on 127.0.0.1 and run the client against it");
 DEFINE_bool(persistent, false, "server: keep serving clients instead of exiting after one");
-DEFINE_string(ucx_tls, "", "UCX transports (transport parameter ucx.tls), e.g. tcp,self or posix,cma,self");
+DEFINE_string(ucx_tls, "",
+              "UCX transports (transport parameter ucx.tls), e.g. tcp,self or posix,cma,self");
 DEFINE_string(ucx_net_devices, "", "UCX network devices (ucx.net_devices), e.g. lo");
-DEFINE_string(mem, "alloc", "memory: alloc (Engine::allocate) or user (aligned malloc + registerMemory)");
+DEFINE_string(mem, "alloc",
+              "memory: alloc (Engine::allocate) or user (aligned malloc + registerMemory)");
 DEFINE_uint64(seed, 1, "seed of the --verify data pattern");
-DEFINE_int32(ready_fd, -1, "internal (--loopback): server writes its port to this fd when listening");
-DEFINE_bool(mpi, false, "bootstrap through MPI and measure write_bw between every pair (or a ring)");
-DEFINE_string(mpi_pattern, "pairs", "--mpi: pairs (every ordered pair, one at a time) or ring (all at once)");
+DEFINE_int32(ready_fd, -1,
+             "internal (--loopback): server writes its port to this fd when listening");
+DEFINE_bool(mpi, false,
+            "bootstrap through MPI and measure write_bw between every pair (or a ring)");
+DEFINE_string(mpi_pattern, "pairs",
+              "--mpi: pairs (every ordered pair, one at a time) or ring (all at once)");
 DEFINE_bool(quiet, true, "log only warnings and errors of the library");
 
 namespace zcx::perf {
@@ -104,11 +110,16 @@ bool parseSize(const std::string& s, uint64_t* out) {
   if (end == s.c_str() || errno || s[0] == '-') return false;
   std::string suf(end);
   uint64_t mul = 1;
-  if (suf.empty() || suf == "B") mul = 1;
-  else if (suf == "K" || suf == "KiB" || suf == "k") mul = 1024;
-  else if (suf == "M" || suf == "MiB" || suf == "m") mul = 1024 * 1024;
-  else if (suf == "G" || suf == "GiB" || suf == "g") mul = 1024ull * 1024 * 1024;
-  else return false;
+  if (suf.empty() || suf == "B")
+    mul = 1;
+  else if (suf == "K" || suf == "KiB" || suf == "k")
+    mul = 1024;
+  else if (suf == "M" || suf == "MiB" || suf == "m")
+    mul = 1024 * 1024;
+  else if (suf == "G" || suf == "GiB" || suf == "g")
+    mul = 1024ull * 1024 * 1024;
+  else
+    return false;
   *out = v * mul;
   return true;
 }
@@ -145,7 +156,8 @@ struct Buffer {
 Status makeBuffer(Engine& eng, size_t len, uint32_t access, Buffer* b) {
   if (FLAGS_mem == "user") {
     void* p = nullptr;
-    if (posix_memalign(&p, 4096, len) != 0) return err(StatusCode::kResourceExhausted, "posix_memalign failed");
+    if (posix_memalign(&p, 4096, len) != 0)
+      return err(StatusCode::kResourceExhausted, "posix_memalign failed");
     std::memset(p, 0, len);
     auto r = eng.registerMemory(p, len, access);
     if (!r.ok()) {
@@ -200,10 +212,12 @@ class CtlChannel {
     }
     size_t n = pending_.bytes();
     pending_ = Request();
-    if (n != sizeof(Ctl)) return err(StatusCode::kProtocolError, "control message of unexpected size");
+    if (n != sizeof(Ctl))
+      return err(StatusCode::kProtocolError, "control message of unexpected size");
     Ctl m;
     std::memcpy(&m, region_.data(), sizeof m);
-    if (m.magic != kMagic) return err(StatusCode::kProtocolError, "control message with a bad magic");
+    if (m.magic != kMagic)
+      return err(StatusCode::kProtocolError, "control message with a bad magic");
     if (m.type == kError) {
       m.text[sizeof m.text - 1] = 0;
       return err(StatusCode::kInternal, std::string("peer reported: ") + m.text);
@@ -214,8 +228,9 @@ class CtlChannel {
     auto m = recv();
     if (!m.ok()) return m;
     if (m->type != type) {
-      return err(StatusCode::kProtocolError,
-                 "control message " + std::to_string(m->type) + " where " + std::to_string(type) + " was expected");
+      return err(StatusCode::kProtocolError, "control message " + std::to_string(m->type) +
+                                                 " where " + std::to_string(type) +
+                                                 " was expected");
     }
     return m;
   }
@@ -279,7 +294,8 @@ class Server {
     if (h_.verify && (kind_ == TestKind::kReadBw || kind_ == TestKind::kReadLat)) {
       // Reads fetch a fixed pattern: slot i holds the prefix of pattern i.
       size_t nslots = isLatency(kind_) ? 1 : size_t{h_.qps} * h_.slots;
-      for (size_t i = 0; i < nslots; ++i) fillPattern(buf_.data() + i * h_.max_size, h_.max_size, h_.seed, i);
+      for (size_t i = 0; i < nslots; ++i)
+        fillPattern(buf_.data() + i * h_.max_size, h_.max_size, h_.seed, i);
     }
     ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf", buf_.region));
     if (kind_ == TestKind::kWriteLat) {
@@ -303,7 +319,8 @@ class Server {
 
   Status round(const Ctl& start) {
     const uint64_t size = start.size;
-    if (size < 1 || size > h_.max_size) return err(StatusCode::kInvalidArgument, "round size out of range");
+    if (size < 1 || size > h_.max_size)
+      return err(StatusCode::kInvalidArgument, "round size out of range");
     uint64_t errors = 0, checked = 0;
     std::vector<uint64_t> received(h_.qps, 0);
     if (kind_ == TestKind::kWriteLat) std::memset(buf_.data(), 0, size);
@@ -314,7 +331,8 @@ class Server {
         for (uint32_t j = 0; j < h_.depth; ++j) rings_[q].reqs[j] = postRecv(q, j);
       }
     }
-    if (kind_ == TestKind::kSendLat && !lat_recv_.valid()) lat_recv_ = data_[0].recv(buf_.region, 0, h_.max_size);
+    if (kind_ == TestKind::kSendLat && !lat_recv_.valid())
+      lat_recv_ = data_[0].recv(buf_.region, 0, h_.max_size);
     Ctl started;
     started.type = kStarted;
     ZCX_RETURN_IF_ERROR(ctl_.send(started));
@@ -357,8 +375,7 @@ class Server {
       switch (kind_) {
         case TestKind::kWriteBw:
         case TestKind::kReadBw:
-        case TestKind::kReadLat:
-          break;
+        case TestKind::kReadLat: break;
         case TestKind::kSendBw:
           for (uint32_t q = 0; q < h_.qps; ++q) {
             Ring& r = rings_[q];
@@ -370,7 +387,8 @@ class Server {
                 if (n != size) {
                   errors += size;
                 } else {
-                  errors += countMismatches(slotPtr(q, r.head), size, h_.seed, received[q] + (uint64_t{q} << 40));
+                  errors += countMismatches(slotPtr(q, r.head), size, h_.seed,
+                                            received[q] + (uint64_t{q} << 40));
                   checked += size;
                 }
               }
@@ -397,8 +415,10 @@ class Server {
             auto st = lat_recv_.test();
             if (!st->ok()) return st->withContext("receive");
             if (h_.verify) {
-              if (lat_recv_.bytes() != size) errors += size;
-              else errors += countMismatches(buf_.data(), size, h_.seed, i);
+              if (lat_recv_.bytes() != size)
+                errors += size;
+              else
+                errors += countMismatches(buf_.data(), size, h_.seed, i);
               checked += size;
             }
             lat_recv_ = data_[0].recv(buf_.region, 0, h_.max_size);
@@ -420,7 +440,8 @@ class Server {
       for (uint32_t q = 0; q < h_.qps; ++q) {
         uint64_t n = fin.counts[q];
         for (uint32_t s = 0; s < h_.slots && s < n; ++s) {
-          uint64_t last_op = n - 1 - ((n - 1 - s) % h_.slots);  // largest op < n with op % slots == s
+          uint64_t last_op =
+              n - 1 - ((n - 1 - s) % h_.slots);  // largest op < n with op % slots == s
           errors += countMismatches(slotPtr(q, s), size, h_.seed, last_op + (uint64_t{q} << 40));
           checked += size;
         }
@@ -437,7 +458,8 @@ class Server {
     return buf_.data() + (size_t{q} * h_.slots + j % h_.slots) * h_.max_size;
   }
   Request postRecv(uint32_t q, uint32_t j) {
-    return data_[q].recv(buf_.region, (size_t{q} * h_.slots + j % h_.slots) * h_.max_size, h_.max_size);
+    return data_[q].recv(buf_.region, (size_t{q} * h_.slots + j % h_.slots) * h_.max_size,
+                         h_.max_size);
   }
 
   struct Ring {
@@ -460,7 +482,8 @@ int runServer() {
   std::string listen = FLAGS_bind + ":" + std::to_string(FLAGS_port);
   auto eng = makeEngine(listen, ProgressMode::kManual);
   if (!eng.ok()) {
-    std::fprintf(stderr, "zcx_perf: cannot start the server engine: %s\n", eng.status().toString().c_str());
+    std::fprintf(stderr, "zcx_perf: cannot start the server engine: %s\n",
+                 eng.status().toString().c_str());
     return kExitFail;
   }
   Engine& e = **eng;
@@ -470,11 +493,13 @@ int runServer() {
     if (write(FLAGS_ready_fd, port.data(), port.size()) < 0) return kExitFail;
     close(FLAGS_ready_fd);
   }
-  std::fprintf(stderr, "zcx_perf server: %s on %s, listening on %s\n", std::string(e.transportName()).c_str(),
-               e.transportDescription().c_str(), addr.c_str());
+  std::fprintf(stderr, "zcx_perf server: %s on %s, listening on %s\n",
+               std::string(e.transportName()).c_str(), e.transportDescription().c_str(),
+               addr.c_str());
   int rc = 0;
   do {
-    auto c = e.accept(FLAGS_persistent ? std::chrono::milliseconds(24h) : std::chrono::milliseconds(600s));
+    auto c = e.accept(FLAGS_persistent ? std::chrono::milliseconds(24h)
+                                       : std::chrono::milliseconds(600s));
     if (!c.ok()) {
       std::fprintf(stderr, "zcx_perf server: %s\n", c.status().toString().c_str());
       return kExitFail;
@@ -507,8 +532,10 @@ class Client {
     for (uint64_t s : cfg_.sizes) max_size = std::max(max_size, s);
     max_size_ = max_size;
     size_t bytes = regionBytes(cfg_.kind, max_size, cfg_.qps, cfg_.slots);
-    ZCX_RETURN_IF_ERROR(makeBuffer(eng_, bytes, cfg_.kind == TestKind::kWriteLat ? kRemoteWrite : kLocalOnly, &buf_));
-    if (cfg_.kind == TestKind::kWriteLat) ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf_client", buf_.region));
+    ZCX_RETURN_IF_ERROR(makeBuffer(
+        eng_, bytes, cfg_.kind == TestKind::kWriteLat ? kRemoteWrite : kLocalOnly, &buf_));
+    if (cfg_.kind == TestKind::kWriteLat)
+      ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf_client", buf_.region));
 
     auto c = eng_.connect(host_port);
     if (!c.ok()) return c.status().withContext("connecting to " + host_port);
@@ -539,8 +566,10 @@ class Client {
       PerfResult r;
       ZCX_RETURN_IF_ERROR(runSize(size, &r));
       results->push_back(r);
-      if (FLAGS_json) std::printf("%s\n", toJson(r).c_str()), std::fflush(stdout);
-      else printRow(r);
+      if (FLAGS_json)
+        std::printf("%s\n", toJson(r).c_str()), std::fflush(stdout);
+      else
+        printRow(r);
     }
     Ctl bye;
     bye.type = kBye;
@@ -574,7 +603,8 @@ class Client {
 
     Ctl done;
     done.type = kDone;
-    Status s = isLatency(cfg_.kind) ? latency(size, iters, timed, res, &done) : bandwidth(size, iters, timed, res, &done);
+    Status s = isLatency(cfg_.kind) ? latency(size, iters, timed, res, &done)
+                                    : bandwidth(size, iters, timed, res, &done);
     if (!s.ok()) return s;
     ZCX_RETURN_IF_ERROR(ctl_.send(done));
     auto result = ctl_.expect(kResult);
@@ -591,24 +621,27 @@ class Client {
     res->verified_bytes += result->checked;
     samples_.resize(std::min(nsamples_, samples_.size()));
     // Write and send latency are one-way (half the round trip); read is the full round trip.
-    double scale = (cfg_.kind == TestKind::kWriteLat || cfg_.kind == TestKind::kSendLat) ? 0.5 : 1.0;
+    double scale =
+        (cfg_.kind == TestKind::kWriteLat || cfg_.kind == TestKind::kSendLat) ? 0.5 : 1.0;
     res->lat = computeStats(samples_, scale);
     return Status::Ok();
   }
 
   void sample(Clock::duration d) {
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
-    samples_[nsamples_ % samples_.size()] = static_cast<uint32_t>(std::min<int64_t>(ns, UINT32_MAX));
+    samples_[nsamples_ % samples_.size()] =
+        static_cast<uint32_t>(std::min<int64_t>(ns, UINT32_MAX));
     ++nsamples_;
   }
 
-  void progressLine(Clock::time_point now, Clock::time_point t0, uint64_t size, double frac, uint64_t bytes) {
+  void progressLine(Clock::time_point now, Clock::time_point t0, uint64_t size, double frac,
+                    uint64_t bytes) {
     if (!tty_ || now < next_progress_) return;
     if (now - t0 < 2s) return;
     next_progress_ = now + 1s;
     double secs = std::chrono::duration<double>(now - t0).count();
-    std::fprintf(stderr, "\r%s %" PRIu64 " B: %3.0f%%  %.1f MB/s   ", testName(cfg_.kind), size, frac * 100,
-                 bytes / secs / 1e6);
+    std::fprintf(stderr, "\r%s %" PRIu64 " B: %3.0f%%  %.1f MB/s   ", testName(cfg_.kind), size,
+                 frac * 100, bytes / secs / 1e6);
     progress_shown_ = true;
   }
   void clearProgress() {
@@ -619,7 +652,9 @@ class Client {
   uint8_t* slotPtr(int q, uint64_t n) {
     return buf_.data() + (size_t(q) * cfg_.slots + n % cfg_.slots) * max_size_;
   }
-  size_t slotOff(int q, uint64_t n) const { return (size_t(q) * cfg_.slots + n % cfg_.slots) * max_size_; }
+  size_t slotOff(int q, uint64_t n) const {
+    return (size_t(q) * cfg_.slots + n % cfg_.slots) * max_size_;
+  }
 
   Request post(int q, uint64_t n, uint64_t size) {
     size_t off = slotOff(q, n);
@@ -627,7 +662,8 @@ class Client {
       for (auto& op : batch_ops_) {
         op = RmaOp{&buf_.region, off, &remote_[q], off, size};
       }
-      return cfg_.kind == TestKind::kWriteBw ? data_[q].writeBatch(batch_ops_) : data_[q].readBatch(batch_ops_);
+      return cfg_.kind == TestKind::kWriteBw ? data_[q].writeBatch(batch_ops_)
+                                             : data_[q].readBatch(batch_ops_);
     }
     switch (cfg_.kind) {
       case TestKind::kWriteBw:
@@ -724,9 +760,11 @@ class Client {
     total = 0;
     auto t0 = Clock::now();
     uint64_t goal = timed ? UINT64_MAX / 4 : iters;
-    ZCX_RETURN_IF_ERROR(
-        phase(goal, timed ? t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(FLAGS_duration)) : far,
-              true, &total, &peak));
+    ZCX_RETURN_IF_ERROR(phase(goal,
+                              timed ? t0 + std::chrono::duration_cast<Clock::duration>(
+                                               std::chrono::duration<double>(FLAGS_duration))
+                                    : far,
+                              true, &total, &peak));
     auto t1 = Clock::now();
     clearProgress();
     double secs = std::chrono::duration<double>(t1 - t0).count();
@@ -751,7 +789,8 @@ class Client {
     uint64_t verify_errors = 0, verified = 0;
     Request recv;
     if (cfg_.kind == TestKind::kSendLat) recv = conn.recv(buf_.region, 0, max_size_);
-    auto stop_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(FLAGS_duration));
+    auto stop_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(FLAGS_duration));
     Clock::time_point t0{};
     uint64_t measured = 0;
     uint64_t i = 0;
@@ -804,8 +843,10 @@ class Client {
         b = Clock::now();
         if (!st->ok()) return st->withContext("receive");
         if (cfg_.verify) {
-          if (recv.bytes() != size) verify_errors += size;
-          else verify_errors += countMismatches(rx, size, FLAGS_seed ^ kServerSalt, i);
+          if (recv.bytes() != size)
+            verify_errors += size;
+          else
+            verify_errors += countMismatches(rx, size, FLAGS_seed ^ kServerSalt, i);
           verified += size;
         }
         recv = conn.recv(buf_.region, 0, max_size_);
@@ -814,7 +855,8 @@ class Client {
       if (i >= warm) {
         sample(b - a);
         ++measured;
-        double frac = timed ? std::chrono::duration<double>(b - t0).count() / FLAGS_duration : double(measured) / iters;
+        double frac = timed ? std::chrono::duration<double>(b - t0).count() / FLAGS_duration
+                            : double(measured) / iters;
         progressLine(b, t0, size, frac, measured * size);
       }
     }
@@ -852,15 +894,17 @@ class Client {
 Status validate(ClientConfig* cfg) {
   if (!parseTest(FLAGS_test, &cfg->kind)) {
     return err(StatusCode::kInvalidArgument,
-               "--test must be write_bw, read_bw, send_bw, write_lat, read_lat or send_lat, not '" + FLAGS_test + "'");
+               "--test must be write_bw, read_bw, send_bw, write_lat, read_lat or send_lat, not '" +
+                   FLAGS_test + "'");
   }
   if (FLAGS_all) {
     for (uint64_t s = 2; s <= (8u << 20); s *= 2) cfg->sizes.push_back(s);
   } else {
     uint64_t s = 0;
     if (!parseSize(FLAGS_size, &s) || s < 1 || s > kMaxSize) {
-      return err(StatusCode::kInvalidArgument, "--size must be between 1 byte and 1 GiB (e.g. 65536, 64K, 4M), not '" +
-                                                   FLAGS_size + "'");
+      return err(StatusCode::kInvalidArgument,
+                 "--size must be between 1 byte and 1 GiB (e.g. 65536, 64K, 4M), not '" +
+                     FLAGS_size + "'");
     }
     cfg->sizes.push_back(s);
   }
@@ -871,36 +915,43 @@ Status validate(ClientConfig* cfg) {
   if (FLAGS_iters > 0 && FLAGS_duration > 0) {
     return err(StatusCode::kInvalidArgument, "give --iters or --duration, not both");
   }
-  if (FLAGS_depth < 1 || FLAGS_depth > 4096) return err(StatusCode::kInvalidArgument, "--depth must be 1..4096");
+  if (FLAGS_depth < 1 || FLAGS_depth > 4096)
+    return err(StatusCode::kInvalidArgument, "--depth must be 1..4096");
   if (FLAGS_qps < 1 || FLAGS_qps > kMaxQps) {
     return err(StatusCode::kInvalidArgument, "--qps must be 1.." + std::to_string(kMaxQps));
   }
   if (FLAGS_transport != "auto" && FLAGS_transport != "ucx" && FLAGS_transport != "verbs") {
-    return err(StatusCode::kInvalidArgument, "--transport must be auto, ucx or verbs, not '" + FLAGS_transport + "'");
+    return err(StatusCode::kInvalidArgument,
+               "--transport must be auto, ucx or verbs, not '" + FLAGS_transport + "'");
   }
-  if (FLAGS_port < 0 || FLAGS_port > 65535) return err(StatusCode::kInvalidArgument, "--port must be 0..65535");
+  if (FLAGS_port < 0 || FLAGS_port > 65535)
+    return err(StatusCode::kInvalidArgument, "--port must be 0..65535");
   if (FLAGS_mem != "alloc" && FLAGS_mem != "user") {
     return err(StatusCode::kInvalidArgument, "--mem must be alloc or user");
   }
   if (FLAGS_mpi_pattern != "pairs" && FLAGS_mpi_pattern != "ring") {
     return err(StatusCode::kInvalidArgument, "--mpi_pattern must be pairs or ring");
   }
-  if (FLAGS_batch < 1 || FLAGS_batch > 1024) return err(StatusCode::kInvalidArgument, "--batch must be 1..1024");
+  if (FLAGS_batch < 1 || FLAGS_batch > 1024)
+    return err(StatusCode::kInvalidArgument, "--batch must be 1..1024");
   if (FLAGS_batch > 1 && cfg->kind != TestKind::kWriteBw && cfg->kind != TestKind::kReadBw) {
     return err(StatusCode::kInvalidArgument, "--batch applies to write_bw and read_bw only");
   }
-  if (FLAGS_batch > 1 && FLAGS_verify) return err(StatusCode::kInvalidArgument, "--batch does not combine with --verify");
+  if (FLAGS_batch > 1 && FLAGS_verify)
+    return err(StatusCode::kInvalidArgument, "--batch does not combine with --verify");
   cfg->batch = FLAGS_batch;
   cfg->depth = FLAGS_depth;
   cfg->qps = FLAGS_qps;
   cfg->verify = FLAGS_verify;
   if (isLatency(cfg->kind)) {
-    if (FLAGS_qps != 1) return err(StatusCode::kInvalidArgument, "latency tests use one connection: drop --qps");
+    if (FLAGS_qps != 1)
+      return err(StatusCode::kInvalidArgument, "latency tests use one connection: drop --qps");
     cfg->depth = 1;
   }
   if (cfg->kind == TestKind::kSendBw || cfg->kind == TestKind::kSendLat) {
     for (uint64_t s : cfg->sizes) {
-      if (s > (8u << 20)) return err(StatusCode::kInvalidArgument, "send tests take messages up to 8 MiB");
+      if (s > (8u << 20))
+        return err(StatusCode::kInvalidArgument, "send tests take messages up to 8 MiB");
     }
   }
   // Like perftest, the operations in flight on one connection share one buffer; --verify gives
@@ -909,7 +960,8 @@ Status validate(ClientConfig* cfg) {
   uint64_t max_size = *std::max_element(cfg->sizes.begin(), cfg->sizes.end());
   double bytes = double(regionBytes(cfg->kind, max_size, cfg->qps, cfg->slots));
   if (bytes > 8.0 * (1ull << 30)) {
-    return err(StatusCode::kInvalidArgument, "the test would register more than 8 GiB: lower --depth, --qps or --size");
+    return err(StatusCode::kInvalidArgument,
+               "the test would register more than 8 GiB: lower --depth, --qps or --size");
   }
   return Status::Ok();
 }
@@ -922,16 +974,19 @@ std::string hostPort(const std::string& server) {
 int runClient(const ClientConfig& cfg, const std::string& server) {
   auto eng = makeEngine("", ProgressMode::kManual);
   if (!eng.ok()) {
-    std::fprintf(stderr, "zcx_perf: cannot start the engine: %s\n", eng.status().toString().c_str());
+    std::fprintf(stderr, "zcx_perf: cannot start the engine: %s\n",
+                 eng.status().toString().c_str());
     return kExitFail;
   }
   if (!FLAGS_json) {
     std::printf("zcx_perf %s  transport %s (%s)  depth %d  qps %d%s\n", testName(cfg.kind),
-                std::string((*eng)->transportName()).c_str(), (*eng)->transportDescription().c_str(), cfg.depth,
-                cfg.qps, cfg.verify ? "  verify" : "");
-    std::printf("MB/s = 10^6 bytes/s.%s\n", cfg.kind == TestKind::kReadLat      ? " Latency: full round trip of a read."
-                                            : isLatency(cfg.kind)               ? " Latency: one-way (half the round trip)."
-                                                                                : " lat_p50: post to completion.");
+                std::string((*eng)->transportName()).c_str(),
+                (*eng)->transportDescription().c_str(), cfg.depth, cfg.qps,
+                cfg.verify ? "  verify" : "");
+    std::printf("MB/s = 10^6 bytes/s.%s\n",
+                cfg.kind == TestKind::kReadLat ? " Latency: full round trip of a read."
+                : isLatency(cfg.kind)          ? " Latency: one-way (half the round trip)."
+                                               : " lat_p50: post to completion.");
     printHeader(isLatency(cfg.kind));
   }
   Client client(**eng, cfg);
@@ -943,7 +998,8 @@ int runClient(const ClientConfig& cfg, const std::string& server) {
   }
   for (const auto& r : results) {
     if (r.verify_errors) {
-      std::fprintf(stderr, "zcx_perf: verification FAILED: %" PRIu64 " bad bytes at size %" PRIu64 "\n",
+      std::fprintf(stderr,
+                   "zcx_perf: verification FAILED: %" PRIu64 " bad bytes at size %" PRIu64 "\n",
                    r.verify_errors, r.size);
       return kExitVerify;
     }
@@ -957,19 +1013,19 @@ int runLoopback(const ClientConfig& cfg) {
     std::perror("zcx_perf: pipe");
     return kExitFail;
   }
-  std::vector<std::string> args = {"/proc/self/exe",
-                                   "--transport=" + FLAGS_transport,
-                                   "--device=" + FLAGS_device,
-                                   "--gid_index=" + std::to_string(FLAGS_gid_index),
-                                   "--ucx_tls=" + FLAGS_ucx_tls,
-                                   "--ucx_net_devices=" + FLAGS_ucx_net_devices,
-                                   "--mem=" + FLAGS_mem,
-                                   std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
-                                   "--bind=" + (gflags::GetCommandLineFlagInfoOrDie("bind").is_default
-                                                    ? std::string("127.0.0.1")
-                                                    : FLAGS_bind),
-                                   "--port=0",
-                                   "--ready_fd=" + std::to_string(fds[1])};
+  std::vector<std::string> args = {
+      "/proc/self/exe",
+      "--transport=" + FLAGS_transport,
+      "--device=" + FLAGS_device,
+      "--gid_index=" + std::to_string(FLAGS_gid_index),
+      "--ucx_tls=" + FLAGS_ucx_tls,
+      "--ucx_net_devices=" + FLAGS_ucx_net_devices,
+      "--mem=" + FLAGS_mem,
+      std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
+      "--bind=" + (gflags::GetCommandLineFlagInfoOrDie("bind").is_default ? std::string("127.0.0.1")
+                                                                          : FLAGS_bind),
+      "--port=0",
+      "--ready_fd=" + std::to_string(fds[1])};
   std::string connect_host = args[8].substr(7);
   if (connect_host == "0.0.0.0") connect_host = "127.0.0.1";
   pid_t pid = fork();
@@ -1016,12 +1072,13 @@ int runLoopback(const ClientConfig& cfg) {
 #if ZCX_PERF_HAVE_MPI
 /// write_bw from this rank to `conn` (background progress: every rank's progress thread serves
 /// the writes that land in its memory while this thread only posts and reaps).
-Result<double> mpiWriteBw(Connection& conn, Buffer& buf, const RemoteRegion& remote, uint64_t size, uint64_t iters,
-                          int depth) {
+Result<double> mpiWriteBw(Connection& conn, Buffer& buf, const RemoteRegion& remote, uint64_t size,
+                          uint64_t iters, int depth) {
   std::vector<Request> reqs(depth);
   uint64_t posted = 0, completed = 0;
   auto t0 = Clock::now();
-  for (; posted < std::min<uint64_t>(depth, iters); ++posted) reqs[posted % depth] = conn.write(buf.region, 0, remote, 0, size);
+  for (; posted < std::min<uint64_t>(depth, iters); ++posted)
+    reqs[posted % depth] = conn.write(buf.region, 0, remote, 0, size);
   while (completed < posted) {
     Request& r = reqs[completed % depth];
     Status s = r.wait();
@@ -1050,13 +1107,15 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
     return fail("--mpi measures write_bw at one --size (no --all)");
   }
   const uint64_t size = cfg.sizes[0];
-  const uint64_t iters = FLAGS_iters > 0 ? FLAGS_iters : std::clamp<uint64_t>((256ull << 20) / size, 100, 2000);
+  const uint64_t iters =
+      FLAGS_iters > 0 ? FLAGS_iters : std::clamp<uint64_t>((256ull << 20) / size, 100, 2000);
   const bool ring = FLAGS_mpi_pattern == "ring";
 
   // Each rank listens on a free port and publishes "host:port" through MPI.
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  std::string bind = gflags::GetCommandLineFlagInfoOrDie("bind").is_default ? "127.0.0.1" : FLAGS_bind;
+  std::string bind =
+      gflags::GetCommandLineFlagInfoOrDie("bind").is_default ? "127.0.0.1" : FLAGS_bind;
   auto eng = makeEngine(bind + ":0", ProgressMode::kThread);
   if (!eng.ok()) return fail(eng.status().toString());
   Engine& e = **eng;
@@ -1082,7 +1141,8 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
   std::vector<RemoteRegion> remotes(n);
   for (int j : targets) {
     auto c = e.connect(&all[size_t(j) * kAddr]);
-    if (!c.ok()) return fail("connecting to rank " + std::to_string(j) + ": " + c.status().toString());
+    if (!c.ok())
+      return fail("connecting to rank " + std::to_string(j) + ": " + c.status().toString());
     conns[j] = std::move(c.value());
     auto r = conns[j].remoteRegion("zcx_perf");
     if (!r.ok()) return fail("region of rank " + std::to_string(j) + ": " + r.status().toString());
@@ -1127,15 +1187,18 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
       for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
           if (matrix[size_t(i) * n + j] <= 0) continue;
-          std::printf("{\"test\":\"write_bw\",\"transport\":\"%s\",\"size\":%" PRIu64 ",\"iterations\":%" PRIu64
+          std::printf("{\"test\":\"write_bw\",\"transport\":\"%s\",\"size\":%" PRIu64
+                      ",\"iterations\":%" PRIu64
                       ",\"src\":%d,\"dst\":%d,\"bw_avg_MBps\":%.6g,\"pattern\":\"%s\"}\n",
-                      std::string(e.transportName()).c_str(), size, iters, i, j, matrix[size_t(i) * n + j],
-                      FLAGS_mpi_pattern.c_str());
+                      std::string(e.transportName()).c_str(), size, iters, i, j,
+                      matrix[size_t(i) * n + j], FLAGS_mpi_pattern.c_str());
         }
       }
     } else {
-      std::printf("zcx_perf --mpi: write_bw %" PRIu64 " B, %" PRIu64 " iterations, depth %d, %s, transport %s\n",
-                  size, iters, cfg.depth, ring ? "ring (all pairs at once)" : "every ordered pair, one at a time",
+      std::printf("zcx_perf --mpi: write_bw %" PRIu64 " B, %" PRIu64
+                  " iterations, depth %d, %s, transport %s\n",
+                  size, iters, cfg.depth,
+                  ring ? "ring (all pairs at once)" : "every ordered pair, one at a time",
                   std::string(e.transportName()).c_str());
       std::printf("bandwidth matrix, MB/s (10^6 B/s); row = writer, column = target\n%8s", "");
       for (int j = 0; j < n; ++j) std::printf(" %10d", j);
@@ -1144,8 +1207,10 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
         std::printf("%8d", i);
         for (int j = 0; j < n; ++j) {
           double v = matrix[size_t(i) * n + j];
-          if (v > 0) std::printf(" %10.1f", v);
-          else std::printf(" %10s", "-");
+          if (v > 0)
+            std::printf(" %10.1f", v);
+          else
+            std::printf(" %10s", "-");
         }
         std::printf("\n");
       }

@@ -65,7 +65,7 @@ run_gtest() {
   timeout -k 10 "$test_timeout" "$bin" --gtest_color=no --gtest_brief=0 "$@" 2>&1 | tee "$log" || rc=$?
   ran=$(sed -n 's/^\[==========\] \([0-9]*\) tests\{0,1\} from .* ran\..*/\1/p' "$log" | tail -1)
   skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) tests\{0,1\}.*/\1/p' "$log" | tail -1)
-  if [ "$rc" = 124 ]; then fail "$name timed out after ${test_timeout}s"
+  if [ "$rc" = 124 ]; then fail "$name timed out after ${test_timeout}s, in $(grep '^\[ RUN' "$log" | tail -1 | cut -c14-)"
   elif [ "$rc" != 0 ]; then fail "$name exited with status $rc"
   elif [ -z "$ran" ] || [ "$ran" = 0 ]; then fail "$name ran no tests"
   elif [ -n "$skipped" ] && [ "$skipped" != 0 ]; then fail "$name skipped $skipped tests (nothing may be skipped on rxe)"

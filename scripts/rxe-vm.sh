@@ -54,6 +54,7 @@ EXTRA_ENV=()
 CACHE=${ZCX_RXE_CACHE:-/var/tmp/zcx-rxe-cache-$(id -un)}
 MTU=${ZCX_RXE_MTU:-1500}
 RUN_DIR=
+QEMU_PID=
 
 # ------------------------------------------------------------------------------ helpers
 log() { echo "$PROG: $*" >&2; }
@@ -194,6 +195,7 @@ build_base_initramfs() {
     closure+=$'\n'
   done
   mkdir -p "$root/etc/zcx-rxe"
+  # shellcheck disable=SC2013  # (module paths have no blanks)
   for ko in $(awk '$1 == "insmod" && !seen[$2]++ { print $2 }' <<< "$closure"); do
     rel=${ko#"$kroot/lib/modules/$kver/"}
     mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
@@ -349,7 +351,9 @@ make_run_initrd() {
 }
 
 # ------------------------------------------------------------------------------ run
+# shellcheck disable=SC2317  # (called from the EXIT trap)
 cleanup() {
+  [ -z "$QEMU_PID" ] || kill "$QEMU_PID" 2>/dev/null || true
   [ -z "$RUN_DIR" ] || rm -rf "$RUN_DIR"
 }
 
@@ -371,7 +375,12 @@ run_qemu() {
       -serial "file:$RUN_DIR/status" \
       -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
       -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,multidevs=remap" \
-      < /dev/null 2> "$RUN_DIR/qemu.err" || rc=$?
+      < /dev/null 2> "$RUN_DIR/qemu.err" &
+  # In the background so that a SIGTERM/SIGINT to this script runs its trap at once (which
+  # stops QEMU) instead of waiting for QEMU to finish.
+  QEMU_PID=$!
+  wait "$QEMU_PID" || rc=$?
+  QEMU_PID=
   return "$rc"
 }
 

@@ -60,7 +60,7 @@ TEST(Wire, ReaderNeverReadsPastTheEnd) {
   w.str("hello");
   auto data = w.data();
   for (size_t cut = 0; cut < data.size(); ++cut) {
-    detail::WireReader r(std::span(data).first(cut));
+    detail::WireReader r(std::span<const uint8_t>(data).first(cut));
     r.u64();
     r.str(100);
     EXPECT_FALSE(r.ok()) << cut;

@@ -52,6 +52,8 @@ EngineOptions optionsFor(const TransportParam& p, bool listen) {
   return o;
 }
 
+void PrintTo(const TransportParam& p, std::ostream* os) { *os << p.name; }
+
 size_t msgLen(size_t i, size_t cap) { return 1 + (i * 7919) % cap; }
 
 /// A registered buffer owned by the test.
@@ -643,7 +645,9 @@ TEST_P(TransferTest, StalledPeerHitsTheDeadlineNotAHang) {
     timed_out |= s.code() == StatusCode::kTimedOut;
   }
   EXPECT_LT(detail::Clock::now() - start, 3s);
-  if (timed_out) EXPECT_FALSE(conn_.status().ok()) << "a timed-out connection must be closed";
+  if (timed_out) {
+    EXPECT_FALSE(conn_.status().ok()) << "a timed-out connection must be closed";
+  }
   peer_->kill(SIGCONT);
 }
 

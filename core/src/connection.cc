@@ -14,12 +14,15 @@ namespace {
 
 // Users hold this through Connection: when the last copy goes, the connection closes.
 struct ConnectionHandle {
-  std::shared_ptr<ConnectionImpl> impl;
+  explicit ConnectionHandle(std::shared_ptr<ConnectionImpl> c) : impl(std::move(c)) {}
+  ConnectionHandle(const ConnectionHandle&) = delete;
+  ConnectionHandle& operator=(const ConnectionHandle&) = delete;
   ~ConnectionHandle() { impl->close(Status(StatusCode::kCancelled, "connection closed locally"), true); }
+  std::shared_ptr<ConnectionImpl> impl;
 };
 
 Connection wrap(std::shared_ptr<ConnectionImpl> impl) {
-  auto handle = std::make_shared<ConnectionHandle>(ConnectionHandle{std::move(impl)});
+  auto handle = std::make_shared<ConnectionHandle>(std::move(impl));
   ConnectionImpl* raw = handle->impl.get();
   return Connection(std::shared_ptr<ConnectionImpl>(handle, raw));
 }

@@ -711,7 +711,7 @@ TEST_P(TransferTest, ManyClientsOnOneListener) {
   for (size_t k = 0; k < clients; ++k) pipes[k]->send(engine_->listenAddress());
   for (size_t k = 0; k < clients; ++k) {
     auto c = engine_->accept(30s);
-    ASSERT_TRUE(c.ok()) << c.status().toString();
+    ASSERT_TRUE(c.ok()) << "accept " << k << ": " << c.status().toString();
     accepted.push_back(std::move(*c));
   }
   for (size_t k = 0; k < clients; ++k) ASSERT_EQ(pipes[k]->recv(60s).value_or("none"), "done") << "client " << k;

@@ -55,6 +55,8 @@ class ConnectionImpl final : public transport::EndpointEvents {
   /// Fails everything and releases the endpoint: the one way a connection ends.
   void breakLocked(Status why);
   void unlink(RequestState* r);
+  /// Why the transport reported this connection broken (set by onError).
+  const Status& pendingErrorLocked() const { return broken_; }
   RequestState* oldestOutstanding() const { return head_; }
 
   // ---- control channel (control thread) ----

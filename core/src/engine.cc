@@ -3,10 +3,10 @@
 #include <glog/logging.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <random>
 
 #include "connection_impl.h"
 #include "control_protocol.h"
@@ -27,10 +27,14 @@ std::string defaultName() {
   return std::string(host) + ":" + std::to_string(::getpid());
 }
 
+// Fresh kernel randomness each time: a seeded generator would hand forked children the same
+// tokens as their parent (and as each other).
 uint64_t randomToken() {
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^
-                                          static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
-  return rng();
+  uint64_t v = 0;
+  if (::getrandom(&v, sizeof(v), 0) != static_cast<ssize_t>(sizeof(v))) {
+    v = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ull ^ ::getpid();
+  }
+  return v;
 }
 
 void wake(const Fd& fd) {
@@ -126,7 +130,7 @@ int EngineImpl::progressOnce() {
     while (!to_close_.empty()) {
       ConnectionImpl* c = to_close_.back();
       to_close_.pop_back();
-      c->breakLocked(c->status());
+      c->breakLocked(c->pendingErrorLocked());
       ++n;
     }
   }

@@ -158,7 +158,8 @@ TEST(Engine, RegistrationValidatesItsArguments) {
   o.transport_params = {{"ucx.tls", "tcp,self"}, {"ucx.net_devices", "lo"}};
   auto e = Engine::create(o);
   ASSERT_TRUE(e.ok()) << e.status().toString();
-  EXPECT_EQ((*e)->registerMemory(nullptr, 10, kLocalOnly).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*e)->registerMemory(nullptr, 10, kLocalOnly).status().code(),
+            StatusCode::kInvalidArgument);
   char buf[64];
   EXPECT_EQ((*e)->registerMemory(buf, 0, kLocalOnly).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ((*e)->registerMemory(buf, 64, 77).status().code(), StatusCode::kInvalidArgument);

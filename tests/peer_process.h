@@ -1,16 +1,17 @@
 // Test helpers: a forked peer process with a line-based command pipe, seeded data, poison checks.
 #pragma once
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -38,7 +39,9 @@ inline std::string checkPattern(const uint8_t* p, size_t n, uint64_t seed) {
   std::vector<uint8_t> want(n);
   fillPattern(want.data(), n, seed);
   for (size_t i = 0; i < n; ++i) {
-    if (p[i] != want[i]) return "byte " + std::to_string(i) + " is " + std::to_string(p[i]) + ", want " + std::to_string(want[i]);
+    if (p[i] != want[i])
+      return "byte " + std::to_string(i) + " is " + std::to_string(p[i]) + ", want " +
+             std::to_string(want[i]);
   }
   return "";
 }
@@ -46,7 +49,8 @@ inline std::string checkPattern(const uint8_t* p, size_t n, uint64_t seed) {
 /// "" if every byte of [p, p+n) is the poison.
 inline std::string checkPoison(const uint8_t* p, size_t n, size_t base = 0) {
   for (size_t i = 0; i < n; ++i) {
-    if (p[i] != kPoison) return "byte " + std::to_string(base + i) + " outside the target range was overwritten";
+    if (p[i] != kPoison)
+      return "byte " + std::to_string(base + i) + " outside the target range was overwritten";
   }
   return "";
 }
@@ -64,7 +68,8 @@ class Pipe {
       done += static_cast<size_t>(n);
     }
   }
-  std::optional<std::string> recv(std::chrono::milliseconds timeout = std::chrono::milliseconds(30000)) {
+  std::optional<std::string> recv(
+      std::chrono::milliseconds timeout = std::chrono::milliseconds(30000)) {
     auto until = std::chrono::steady_clock::now() + timeout;
     for (;;) {
       auto nl = buf_.find('\n');
@@ -73,7 +78,8 @@ class Pipe {
         buf_.erase(0, nl + 1);
         return line;
       }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
       if (left.count() <= 0) return std::nullopt;
       pollfd p{fd_, POLLIN, 0};
       if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -90,19 +96,53 @@ class Pipe {
   std::string buf_;
 };
 
-/// A forked process running `body`; its return value becomes the exit code.
+/// A peer is a named function run in a fresh process: the test binary re-executes itself with
+/// "--zcx-peer NAME FD ARGS..." (exec, not just fork: a forked child cannot use the RDMA device
+/// contexts its parent opened, and librdmacm opens them once per process).
+using PeerMain = int (*)(Pipe& pipe, const std::vector<std::string>& args);
+
+inline std::map<std::string, PeerMain>& peerRegistry() {
+  static std::map<std::string, PeerMain> registry;
+  return registry;
+}
+
+struct PeerRegistration {
+  PeerRegistration(const char* name, PeerMain fn) { peerRegistry()[name] = fn; }
+};
+
+/// Defines a peer: ZCX_TEST_PEER(name) { ... use pipe and args ...; return exit_code; }
+#define ZCX_TEST_PEER(name)                                                     \
+  static int name##PeerMain(Pipe& pipe, const std::vector<std::string>& args);  \
+  static const PeerRegistration name##PeerRegistration(#name, &name##PeerMain); \
+  static int name##PeerMain([[maybe_unused]] Pipe& pipe,                        \
+                            [[maybe_unused]] const std::vector<std::string>& args)
+
+/// In main(): runs the peer if this process was started as one; -1 otherwise.
+inline int runPeerIfAsked(int argc, char** argv) {
+  if (argc < 4 || std::string(argv[1]) != "--zcx-peer") return -1;
+  auto it = peerRegistry().find(argv[2]);
+  if (it == peerRegistry().end()) return 98;
+  Pipe pipe(std::atoi(argv[3]));
+  std::vector<std::string> args(argv + 4, argv + argc);
+  return it->second(pipe, args);
+}
+
+/// A peer process; killed (SIGKILL) if still running when destroyed.
 class PeerProcess {
  public:
-  explicit PeerProcess(const std::function<int(Pipe&)>& body) {
+  PeerProcess(const std::string& name, const std::vector<std::string>& args) {
     int sv[2];
     ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
     pid_ = ::fork();
     if (pid_ == 0) {
-      ::close(sv[0]);
-      Pipe p(sv[1]);
-      int rc = 99;
-      rc = body(p);
-      ::_exit(rc);
+      int fd = ::dup(sv[1]);  // without CLOEXEC: the exec'd peer keeps it
+      std::vector<std::string> argv_s = {"/proc/self/exe", "--zcx-peer", name, std::to_string(fd)};
+      argv_s.insert(argv_s.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : argv_s) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv("/proc/self/exe", argv.data());
+      ::_exit(97);
     }
     ::close(sv[1]);
     pipe_ = Pipe(sv[0]);
@@ -114,6 +154,8 @@ class PeerProcess {
     }
     ::close(pipe_.fd());
   }
+  PeerProcess(const PeerProcess&) = delete;
+  PeerProcess& operator=(const PeerProcess&) = delete;
   Pipe& pipe() { return pipe_; }
   pid_t pid() const { return pid_; }
   /// The exit code, or -1 if it had to be killed after `timeout`.

@@ -24,20 +24,26 @@ struct TransportParam {
   std::string name;       ///< in every test name: tcp, shm, verbs
   std::string transport;  ///< ucx, verbs
   std::map<std::string, std::string> params;
-  std::string host;       ///< the address peers listen on
+  std::string host;  ///< the address peers listen on
 };
 
+/// The parameters of transport `name` ("tcp", "shm", "verbs"), without probing anything.
+TransportParam paramNamed(const std::string& name) {
+  if (name == "tcp")
+    return {"tcp", "ucx", {{"ucx.tls", "tcp,self"}, {"ucx.net_devices", "lo"}}, "127.0.0.1"};
+  if (name == "shm") return {"shm", "ucx", {{"ucx.tls", "posix,cma,self"}}, "127.0.0.1"};
+  const char* ip = std::getenv("RXE_IP");  // rdma_cm needs the RDMA netdev's address
+  return {"verbs", "verbs", {}, ip ? ip : "127.0.0.1"};
+}
+
+ZCX_TEST_PEER(probeVerbs) { return Engine::probeTransport("verbs").ok() ? 0 : 1; }
+
 std::vector<TransportParam> transportsHere() {
-  std::vector<TransportParam> t = {
-      {"tcp", "ucx", {{"ucx.tls", "tcp,self"}, {"ucx.net_devices", "lo"}}, "127.0.0.1"},
-      {"shm", "ucx", {{"ucx.tls", "posix,cma,self"}}, "127.0.0.1"},
-  };
-  EngineOptions probe;
-  probe.transport = "verbs";
-  if (Engine::probeTransport("verbs", probe).ok()) {
-    const char* ip = std::getenv("RXE_IP");  // rdma_cm needs the RDMA netdev's address
-    t.push_back({"verbs", "verbs", {}, ip ? ip : "127.0.0.1"});
-  }
+  std::vector<TransportParam> t = {paramNamed("tcp"), paramNamed("shm")};
+  // Probe verbs in another process: this one must not open RDMA devices before the tests start
+  // their peers (see PeerProcess).
+  PeerProcess probe("probeVerbs", {});
+  if (probe.join(30s) == 0) t.push_back(paramNamed("verbs"));
   return t;
 }
 
@@ -67,14 +73,17 @@ Buffer makeBuffer(Engine& e, size_t n, uint32_t access, uint8_t fill = kPoison) 
   b.bytes.reset(new uint8_t[n]);
   std::memset(b.bytes.get(), fill, n);
   auto r = e.registerMemory(b.bytes.get(), n, access);
-  if (!r.ok()) ADD_FAILURE() << r.status().toString();
-  else b.region = std::move(*r);
+  if (!r.ok())
+    ADD_FAILURE() << r.status().toString();
+  else
+    b.region = std::move(*r);
   return b;
 }
 
 // ---------------------------------------------------------------- the peer's command server
 
-int serveCommands(const TransportParam& tp, Pipe& pipe) {
+ZCX_TEST_PEER(serveCommands) {
+  const TransportParam tp = paramNamed(args.at(0));
   auto engine = Engine::create(optionsFor(tp, true));
   if (!engine.ok()) {
     pipe.send("error " + engine.status().toString());
@@ -118,9 +127,11 @@ int serveCommands(const TransportParam& tp, Pipe& pipe) {
       size_t off = num(2), len = num(3);
       std::string bad = checkPattern(b.bytes.get() + off, len, num(4));
       if (bad.empty()) bad = checkPoison(b.bytes.get(), off);
-      if (bad.empty()) bad = checkPoison(b.bytes.get() + off + len, b.region.size() - off - len, off + len);
+      if (bad.empty())
+        bad = checkPoison(b.bytes.get() + off + len, b.region.size() - off - len, off + len);
       pipe.send(bad.empty() ? "ok" : "bad " + bad);
-    } else if (c == "waitnotify") {  // waitnotify NAME OFF LEN SEED: the data must be there on arrival
+    } else if (c ==
+               "waitnotify") {  // waitnotify NAME OFF LEN SEED: the data must be there on arrival
       auto v = conn.waitNotification(20s);
       if (!v.ok()) {
         pipe.send("error " + v.status().toString());
@@ -136,10 +147,15 @@ int serveCommands(const TransportParam& tp, Pipe& pipe) {
       std::string bad;
       for (size_t i = 0; i < n && bad.empty(); ++i) {
         Status s = reqs[i].wait(30s);
-        if (!s.ok()) bad = "recv " + std::to_string(i) + ": " + s.toString();
-        else if (reqs[i].bytes() != msgLen(i, cap)) bad = "message " + std::to_string(i) + " has " + std::to_string(reqs[i].bytes()) + " bytes";
-        else bad = checkPattern(rx.bytes.get() + i * cap, reqs[i].bytes(), 1000 + i);
-        if (!bad.empty() && bad.rfind("recv", 0) != 0 && bad.rfind("message", 0) != 0) bad = "message " + std::to_string(i) + " out of order: " + bad;
+        if (!s.ok())
+          bad = "recv " + std::to_string(i) + ": " + s.toString();
+        else if (reqs[i].bytes() != msgLen(i, cap))
+          bad =
+              "message " + std::to_string(i) + " has " + std::to_string(reqs[i].bytes()) + " bytes";
+        else
+          bad = checkPattern(rx.bytes.get() + i * cap, reqs[i].bytes(), 1000 + i);
+        if (!bad.empty() && bad.rfind("recv", 0) != 0 && bad.rfind("message", 0) != 0)
+          bad = "message " + std::to_string(i) + " out of order: " + bad;
       }
       pipe.send(bad.empty() ? "ok" : "bad " + bad);
     } else if (c == "sendmsgs") {  // sendmsgs N CAP
@@ -167,8 +183,8 @@ class TransferTest : public ::testing::TestWithParam<TransportParam> {
  protected:
   void SetUp() override {
     // Fork before this process creates any engine: the child starts clean.
-    const TransportParam param = GetParam();
-    peer_ = std::make_unique<PeerProcess>([param](Pipe& p) { return serveCommands(param, p); });
+    peer_ =
+        std::make_unique<PeerProcess>("serveCommands", std::vector<std::string>{GetParam().name});
     auto hello = peer_->pipe().recv(30s);
     ASSERT_TRUE(hello && hello->rfind("addr ", 0) == 0) << (hello ? *hello : "peer did not start");
     peer_addr_ = hello->substr(5);
@@ -203,7 +219,8 @@ class TransferTest : public ::testing::TestWithParam<TransportParam> {
   }
 
   RemoteRegion peerRegion(const std::string& name, size_t size, uint32_t access) {
-    EXPECT_EQ(cmd("alloc " + name + " " + std::to_string(size) + " " + std::to_string(access)), "ok");
+    EXPECT_EQ(cmd("alloc " + name + " " + std::to_string(size) + " " + std::to_string(access)),
+              "ok");
     auto r = conn_.remoteRegion(name);
     EXPECT_TRUE(r.ok()) << r.status().toString();
     return r.ok() ? *r : RemoteRegion();
@@ -232,7 +249,9 @@ TEST_P(TransferTest, WriteOddSizesAndOffsetsLandExactly) {
     ASSERT_EQ(cmd("poison dst"), "ok");
     Status s = conn_.write(src.region, loff, dst, roff, size).wait(30s);
     ASSERT_TRUE(s.ok()) << "size " << size << ": " << s.toString();
-    EXPECT_EQ(cmd("check dst " + std::to_string(roff) + " " + std::to_string(size) + " " + std::to_string(seed)), "ok")
+    EXPECT_EQ(cmd("check dst " + std::to_string(roff) + " " + std::to_string(size) + " " +
+                  std::to_string(seed)),
+              "ok")
         << "size " << size;
   }
 }
@@ -246,7 +265,9 @@ TEST_P(TransferTest, ReadOddSizesAndOffsetsLandExactly) {
   for (size_t size : kSizes) {
     size_t loff = rng() % (cap - size), roff = rng() % (cap - size);
     uint64_t seed = rng();
-    ASSERT_EQ(cmd("fill src " + std::to_string(roff) + " " + std::to_string(size) + " " + std::to_string(seed)), "ok");
+    ASSERT_EQ(cmd("fill src " + std::to_string(roff) + " " + std::to_string(size) + " " +
+                  std::to_string(seed)),
+              "ok");
     std::memset(dst.bytes.get(), kPoison, cap);
     Status s = conn_.read(dst.region, loff, src, roff, size).wait(30s);
     ASSERT_TRUE(s.ok()) << "size " << size << ": " << s.toString();
@@ -278,14 +299,17 @@ TEST_P(TransferTest, PageSizedOpsAtRegionEdges) {
   fillPattern(src.bytes.get(), cap, 5);
   ASSERT_EQ(cmd("poison dst"), "ok");
   // The very first and very last page of the remote region.
-  RmaOp ops[2] = {{&src.region, 0, &dst, 0, page}, {&src.region, cap - page, &dst, cap - page, page}};
+  RmaOp ops[2] = {{&src.region, 0, &dst, 0, page},
+                  {&src.region, cap - page, &dst, cap - page, page}};
   ASSERT_TRUE(conn_.writeBatch(ops).wait(30s).ok());
   Buffer back = makeBuffer(*engine_, cap, kLocalOnly);
-  RmaOp rops[2] = {{&back.region, 0, &dst, 0, page}, {&back.region, cap - page, &dst, cap - page, page}};
+  RmaOp rops[2] = {{&back.region, 0, &dst, 0, page},
+                   {&back.region, cap - page, &dst, cap - page, page}};
   ASSERT_TRUE(conn_.readBatch(rops).wait(30s).ok());
   EXPECT_EQ(std::memcmp(back.bytes.get(), src.bytes.get(), page), 0);
   EXPECT_EQ(std::memcmp(back.bytes.get() + cap - page, src.bytes.get() + cap - page, page), 0);
-  EXPECT_EQ(checkPoison(back.bytes.get() + page, cap - 2 * page), "") << "read touched bytes it should not";
+  EXPECT_EQ(checkPoison(back.bytes.get() + page, cap - 2 * page), "")
+      << "read touched bytes it should not";
 }
 
 TEST_P(TransferTest, ZeroLengthOperationsComplete) {
@@ -322,7 +346,8 @@ TEST_P(TransferTest, BatchOf1000ReadsCompletesOnce) {
   ASSERT_EQ(cmd("fill src 0 " + std::to_string(each * n) + " 77"), "ok");
   Buffer dst = makeBuffer(*engine_, each * n, kLocalOnly);
   std::vector<RmaOp> ops;
-  for (size_t i = 0; i < n; ++i) ops.push_back({&dst.region, (n - 1 - i) * each, &src, (n - 1 - i) * each, each});
+  for (size_t i = 0; i < n; ++i)
+    ops.push_back({&dst.region, (n - 1 - i) * each, &src, (n - 1 - i) * each, each});
   ASSERT_TRUE(conn_.readBatch(ops).wait(60s).ok());
   EXPECT_EQ(checkPattern(dst.bytes.get(), each * n, 77), "");
 }
@@ -335,7 +360,8 @@ TEST_P(TransferTest, NotificationArrivesAfterItsData) {
   for (uint32_t round = 0; round < 5; ++round) {
     fillPattern(src.bytes.get(), n, 500 + round);
     peer_->pipe().send("waitnotify dst 0 " + std::to_string(n) + " " + std::to_string(500 + round));
-    std::vector<RmaOp> ops = {{&src.region, 0, &dst, 0, n / 2}, {&src.region, n / 2, &dst, n / 2, n - n / 2}};
+    std::vector<RmaOp> ops = {{&src.region, 0, &dst, 0, n / 2},
+                              {&src.region, n / 2, &dst, n / 2, n - n / 2}};
     ASSERT_TRUE(conn_.writeWithNotify(ops, 0xC0DE0000u + round).wait(30s).ok());
     auto reply = peer_->pipe().recv(30s);
     EXPECT_EQ(reply.value_or("none"), "notify " + std::to_string(0xC0DE0000u + round));
@@ -418,7 +444,8 @@ TEST_P(TransferTest, RemoteRangeOutOfBoundsPostsNothing) {
   connect();
   RemoteRegion dst = peerRegion("dst", 8192, kRemoteReadWrite);
   Buffer src = makeBuffer(*engine_, 16384, kLocalOnly, 0x11);
-  for (auto [off, len] : std::vector<std::pair<size_t, size_t>>{{8192, 1}, {4096, 4097}, {0, 8193}, {SIZE_MAX - 1, 2}}) {
+  for (auto [off, len] : std::vector<std::pair<size_t, size_t>>{
+           {8192, 1}, {4096, 4097}, {0, 8193}, {SIZE_MAX - 1, 2}}) {
     Status s = conn_.write(src.region, 0, dst, off, len).wait(5s);
     EXPECT_EQ(s.code(), StatusCode::kOutOfRange) << off << "+" << len << ": " << s.toString();
     EXPECT_NE(s.message().find("nothing was posted"), std::string::npos);
@@ -470,7 +497,8 @@ TEST_P(TransferTest, CorruptedDescriptorBytesAreRejected) {
     EXPECT_FALSE(d.ok()) << "flipping byte " << i << " went unnoticed";
   }
   for (size_t n : {size_t{0}, size_t{3}, bytes.size() - 1}) {
-    EXPECT_EQ(RegionDescriptor::decode(std::span(bytes).first(n)).status().code(), StatusCode::kProtocolError);
+    EXPECT_EQ(RegionDescriptor::decode(std::span(bytes).first(n)).status().code(),
+              StatusCode::kProtocolError);
   }
   RegionDescriptor other = good->descriptor();
   other.transport = "bogus";
@@ -497,7 +525,9 @@ TEST_P(TransferTest, MalformedHandshakeBytesDoNotHurtTheListener) {
     detail::Hello h;
     h.version = detail::kProtocolVersion + 1;
     h.transport = GetParam().transport;
-    ASSERT_TRUE(detail::writeFrame(fd, detail::FrameType::kHello, detail::encode(h), detail::Clock::now() + 2s).ok());
+    ASSERT_TRUE(detail::writeFrame(fd, detail::FrameType::kHello, detail::encode(h),
+                                   detail::Clock::now() + 2s)
+                    .ok());
     auto f = detail::readFrame(fd, detail::Clock::now() + 5s);
     ASSERT_TRUE(f.ok()) << f.status().toString();
     ASSERT_EQ(f->type, detail::FrameType::kReject);
@@ -534,7 +564,8 @@ TEST_P(TransferTest, ConnectToClosedPortFailsFast) {
   EXPECT_EQ(engine_->connect("127.0.0.1").status().code(), StatusCode::kInvalidArgument);
 }
 
-// ---------------------------------------------------------------- failures and the completion contract
+// ---------------------------------------------------------------- failures and the completion
+// contract
 
 TEST_P(TransferTest, PeerKilledMidTransferFailsEveryOutstandingOperation) {
   connect();
@@ -548,9 +579,11 @@ TEST_P(TransferTest, PeerKilledMidTransferFailsEveryOutstandingOperation) {
   auto start = detail::Clock::now();
   for (auto& r : reqs) {
     Status s = r.wait(15s);
-    EXPECT_NE(s.code(), StatusCode::kTimedOut) << "an operation hung after the peer died: " << s.toString();
+    EXPECT_NE(s.code(), StatusCode::kTimedOut)
+        << "an operation hung after the peer died: " << s.toString();
     if (!s.ok()) {
-      EXPECT_TRUE(s.code() == StatusCode::kConnectionBroken || s.code() == StatusCode::kCancelled) << s.toString();
+      EXPECT_TRUE(s.code() == StatusCode::kConnectionBroken || s.code() == StatusCode::kCancelled)
+          << s.toString();
     }
   }
   EXPECT_LT(detail::Clock::now() - start, 15s);
@@ -676,6 +709,25 @@ TEST_P(TransferTest, ManualProgressModeMovesData) {
   EXPECT_EQ(cmd("check dst 0 " + std::to_string(n) + " 31"), "ok");
 }
 
+// A client of ManyClientsOnOneListener: writes stripe k of the listener's region.
+ZCX_TEST_PEER(stripeWriter) {
+  const TransportParam param = paramNamed(args.at(0));
+  size_t k = std::stoul(args.at(1)), stripe = std::stoul(args.at(2));
+  auto addr = pipe.recv(30s);
+  if (!addr) return 10;
+  auto e = Engine::create(optionsFor(param, false));
+  if (!e.ok()) return 11;
+  auto c = (*e)->connect(*addr);
+  if (!c.ok()) return 12;
+  auto r = c->remoteRegion("stripes");
+  if (!r.ok()) return 13;
+  Buffer b = makeBuffer(**e, stripe, kLocalOnly);
+  fillPattern(b.bytes.get(), stripe, 40 + k);
+  if (!c->write(b.region, 0, *r, k * stripe, stripe).wait(30s).ok()) return 14;
+  pipe.send("done");
+  return pipe.recv(30s) ? 0 : 15;
+}
+
 TEST_P(TransferTest, ManyClientsOnOneListener) {
   // This process listens; three forked clients write their own stripes into one region.
   EngineOptions o = optionsFor(GetParam(), true);
@@ -684,22 +736,9 @@ TEST_P(TransferTest, ManyClientsOnOneListener) {
   std::vector<std::unique_ptr<PeerProcess>> kids;
   Pipe* pipes[clients];
   for (size_t k = 0; k < clients; ++k) {
-    const TransportParam param = GetParam();
-    kids.push_back(std::make_unique<PeerProcess>([param, k, stripe](Pipe& p) {
-      auto addr = p.recv(30s);
-      if (!addr) return 10;
-      auto e = Engine::create(optionsFor(param, false));
-      if (!e.ok()) return 11;
-      auto c = (*e)->connect(*addr);
-      if (!c.ok()) return 12;
-      auto r = c->remoteRegion("stripes");
-      if (!r.ok()) return 13;
-      Buffer b = makeBuffer(**e, stripe, kLocalOnly);
-      fillPattern(b.bytes.get(), stripe, 40 + k);
-      if (!c->write(b.region, 0, *r, k * stripe, stripe).wait(30s).ok()) return 14;
-      p.send("done");
-      return p.recv(30s) ? 0 : 15;
-    }));
+    kids.push_back(std::make_unique<PeerProcess>(
+        "stripeWriter",
+        std::vector<std::string>{GetParam().name, std::to_string(k), std::to_string(stripe)}));
     pipes[k] = &kids.back()->pipe();
   }
   auto e = Engine::create(o);
@@ -714,7 +753,8 @@ TEST_P(TransferTest, ManyClientsOnOneListener) {
     ASSERT_TRUE(c.ok()) << "accept " << k << ": " << c.status().toString();
     accepted.push_back(std::move(*c));
   }
-  for (size_t k = 0; k < clients; ++k) ASSERT_EQ(pipes[k]->recv(60s).value_or("none"), "done") << "client " << k;
+  for (size_t k = 0; k < clients; ++k)
+    ASSERT_EQ(pipes[k]->recv(60s).value_or("none"), "done") << "client " << k;
   for (size_t k = 0; k < clients; ++k) {
     EXPECT_EQ(checkPattern(target.bytes.get() + k * stripe, stripe, 40 + k), "") << "stripe " << k;
     pipes[k]->send("bye");
@@ -730,9 +770,19 @@ TEST_P(TransferTest, RevokedRegionIsNotFoundAnymore) {
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound) << r.status().toString();
 }
 
-std::string paramName(const ::testing::TestParamInfo<TransportParam>& info) { return info.param.name; }
+std::string paramName(const ::testing::TestParamInfo<TransportParam>& info) {
+  return info.param.name;
+}
 
-INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::ValuesIn(transportsHere()), paramName);
+INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::ValuesIn(transportsHere()),
+                         paramName);
 
 }  // namespace
 }  // namespace zcx::test
+
+int main(int argc, char** argv) {
+  int peer = zcx::test::runPeerIfAsked(argc, argv);
+  if (peer >= 0) return peer;
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

@@ -17,7 +17,9 @@ struct ConnectionHandle {
   explicit ConnectionHandle(std::shared_ptr<ConnectionImpl> c) : impl(std::move(c)) {}
   ConnectionHandle(const ConnectionHandle&) = delete;
   ConnectionHandle& operator=(const ConnectionHandle&) = delete;
-  ~ConnectionHandle() { impl->close(Status(StatusCode::kCancelled, "connection closed locally"), true); }
+  ~ConnectionHandle() {
+    impl->close(Status(StatusCode::kCancelled, "connection closed locally"), true);
+  }
   std::shared_ptr<ConnectionImpl> impl;
 };
 
@@ -27,19 +29,25 @@ Connection wrap(std::shared_ptr<ConnectionImpl> impl) {
   return Connection(std::shared_ptr<ConnectionImpl>(handle, raw));
 }
 
-bool rangeOk(uint64_t offset, uint64_t length, uint64_t size) { return offset <= size && length <= size - offset; }
+bool rangeOk(uint64_t offset, uint64_t length, uint64_t size) {
+  return offset <= size && length <= size - offset;
+}
 
 std::string rangeText(uint64_t offset, uint64_t length, uint64_t size) {
-  return "[" + std::to_string(offset) + ", " + std::to_string(offset) + "+" + std::to_string(length) +
-         ") of a " + std::to_string(size) + "-byte region";
+  return "[" + std::to_string(offset) + ", " + std::to_string(offset) + "+" +
+         std::to_string(length) + ") of a " + std::to_string(size) + "-byte region";
 }
 
 thread_local std::vector<transport::RmaOp> scratch_ops;
 
 }  // namespace
 
-ConnectionImpl::ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t conn_id, Fd control, std::string peer)
-    : id(conn_id), peer_name(std::move(peer)), engine_(std::move(engine)), control_(std::move(control)) {}
+ConnectionImpl::ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t conn_id, Fd control,
+                               std::string peer)
+    : id(conn_id),
+      peer_name(std::move(peer)),
+      engine_(std::move(engine)),
+      control_(std::move(control)) {}
 
 ConnectionImpl::~ConnectionImpl() {
   std::lock_guard<std::mutex> lock(engine_->mu);
@@ -67,7 +75,8 @@ Status ConnectionImpl::waitReady(Clock::time_point deadline) {
     }
     engine_->runDeferred();
     if (Clock::now() >= deadline) {
-      return Status(StatusCode::kTimedOut, "the transport connection did not come up within connect_timeout");
+      return Status(StatusCode::kTimedOut,
+                    "the transport connection did not come up within connect_timeout");
     }
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
@@ -84,7 +93,7 @@ void ConnectionImpl::breakLocked(Status why) {
   if (closed_) return;
   closed_ = true;
   broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
-  if (endpoint_) endpoint_->close(broken_);  // completes every outstanding operation
+  if (endpoint_) endpoint_->close(broken_);           // completes every outstanding operation
   for (auto& [bytes, ref] : keys_) ref->key.reset();  // keys go before their endpoint
   keys_.clear();
   endpoint_.reset();
@@ -99,7 +108,8 @@ void ConnectionImpl::close(Status why, bool tell_peer) {
   if (tell_peer) {
     std::lock_guard<std::mutex> lock(control_write_mu_);
     if (!bye_sent_.exchange(true)) {
-      (void)writeFrame(control_.get(), FrameType::kBye, {}, Clock::now() + std::chrono::milliseconds(100));
+      (void)writeFrame(control_.get(), FrameType::kBye, {},
+                       Clock::now() + std::chrono::milliseconds(100));
     }
   }
   {
@@ -132,7 +142,8 @@ bool ConnectionImpl::handleControlFrame() {
   auto f = readFrame(control_.get(), Clock::now() + engine_->options.connect_timeout);
   Status end;
   if (!f.ok()) {
-    end = Status(StatusCode::kConnectionBroken, "peer " + peer_name + " is gone (" + f.status().message() + ")");
+    end = Status(StatusCode::kConnectionBroken,
+                 "peer " + peer_name + " is gone (" + f.status().message() + ")");
   } else if (f->type == FrameType::kBye) {
     end = Status(StatusCode::kConnectionBroken, "peer " + peer_name + " closed the connection");
   } else if (f->type == FrameType::kLookup) {
@@ -175,7 +186,8 @@ bool ConnectionImpl::handleControlFrame() {
 
 // ---------------------------------------------------------------- regions
 
-Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name, std::chrono::milliseconds timeout) {
+Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name,
+                                                  std::chrono::milliseconds timeout) {
   std::string key(region_name);
   std::vector<uint8_t> bytes;
   {
@@ -184,14 +196,16 @@ Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name, 
     if (it != peer_regions_.end()) {
       bytes = it->second;
     } else {
-      if (control_closed_) return Status(StatusCode::kConnectionBroken, "connection to " + peer_name + " is closed");
+      if (control_closed_)
+        return Status(StatusCode::kConnectionBroken, "connection to " + peer_name + " is closed");
       uint64_t lid = next_lookup_++;
       lookups_[lid];
       lock.unlock();
       Status sent;
       {
         std::lock_guard<std::mutex> wlock(control_write_mu_);
-        sent = writeFrame(control_.get(), FrameType::kLookup, encode(Lookup{lid, key}), Clock::now() + timeout);
+        sent = writeFrame(control_.get(), FrameType::kLookup, encode(Lookup{lid, key}),
+                          Clock::now() + timeout);
       }
       lock.lock();
       bool got = sent.ok() && lookup_cv_.wait_for(lock, timeout, [&] {
@@ -200,11 +214,16 @@ Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name, 
       auto answer = std::move(lookups_[lid]);
       lookups_.erase(lid);
       if (!sent.ok()) return sent;
-      if (!got) return Status(StatusCode::kTimedOut, "peer " + peer_name + " did not answer the lookup of '" + key + "'");
-      if (!answer) return Status(StatusCode::kConnectionBroken, "connection to " + peer_name + " closed during lookup");
+      if (!got)
+        return Status(StatusCode::kTimedOut,
+                      "peer " + peer_name + " did not answer the lookup of '" + key + "'");
+      if (!answer)
+        return Status(StatusCode::kConnectionBroken,
+                      "connection to " + peer_name + " closed during lookup");
       if (!answer->first) {
-        return Status(StatusCode::kNotFound, "peer " + peer_name + " exposes no region named '" + key +
-                                                 "'; call Engine::expose(\"" + key + "\", region) there first");
+        return Status(StatusCode::kNotFound, "peer " + peer_name + " exposes no region named '" +
+                                                 key + "'; call Engine::expose(\"" + key +
+                                                 "\", region) there first");
       }
       bytes = std::move(answer->second);
       peer_regions_[key] = bytes;
@@ -219,11 +238,14 @@ Result<RemoteRegion> ConnectionImpl::importRegion(const RegionDescriptor& d) {
   std::lock_guard<std::mutex> lock(engine_->mu);
   if (closed_) return broken_;
   if (d.transport != engine_->transport->name()) {
-    return Status(StatusCode::kInvalidArgument, "descriptor is for transport '" + d.transport + "' but this connection uses '" +
+    return Status(StatusCode::kInvalidArgument, "descriptor is for transport '" + d.transport +
+                                                    "' but this connection uses '" +
                                                     std::string(engine_->transport->name()) + "'");
   }
   if (d.access == kLocalOnly) {
-    return Status(StatusCode::kPermissionDenied, "the peer registered this region for local use only; register it with kRemoteRead/kRemoteWrite");
+    return Status(StatusCode::kPermissionDenied,
+                  "the peer registered this region for local use only; register it with "
+                  "kRemoteRead/kRemoteWrite");
   }
   RemoteRegion r;
   r.descriptor_ = d;
@@ -270,7 +292,8 @@ Request ConnectionImpl::failed(Status s) {
   return Request(std::move(r));
 }
 
-Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops, std::optional<uint32_t> notify) {
+Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
+                                std::optional<uint32_t> notify) {
   const char* what = write ? "write" : "read";
   uint32_t need = write ? kRemoteWrite : kRemoteRead;
   auto& tops = scratch_ops;
@@ -280,29 +303,38 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops, std::opt
     const RmaOp& op = ops[i];
     auto where = [&] { return std::string(what) + " op " + std::to_string(i) + ": "; };
     if (!op.local || !op.local->valid() || !op.remote || !op.remote->key_) {
-      return failed(Status(StatusCode::kInvalidArgument, where() + "needs a registered local region and an imported remote region"));
+      return failed(
+          Status(StatusCode::kInvalidArgument,
+                 where() + "needs a registered local region and an imported remote region"));
     }
     if (op.local->state()->engine != engine_) {
-      return failed(Status(StatusCode::kInvalidArgument, where() + "local region belongs to another engine"));
+      return failed(
+          Status(StatusCode::kInvalidArgument, where() + "local region belongs to another engine"));
     }
     if (op.remote->key_->owner != this) {
-      return failed(Status(StatusCode::kInvalidArgument, where() + "remote region was imported on another connection"));
+      return failed(Status(StatusCode::kInvalidArgument,
+                           where() + "remote region was imported on another connection"));
     }
     if (!rangeOk(op.local_offset, op.length, op.local->size())) {
-      return failed(Status(StatusCode::kOutOfRange, where() + "local range " + rangeText(op.local_offset, op.length, op.local->size())));
+      return failed(Status(
+          StatusCode::kOutOfRange,
+          where() + "local range " + rangeText(op.local_offset, op.length, op.local->size())));
     }
     const RegionDescriptor& d = op.remote->descriptor();
     if (!rangeOk(op.remote_offset, op.length, d.length)) {
-      return failed(Status(StatusCode::kOutOfRange, where() + "remote range " + rangeText(op.remote_offset, op.length, d.length) +
-                                                        "; nothing was posted"));
+      return failed(
+          Status(StatusCode::kOutOfRange, where() + "remote range " +
+                                              rangeText(op.remote_offset, op.length, d.length) +
+                                              "; nothing was posted"));
     }
     if (!(d.access & need)) {
       return failed(Status(StatusCode::kPermissionDenied,
-                           where() + "the peer's region does not allow remote " + what + "s (registered with access " +
-                               std::to_string(d.access) + ")"));
+                           where() + "the peer's region does not allow remote " + what +
+                               "s (registered with access " + std::to_string(d.access) + ")"));
     }
-    tops.push_back({op.local->state()->handle.get(), reinterpret_cast<uint64_t>(op.local->data()) + op.local_offset,
-                    nullptr, d.address + op.remote_offset, op.length});
+    tops.push_back({op.local->state()->handle.get(),
+                    reinterpret_cast<uint64_t>(op.local->data()) + op.local_offset, nullptr,
+                    d.address + op.remote_offset, op.length});
     total += op.length;
   }
   auto r = std::make_shared<RequestState>(engine_);
@@ -316,7 +348,8 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops, std::opt
       r->deadline = Clock::now() + engine_->options.operation_timeout;
       r->self = r;
       link(r.get());
-      Status st = write ? endpoint_->postWrite(tops, notify, r.get()) : endpoint_->postRead(tops, r.get());
+      Status st =
+          write ? endpoint_->postWrite(tops, notify, r.get()) : endpoint_->postRead(tops, r.get());
       if (!st.ok()) {
         unlink(r.get());
         r->self.reset();
@@ -331,16 +364,19 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops, std::opt
 
 Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t length) {
   if (!local.valid() || local.state()->engine != engine_) {
-    return failed(Status(StatusCode::kInvalidArgument, "send needs a region registered by this engine"));
+    return failed(
+        Status(StatusCode::kInvalidArgument, "send needs a region registered by this engine"));
   }
   if (!rangeOk(offset, length, local.size())) {
-    return failed(Status(StatusCode::kOutOfRange, "send range " + rangeText(offset, length, local.size())));
+    return failed(
+        Status(StatusCode::kOutOfRange, "send range " + rangeText(offset, length, local.size())));
   }
   if (length > max_message_size) {
-    return failed(Status(StatusCode::kOutOfRange, "message of " + std::to_string(length) + " bytes exceeds the " +
-                                                      std::to_string(max_message_size) +
-                                                      "-byte limit of this connection (max_message_size of both sides); "
-                                                      "split it or use write()"));
+    return failed(Status(StatusCode::kOutOfRange,
+                         "message of " + std::to_string(length) + " bytes exceeds the " +
+                             std::to_string(max_message_size) +
+                             "-byte limit of this connection (max_message_size of both sides); "
+                             "split it or use write()"));
   }
   auto r = std::make_shared<RequestState>(engine_);
   r->setBytes(length);
@@ -352,8 +388,9 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
       r->deadline = Clock::now() + engine_->options.operation_timeout;
       r->self = r;
       link(r.get());
-      Status st = endpoint_->postSend(local.state()->handle.get(), reinterpret_cast<uint64_t>(local.data()) + offset,
-                                      length, r.get());
+      Status st =
+          endpoint_->postSend(local.state()->handle.get(),
+                              reinterpret_cast<uint64_t>(local.data()) + offset, length, r.get());
       if (!st.ok()) {
         unlink(r.get());
         r->self.reset();
@@ -368,10 +405,12 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
 
 Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t capacity) {
   if (!local.valid() || local.state()->engine != engine_) {
-    return failed(Status(StatusCode::kInvalidArgument, "recv needs a region registered by this engine"));
+    return failed(
+        Status(StatusCode::kInvalidArgument, "recv needs a region registered by this engine"));
   }
   if (!rangeOk(offset, capacity, local.size())) {
-    return failed(Status(StatusCode::kOutOfRange, "recv buffer " + rangeText(offset, capacity, local.size())));
+    return failed(Status(StatusCode::kOutOfRange,
+                         "recv buffer " + rangeText(offset, capacity, local.size())));
   }
   auto r = std::make_shared<RequestState>(engine_);
   {
@@ -394,10 +433,11 @@ void ConnectionImpl::deliverMessages() {
     PostedRecv p = std::move(posted_.front());
     posted_.pop_front();
     if (msg.size() > p.capacity) {
-      p.request->finish(Status(StatusCode::kOutOfRange, "a message of " + std::to_string(msg.size()) +
-                                                            " bytes does not fit the posted receive buffer of " +
-                                                            std::to_string(p.capacity) +
-                                                            " bytes; it stays queued for the next, larger buffer"));
+      p.request->finish(Status(StatusCode::kOutOfRange,
+                               "a message of " + std::to_string(msg.size()) +
+                                   " bytes does not fit the posted receive buffer of " +
+                                   std::to_string(p.capacity) +
+                                   " bytes; it stays queued for the next, larger buffer"));
       continue;
     }
     if (!msg.empty()) std::memcpy(p.buffer, msg.data(), msg.size());
@@ -471,14 +511,17 @@ Result<Connection> Engine::accept(std::chrono::milliseconds timeout) {
 }
 
 namespace {
-Status noConnection() { return Status(StatusCode::kInvalidArgument, "empty Connection (not connected)"); }
+Status noConnection() {
+  return Status(StatusCode::kInvalidArgument, "empty Connection (not connected)");
+}
 Request failedRequest() {
   // An empty Request reports kInvalidArgument from wait()/test().
   return Request();
 }
 }  // namespace
 
-Result<RemoteRegion> Connection::remoteRegion(std::string_view name, std::chrono::milliseconds timeout) {
+Result<RemoteRegion> Connection::remoteRegion(std::string_view name,
+                                              std::chrono::milliseconds timeout) {
   if (!impl_) return noConnection();
   return impl_->remoteRegion(name, timeout);
 }
@@ -488,8 +531,8 @@ Result<RemoteRegion> Connection::importRegion(const RegionDescriptor& descriptor
   return impl_->importRegion(descriptor);
 }
 
-Request Connection::write(const MemoryRegion& local, size_t local_offset, const RemoteRegion& remote,
-                          size_t remote_offset, size_t length) {
+Request Connection::write(const MemoryRegion& local, size_t local_offset,
+                          const RemoteRegion& remote, size_t remote_offset, size_t length) {
   RmaOp op{&local, local_offset, &remote, remote_offset, length};
   return impl_ ? impl_->postRma(true, {&op, 1}, std::nullopt) : failedRequest();
 }
@@ -515,7 +558,9 @@ Request Connection::send(const MemoryRegion& local, size_t offset, size_t length
 Request Connection::recv(const MemoryRegion& local, size_t offset, size_t capacity) {
   return impl_ ? impl_->recv(local, offset, capacity) : failedRequest();
 }
-std::optional<uint32_t> Connection::pollNotification() { return impl_ ? impl_->pollNotification() : std::nullopt; }
+std::optional<uint32_t> Connection::pollNotification() {
+  return impl_ ? impl_->pollNotification() : std::nullopt;
+}
 Result<uint32_t> Connection::waitNotification(std::chrono::milliseconds timeout) {
   if (!impl_) return noConnection();
   return impl_->waitNotification(timeout);

@@ -21,13 +21,15 @@
 namespace zcx::detail {
 
 struct RemoteKeyRef {
-  std::unique_ptr<transport::RemoteKey> key;  ///< reset (under the engine lock) when the connection closes
+  std::unique_ptr<transport::RemoteKey>
+      key;  ///< reset (under the engine lock) when the connection closes
   const ConnectionImpl* owner = nullptr;
 };
 
 class ConnectionImpl final : public transport::EndpointEvents {
  public:
-  ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t id, Fd control, std::string peer_name);
+  ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t id, Fd control,
+                 std::string peer_name);
   ~ConnectionImpl();
 
   // ---- setup (handshake) ----

@@ -10,8 +10,9 @@ constexpr size_t kMaxDescriptor = 8 * 1024;
 constexpr uint32_t kMaxRegions = 65536;
 
 Status malformed(const char* what) {
-  return Status(StatusCode::kProtocolError,
-                std::string("malformed ") + what + " from peer; is it a zcx engine of the same version?");
+  return Status(
+      StatusCode::kProtocolError,
+      std::string("malformed ") + what + " from peer; is it a zcx engine of the same version?");
 }
 }  // namespace
 
@@ -38,9 +39,10 @@ Result<Hello> decodeHello(const std::vector<uint8_t>& body) {
   Hello h;
   h.version = r.u16();
   if (r.ok() && h.version != kProtocolVersion) {
-    return Status(StatusCode::kVersionMismatch,
-                  "peer speaks zcx protocol version " + std::to_string(h.version) + ", this side " +
-                      std::to_string(kProtocolVersion) + "; run the same zcx version on both sides");
+    return Status(StatusCode::kVersionMismatch, "peer speaks zcx protocol version " +
+                                                    std::to_string(h.version) + ", this side " +
+                                                    std::to_string(kProtocolVersion) +
+                                                    "; run the same zcx version on both sides");
   }
   h.name = r.str(kMaxName);
   h.transport = r.str(kMaxName);
@@ -107,7 +109,8 @@ Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body) {
   return l;
 }
 
-Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body, Clock::time_point deadline) {
+Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
+                  Clock::time_point deadline) {
   WireWriter w;
   w.u32(static_cast<uint32_t>(body.size() + 1));
   w.u8(static_cast<uint8_t>(type));

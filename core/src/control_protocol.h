@@ -36,8 +36,8 @@ struct Hello {
   std::string transport;  ///< "ucx", "verbs"
   uint64_t token = 0;
   uint64_t max_message_size = 0;
-  std::vector<uint8_t> address;                               ///< transport address
-  std::map<std::string, std::vector<uint8_t>> regions;        ///< name -> encoded descriptor
+  std::vector<uint8_t> address;                         ///< transport address
+  std::map<std::string, std::vector<uint8_t>> regions;  ///< name -> encoded descriptor
 };
 
 struct Reject {
@@ -65,7 +65,8 @@ Result<Reject> decodeReject(const std::vector<uint8_t>& body);
 Result<Lookup> decodeLookup(const std::vector<uint8_t>& body);
 Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body);
 
-Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body, Clock::time_point deadline);
+Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
+                  Clock::time_point deadline);
 Result<Frame> readFrame(int fd, Clock::time_point deadline);
 
 }  // namespace zcx::detail

@@ -1,4 +1,5 @@
-// RegionDescriptor encoding: "ZCXR" | version | transport | address | length | access | key | crc32c.
+// RegionDescriptor encoding: "ZCXR" | version | transport | address | length | access | key |
+// crc32c.
 #include "wire.h"
 #include "zcx/memory.h"
 
@@ -35,8 +36,9 @@ Result<RegionDescriptor> RegionDescriptor::decode(std::span<const uint8_t> bytes
   uint8_t version = r.u8();
   if (version != kVersion) {
     return Status(StatusCode::kVersionMismatch,
-                  "region descriptor version " + std::to_string(version) + ", this zcx reads version " +
-                      std::to_string(kVersion) + "; use the same zcx version on both sides");
+                  "region descriptor version " + std::to_string(version) +
+                      ", this zcx reads version " + std::to_string(kVersion) +
+                      "; use the same zcx version on both sides");
   }
   RegionDescriptor d;
   d.transport = r.str(kMaxTransportName);

@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-
 #include "connection_impl.h"
 #include "control_protocol.h"
 #include "engine_impl.h"
@@ -32,7 +31,8 @@ std::string defaultName() {
 uint64_t randomToken() {
   uint64_t v = 0;
   if (::getrandom(&v, sizeof(v), 0) != static_cast<ssize_t>(sizeof(v))) {
-    v = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ull ^ ::getpid();
+    v = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ull ^
+        ::getpid();
   }
   return v;
 }
@@ -59,10 +59,12 @@ transport::TransportConfig transportConfig(const EngineOptions& o) {
 
 Status validate(const EngineOptions& o) {
   if (o.connect_timeout.count() <= 0 || o.operation_timeout.count() <= 0) {
-    return Status(StatusCode::kInvalidArgument, "connect_timeout and operation_timeout must be positive");
+    return Status(StatusCode::kInvalidArgument,
+                  "connect_timeout and operation_timeout must be positive");
   }
   if (o.max_message_size == 0 || o.max_message_size > (1u << 30)) {
-    return Status(StatusCode::kInvalidArgument, "max_message_size must be between 1 byte and 1 GiB");
+    return Status(StatusCode::kInvalidArgument,
+                  "max_message_size must be between 1 byte and 1 GiB");
   }
   if (!o.listen_address.empty()) ZCX_RETURN_IF_ERROR(parseHostPort(o.listen_address).status());
   return Status::Ok();
@@ -71,10 +73,14 @@ Status validate(const EngineOptions& o) {
 }  // namespace
 
 Status validateOptions(const EngineOptions& o) { return validate(o); }
-transport::TransportConfig makeTransportConfig(const EngineOptions& o) { return transportConfig(o); }
+transport::TransportConfig makeTransportConfig(const EngineOptions& o) {
+  return transportConfig(o);
+}
 
 EngineImpl::EngineImpl(EngineOptions opts, std::unique_ptr<transport::Transport> t)
-    : options(std::move(opts)), transport(std::move(t)), name(options.name.empty() ? defaultName() : options.name) {}
+    : options(std::move(opts)),
+      transport(std::move(t)),
+      name(options.name.empty() ? defaultName() : options.name) {}
 
 EngineImpl::~EngineImpl() { stop(); }
 
@@ -89,10 +95,12 @@ Status EngineImpl::start() {
     auto l = listenTcp(*hp);
     if (!l.ok()) return l.status();
     listener_ = std::move(l->first);
-    listen_address = (hp->host.empty() ? std::string("0.0.0.0") : hp->host) + ":" + std::to_string(l->second);
+    listen_address =
+        (hp->host.empty() ? std::string("0.0.0.0") : hp->host) + ":" + std::to_string(l->second);
   }
   control_thread_ = std::thread([this] { controlLoop(); });
-  if (options.progress == ProgressMode::kThread) progress_thread_ = std::thread([this] { progressLoop(); });
+  if (options.progress == ProgressMode::kThread)
+    progress_thread_ = std::thread([this] { progressLoop(); });
   return Status::Ok();
 }
 
@@ -144,7 +152,8 @@ void EngineImpl::checkDeadlines(Clock::time_point now) {
     RequestState* r = c->oldestOutstanding();
     if (!r || r->deadline > now) continue;
     Status why(StatusCode::kTimedOut,
-               "operation did not complete within " + std::to_string(options.operation_timeout.count()) +
+               "operation did not complete within " +
+                   std::to_string(options.operation_timeout.count()) +
                    " ms (operation_timeout); the connection to " + c->peer_name +
                    " is closed because a posted RDMA operation cannot be recalled");
     r->finish(why);
@@ -236,7 +245,8 @@ void EngineImpl::forgetConnection(ConnectionImpl* conn) {
   wake(control_wake_);
 }
 
-Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active, Clock::time_point deadline) {
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active,
+                                                              Clock::time_point deadline) {
   Hello mine;
   mine.name = name;
   mine.transport = std::string(transport->name());
@@ -255,28 +265,34 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
     if (f->type == FrameType::kReject) {
       auto rej = decodeReject(f->body);
       if (!rej.ok()) return rej.status();
-      return Status(static_cast<StatusCode>(rej->code), "peer rejected the connection: " + rej->reason);
+      return Status(static_cast<StatusCode>(rej->code),
+                    "peer rejected the connection: " + rej->reason);
     }
     if (f->type != FrameType::kHello) {
-      return Status(StatusCode::kProtocolError, "handshake: unexpected frame from peer; is it a zcx engine?");
+      return Status(StatusCode::kProtocolError,
+                    "handshake: unexpected frame from peer; is it a zcx engine?");
     }
     auto h = decodeHello(f->body);
     if (!h.ok()) return h.status();
     peer = std::move(*h);
-    if (peer.token != mine.token) return Status(StatusCode::kProtocolError, "handshake: peer echoed a wrong token");
+    if (peer.token != mine.token)
+      return Status(StatusCode::kProtocolError, "handshake: peer echoed a wrong token");
   } else {
     auto f = readFrame(fd.get(), deadline);
     if (!f.ok()) return f.status().withContext("handshake");
     Result<Hello> h = f->type == FrameType::kHello
                           ? decodeHello(f->body)
-                          : Result<Hello>(Status(StatusCode::kProtocolError, "handshake: first frame is not HELLO"));
+                          : Result<Hello>(Status(StatusCode::kProtocolError,
+                                                 "handshake: first frame is not HELLO"));
     if (h.ok() && h->transport != mine.transport) {
-      h = Status(StatusCode::kVersionMismatch, "peer uses transport '" + h->transport + "' but this engine uses '" +
-                                                   mine.transport + "'; choose the same --transport on both sides");
+      h = Status(StatusCode::kVersionMismatch, "peer uses transport '" + h->transport +
+                                                   "' but this engine uses '" + mine.transport +
+                                                   "'; choose the same --transport on both sides");
     }
     if (!h.ok()) {
       Reject rej{static_cast<uint8_t>(h.status().code()), h.status().message()};
-      (void)writeFrame(fd.get(), FrameType::kReject, encode(rej), Clock::now() + std::chrono::milliseconds(200));
+      (void)writeFrame(fd.get(), FrameType::kReject, encode(rej),
+                       Clock::now() + std::chrono::milliseconds(200));
       return h.status();
     }
     peer = std::move(*h);
@@ -285,7 +301,8 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
   }
 
   static std::atomic<uint64_t> next_id{1};
-  auto conn = std::make_shared<ConnectionImpl>(shared_from_this(), next_id++, std::move(fd), peer.name);
+  auto conn =
+      std::make_shared<ConnectionImpl>(shared_from_this(), next_id++, std::move(fd), peer.name);
   size_t cap = transport->capabilities().max_message_size;
   conn->max_message_size = std::min<size_t>(options.max_message_size, peer.max_message_size);
   if (cap) conn->max_message_size = std::min(conn->max_message_size, cap);
@@ -302,8 +319,10 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
   if (ready.ok()) ready = writeFrame(conn->controlFd(), FrameType::kReady, {}, deadline);
   if (ready.ok()) {
     auto f = readFrame(conn->controlFd(), deadline);
-    if (!f.ok()) ready = f.status();
-    else if (f->type != FrameType::kReady) ready = Status(StatusCode::kProtocolError, "handshake: expected READY");
+    if (!f.ok())
+      ready = f.status();
+    else if (f->type != FrameType::kReady)
+      ready = Status(StatusCode::kProtocolError, "handshake: expected READY");
   }
   if (!ready.ok()) {
     conn->close(ready, false);
@@ -336,7 +355,8 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::accept(std::chrono::millisec
   }
   std::unique_lock<std::mutex> lock(conn_mu_);
   if (!accepted_cv_.wait_for(lock, timeout, [&] { return !accepted_.empty() || stopping_; })) {
-    return Status(StatusCode::kTimedOut, "no peer connected within " + std::to_string(timeout.count()) + " ms");
+    return Status(StatusCode::kTimedOut,
+                  "no peer connected within " + std::to_string(timeout.count()) + " ms");
   }
   if (accepted_.empty()) return Status(StatusCode::kCancelled, "engine shut down");
   auto c = std::move(accepted_.front());
@@ -395,7 +415,8 @@ void EngineImpl::controlLoop() {
 Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   ZCX_RETURN_IF_ERROR(detail::validateOptions(options));
   std::string why;
-  auto t = transport::TransportRegistry::builtin().create(options.transport, detail::makeTransportConfig(options), &why);
+  auto t = transport::TransportRegistry::builtin().create(
+      options.transport, detail::makeTransportConfig(options), &why);
   if (!t.ok()) return t.status();
   LOG(INFO) << "zcx: transport " << (*t)->name() << " (" << (*t)->description() << "): " << why;
   auto impl = std::make_shared<detail::EngineImpl>(options, std::move(*t));
@@ -404,7 +425,8 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
 }
 
 Status Engine::probeTransport(std::string_view transport, const EngineOptions& options) {
-  auto t = transport::TransportRegistry::builtin().create(transport, detail::makeTransportConfig(options));
+  auto t = transport::TransportRegistry::builtin().create(transport,
+                                                          detail::makeTransportConfig(options));
   return t.status();
 }
 
@@ -417,7 +439,8 @@ std::string Engine::listenAddress() const { return impl_->listen_address; }
 
 Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32_t access) {
   if (address == nullptr || length == 0) {
-    return Status(StatusCode::kInvalidArgument, "registerMemory needs a non-null address and a length > 0");
+    return Status(StatusCode::kInvalidArgument,
+                  "registerMemory needs a non-null address and a length > 0");
   }
   if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
   auto state = std::make_shared<detail::RegionState>();
@@ -453,9 +476,11 @@ Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
 
 Status Engine::expose(std::string name, const MemoryRegion& region) {
   if (!region.valid() || region.state()->engine != impl_) {
-    return Status(StatusCode::kInvalidArgument, "expose: the region was not registered by this engine");
+    return Status(StatusCode::kInvalidArgument,
+                  "expose: the region was not registered by this engine");
   }
-  if (name.empty() || name.size() > 200) return Status(StatusCode::kInvalidArgument, "expose: name must be 1-200 bytes");
+  if (name.empty() || name.size() > 200)
+    return Status(StatusCode::kInvalidArgument, "expose: name must be 1-200 bytes");
   std::lock_guard<std::mutex> lock(impl_->exposed_mu);
   impl_->exposed[std::move(name)] = {region.state().get(), region.descriptor().encode()};
   return Status::Ok();

@@ -6,9 +6,9 @@
 #include <deque>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -65,8 +65,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::unique_ptr<transport::Transport> transport;
   std::string name;
 
-  std::mutex mu;                  ///< the engine lock
-  std::condition_variable event;  ///< notified (under mu) when notifications/messages arrive
+  std::mutex mu;                      ///< the engine lock
+  std::condition_variable event;      ///< notified (under mu) when notifications/messages arrive
   std::vector<ConnectionImpl*> live;  ///< connections with an endpoint (mu)
 
   std::mutex exposed_mu;
@@ -82,7 +82,7 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   Result<std::shared_ptr<ConnectionImpl>> handshake(Fd fd, bool active, Clock::time_point deadline);
 
   std::vector<std::pair<std::function<void(const Status&)>, Status>> deferred_;  // mu
-  std::vector<ConnectionImpl*> to_close_;                                         // mu
+  std::vector<ConnectionImpl*> to_close_;                                        // mu
   std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;   // progress-local
   Clock::time_point next_deadline_check_{};
 

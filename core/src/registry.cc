@@ -16,8 +16,9 @@ TransportRegistry& TransportRegistry::builtin() {
 
 void TransportRegistry::add(RegistryEntry entry) {
   entries_.push_back(std::move(entry));
-  std::stable_sort(entries_.begin(), entries_.end(),
-                   [](const RegistryEntry& a, const RegistryEntry& b) { return a.priority > b.priority; });
+  std::stable_sort(
+      entries_.begin(), entries_.end(),
+      [](const RegistryEntry& a, const RegistryEntry& b) { return a.priority > b.priority; });
 }
 
 std::vector<std::string> TransportRegistry::names() const {
@@ -39,8 +40,8 @@ Result<std::unique_ptr<Transport>> TransportRegistry::create(std::string_view na
     }
     std::string known;
     for (const auto& e : entries_) known += (known.empty() ? "" : ", ") + e.name;
-    return Status(StatusCode::kNotFound, "unknown transport '" + std::string(name) +
-                                             "'; choose auto or one of: " + known);
+    return Status(StatusCode::kNotFound,
+                  "unknown transport '" + std::string(name) + "'; choose auto or one of: " + known);
   }
   std::string account;
   for (const auto& e : entries_) {
@@ -50,7 +51,8 @@ Result<std::unique_ptr<Transport>> TransportRegistry::create(std::string_view na
       if (why) *why = "auto: " + account;
       return t;
     }
-    account += (account.empty() ? "" : "; ") + e.name + " unavailable (" + t.status().message() + ")";
+    account +=
+        (account.empty() ? "" : "; ") + e.name + " unavailable (" + t.status().message() + ")";
   }
   return Status(StatusCode::kUnavailable, "no transport is available: " + account);
 }

@@ -70,8 +70,9 @@ Status Request::wait(std::chrono::milliseconds timeout) {
     state_->waitUntil(until);
   }
   if (!state_->done()) {
-    return Status(StatusCode::kTimedOut, "operation still in flight after " + std::to_string(timeout.count()) +
-                                             " ms of waiting; wait again, or it fails at its own deadline");
+    return Status(StatusCode::kTimedOut,
+                  "operation still in flight after " + std::to_string(timeout.count()) +
+                      " ms of waiting; wait again, or it fails at its own deadline");
   }
   return state_->status();
 }

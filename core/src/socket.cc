@@ -21,10 +21,13 @@ void Fd::reset() {
 }
 
 namespace {
-std::string errnoText(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
+std::string errnoText(int err) {
+  return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")";
+}
 
 int msLeft(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return left < 0 ? 0 : static_cast<int>(std::min<long long>(left, 1 << 30));
 }
 
@@ -35,9 +38,13 @@ Status waitFd(int fd, short events, Clock::time_point deadline, const char* what
     int n = ::poll(&p, 1, msLeft(deadline));
     if (n > 0) return Status::Ok();
     if (n == 0) {
-      return Status(StatusCode::kTimedOut, std::string(what) + " timed out; the peer is slow or stuck (raise connect_timeout if expected)");
+      return Status(
+          StatusCode::kTimedOut,
+          std::string(what) +
+              " timed out; the peer is slow or stuck (raise connect_timeout if expected)");
     }
-    if (errno != EINTR) return Status(StatusCode::kInternal, std::string("poll: ") + errnoText(errno));
+    if (errno != EINTR)
+      return Status(StatusCode::kInternal, std::string("poll: ") + errnoText(errno));
   }
 }
 
@@ -50,7 +57,8 @@ Result<addrinfo*> resolve(const HostPort& hp, bool passive) {
   std::string port = std::to_string(hp.port);
   int rc = ::getaddrinfo(hp.host.empty() ? nullptr : hp.host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    return Status(StatusCode::kNotFound, "cannot resolve host '" + hp.host + "': " + gai_strerror(rc) +
+    return Status(StatusCode::kNotFound, "cannot resolve host '" + hp.host +
+                                             "': " + gai_strerror(rc) +
                                              "; check the host name or use an IP address");
   }
   return res;
@@ -60,17 +68,20 @@ Result<addrinfo*> resolve(const HostPort& hp, bool passive) {
 Result<HostPort> parseHostPort(std::string_view text) {
   auto colon = text.rfind(':');
   if (colon == std::string_view::npos) {
-    return Status(StatusCode::kInvalidArgument,
-                  "address '" + std::string(text) + "' has no port; write host:port (e.g. 127.0.0.1:18515)");
+    return Status(
+        StatusCode::kInvalidArgument,
+        "address '" + std::string(text) + "' has no port; write host:port (e.g. 127.0.0.1:18515)");
   }
   HostPort hp;
   hp.host = std::string(text.substr(0, colon));
-  if (hp.host.size() >= 2 && hp.host.front() == '[' && hp.host.back() == ']') hp.host = hp.host.substr(1, hp.host.size() - 2);
+  if (hp.host.size() >= 2 && hp.host.front() == '[' && hp.host.back() == ']')
+    hp.host = hp.host.substr(1, hp.host.size() - 2);
   std::string port(text.substr(colon + 1));
   char* end = nullptr;
   long p = std::strtol(port.c_str(), &end, 10);
   if (port.empty() || *end != '\0' || p < 0 || p > 65535) {
-    return Status(StatusCode::kInvalidArgument, "bad port '" + port + "' in '" + std::string(text) + "' (0-65535)");
+    return Status(StatusCode::kInvalidArgument,
+                  "bad port '" + port + "' in '" + std::string(text) + "' (0-65535)");
   }
   hp.port = static_cast<uint16_t>(p);
   return hp;
@@ -96,12 +107,14 @@ Result<std::pair<Fd, uint16_t>> listenTcp(const HostPort& where) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
-    uint16_t port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                             : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    uint16_t port = ss.ss_family == AF_INET6
+                        ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                        : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
     return std::make_pair(std::move(fd), port);
   }
   return Status(last_err == EADDRINUSE ? StatusCode::kUnavailable : StatusCode::kInvalidArgument,
-                "cannot listen on " + where.host + ":" + std::to_string(where.port) + ": " + errnoText(last_err) +
+                "cannot listen on " + where.host + ":" + std::to_string(where.port) + ": " +
+                    errnoText(last_err) +
                     (last_err == EADDRINUSE ? "; pick another port or port 0" : ""));
 }
 
@@ -116,8 +129,9 @@ Result<Fd> connectTcp(const HostPort& to, Clock::time_point deadline) {
     if (!fd.valid()) continue;
     int rc = ::connect(fd.get(), ai->ai_addr, ai->ai_addrlen);
     if (rc != 0 && errno != EINPROGRESS) {
-      last = Status(errno == ECONNREFUSED ? StatusCode::kConnectionRefused : StatusCode::kConnectionBroken,
-                    "connect to " + where + ": " + errnoText(errno) + "; is a zcx engine listening there?");
+      last = Status(
+          errno == ECONNREFUSED ? StatusCode::kConnectionRefused : StatusCode::kConnectionBroken,
+          "connect to " + where + ": " + errnoText(errno) + "; is a zcx engine listening there?");
       continue;
     }
     if (rc != 0) {
@@ -127,8 +141,9 @@ Result<Fd> connectTcp(const HostPort& to, Clock::time_point deadline) {
       socklen_t len = sizeof(err);
       ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
       if (err != 0) {
-        last = Status(err == ECONNREFUSED ? StatusCode::kConnectionRefused : StatusCode::kConnectionBroken,
-                      "connect to " + where + ": " + errnoText(err) + "; is a zcx engine listening there?");
+        last = Status(
+            err == ECONNREFUSED ? StatusCode::kConnectionRefused : StatusCode::kConnectionBroken,
+            "connect to " + where + ": " + errnoText(err) + "; is a zcx engine listening there?");
         continue;
       }
     }
@@ -152,7 +167,8 @@ Status writeAll(int fd, std::span<const uint8_t> data, Clock::time_point deadlin
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    return Status(StatusCode::kConnectionBroken, std::string("peer connection lost while sending: ") + errnoText(errno));
+    return Status(StatusCode::kConnectionBroken,
+                  std::string("peer connection lost while sending: ") + errnoText(errno));
   }
   return Status::Ok();
 }
@@ -171,7 +187,8 @@ Status readAll(int fd, std::span<uint8_t> data, Clock::time_point deadline) {
       continue;
     }
     if (errno == EINTR) continue;
-    return Status(StatusCode::kConnectionBroken, std::string("peer connection lost while receiving: ") + errnoText(errno));
+    return Status(StatusCode::kConnectionBroken,
+                  std::string("peer connection lost while receiving: ") + errnoText(errno));
   }
   return Status::Ok();
 }

@@ -20,9 +20,7 @@ class WireWriter {
     u32(static_cast<uint32_t>(b.size()));
     out_.insert(out_.end(), b.begin(), b.end());
   }
-  void str(std::string_view s) {
-    bytes({reinterpret_cast<const uint8_t*>(s.data()), s.size()});
-  }
+  void str(std::string_view s) { bytes({reinterpret_cast<const uint8_t*>(s.data()), s.size()}); }
   std::vector<uint8_t>& data() { return out_; }
 
  private:

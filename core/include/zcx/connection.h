@@ -49,8 +49,8 @@ class Connection {
 
   /// The peer's region exposed under `name` (Engine::expose on the peer). Asks the peer if the
   /// handshake did not carry it. kNotFound if the peer has no such region.
-  Result<RemoteRegion> remoteRegion(std::string_view name,
-                                    std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
+  Result<RemoteRegion> remoteRegion(
+      std::string_view name, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
   /// Imports a descriptor received some other way (validated: transport, key).
   Result<RemoteRegion> importRegion(const RegionDescriptor& descriptor);
 

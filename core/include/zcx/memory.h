@@ -12,7 +12,8 @@
 
 namespace zcx {
 
-/// What peers may do with a region. Local use (send source, receive or read target) is always allowed.
+/// What peers may do with a region. Local use (send source, receive or read target) is always
+/// allowed.
 enum Access : uint32_t {
   kLocalOnly = 0,
   kRemoteRead = 1,

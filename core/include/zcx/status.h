@@ -13,20 +13,20 @@ namespace zcx {
 /// Canonical error codes. Each message says what happened and what to do.
 enum class StatusCode : uint8_t {
   kOk = 0,
-  kInvalidArgument,     ///< a bad value from the caller (size, offset, option)
-  kOutOfRange,          ///< a local or remote range outside its region, or a message too big
-  kNotFound,            ///< unknown region name, unknown transport
-  kUnavailable,         ///< a transport or device that is not usable on this machine
-  kTimedOut,            ///< a deadline passed
-  kCancelled,           ///< the operation was cancelled because its connection closed
-  kConnectionRefused,   ///< nobody listens at the address, or the peer rejected us
-  kConnectionBroken,    ///< the peer died or the link failed
-  kVersionMismatch,     ///< the peer speaks another protocol version or transport
-  kPermissionDenied,    ///< the region's access flags forbid the operation
-  kResourceExhausted,   ///< out of memory, locked-memory limit, queue full
-  kRemoteAccessError,   ///< the peer rejected the access (revoked or wrong key)
-  kProtocolError,       ///< malformed bytes from the peer or in a descriptor
-  kInternal,            ///< a bug or an unexpected library failure
+  kInvalidArgument,    ///< a bad value from the caller (size, offset, option)
+  kOutOfRange,         ///< a local or remote range outside its region, or a message too big
+  kNotFound,           ///< unknown region name, unknown transport
+  kUnavailable,        ///< a transport or device that is not usable on this machine
+  kTimedOut,           ///< a deadline passed
+  kCancelled,          ///< the operation was cancelled because its connection closed
+  kConnectionRefused,  ///< nobody listens at the address, or the peer rejected us
+  kConnectionBroken,   ///< the peer died or the link failed
+  kVersionMismatch,    ///< the peer speaks another protocol version or transport
+  kPermissionDenied,   ///< the region's access flags forbid the operation
+  kResourceExhausted,  ///< out of memory, locked-memory limit, queue full
+  kRemoteAccessError,  ///< the peer rejected the access (revoked or wrong key)
+  kProtocolError,      ///< malformed bytes from the peer or in a descriptor
+  kInternal,           ///< a bug or an unexpected library failure
 };
 
 std::string_view statusCodeName(StatusCode code);
@@ -58,9 +58,10 @@ inline bool operator==(const Status& a, StatusCode c) { return a.code() == c; }
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
-    if (std::get<Status>(v_).ok()) v_ = Status(StatusCode::kInternal, "Result built from an Ok status without a value");
+    if (std::get<Status>(v_).ok())
+      v_ = Status(StatusCode::kInternal, "Result built from an Ok status without a value");
   }
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -83,8 +84,8 @@ class [[nodiscard]] Result {
 }  // namespace zcx
 
 /// Returns from the enclosing function if `expr` (a Status) is not ok.
-#define ZCX_RETURN_IF_ERROR(expr)         \
-  do {                                    \
-    ::zcx::Status zcx_status_ = (expr);   \
+#define ZCX_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::zcx::Status zcx_status_ = (expr);        \
     if (!zcx_status_.ok()) return zcx_status_; \
   } while (0)

@@ -25,7 +25,8 @@ class TransportRegistry {
   std::vector<std::string> names() const;
 
   /// Creates transport `name`, or for "auto" the highest-priority one that is available here;
-  /// `why` (if given) receives a one-line account of the choice ("verbs: no RDMA device ...; using ucx").
+  /// `why` (if given) receives a one-line account of the choice ("verbs: no RDMA device ...; using
+  /// ucx").
   Result<std::unique_ptr<Transport>> create(std::string_view name, const TransportConfig& config,
                                             std::string* why = nullptr) const;
 

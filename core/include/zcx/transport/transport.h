@@ -145,10 +145,10 @@ struct Capabilities {
 
 /// Options the core passes through. Keys a transport does not know are an error.
 struct TransportConfig {
-  std::string device;        ///< "" = choose automatically
-  int port = 0;              ///< device port, 0 = choose
-  int gid_index = -1;        ///< -1 = choose
-  std::string bind_host;     ///< the host the core listens on (a hint for the transport)
+  std::string device;     ///< "" = choose automatically
+  int port = 0;           ///< device port, 0 = choose
+  int gid_index = -1;     ///< -1 = choose
+  std::string bind_host;  ///< the host the core listens on (a hint for the transport)
   std::map<std::string, std::string> params;  ///< transport-specific ("ucx.tls" = "tcp", ...)
 };
 
@@ -163,14 +163,15 @@ class Transport {
 
   /// Registers [address, address+length). `access` is AccessBits.
   virtual Result<std::unique_ptr<MemoryHandle>> registerMemory(void* address, size_t length,
-                                                                uint32_t access) = 0;
+                                                               uint32_t access) = 0;
   /// Allocates and registers memory owned by the handle.
   virtual Result<std::unique_ptr<MemoryHandle>> allocateMemory(size_t length, uint32_t access) = 0;
 
   /// Bytes a peer needs to reach this process (UCX worker address; verbs rdma_cm address).
   virtual std::vector<uint8_t> localAddress() const = 0;
 
-  /// Starts a connection. Returns at once; the endpoint is kConnecting until progress() finishes it.
+  /// Starts a connection. Returns at once; the endpoint is kConnecting until progress() finishes
+  /// it.
   virtual Result<std::unique_ptr<Endpoint>> createEndpoint(const EndpointSetup& setup) = 0;
 
   /// Makes progress on everything; returns how many events it handled (0 = idle).

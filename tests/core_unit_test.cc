@@ -170,6 +170,14 @@ TEST(Engine, RegistrationValidatesItsArguments) {
   EXPECT_EQ(d.length, 64u);
   EXPECT_EQ(d.transport, "ucx");
   EXPECT_FALSE(d.key.empty());
+  // Registering the same range again is a cache hit: the same registration, shared.
+  auto again = (*e)->registerMemory(buf, 64, kRemoteWrite);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->state(), r->state());
+  auto other_access = (*e)->registerMemory(buf, 64, kRemoteRead);
+  ASSERT_TRUE(other_access.ok());
+  EXPECT_NE(other_access->state(), r->state())
+      << "different access rights need their own registration";
   EXPECT_EQ((*e)->expose("", *r).code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE((*e)->expose("buf", *r).ok());
   auto a = (*e)->allocate(1 << 20, kRemoteRead);

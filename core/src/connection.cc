@@ -345,7 +345,7 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
       r->finish(broken_);
     } else {
       for (size_t i = 0; i < ops.size(); ++i) tops[i].remote = ops[i].remote->key_->key.get();
-      r->deadline = Clock::now() + engine_->options.operation_timeout;
+      r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
       r->self = r;
       link(r.get());
       Status st =
@@ -385,7 +385,7 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
     if (closed_) {
       r->finish(broken_);
     } else {
-      r->deadline = Clock::now() + engine_->options.operation_timeout;
+      r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
       r->self = r;
       link(r.get());
       Status st =

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "connection_impl.h"
@@ -129,7 +130,7 @@ int EngineImpl::progressOnce() {
   {
     std::lock_guard<std::mutex> lock(mu);
     n = transport->progress();
-    auto now = Clock::now();
+    auto now = coarseNow();
     if (now >= next_deadline_check_) {
       checkDeadlines(now);
       next_deadline_check_ = now + kDeadlineCheckPeriod;
@@ -166,19 +167,30 @@ void EngineImpl::scheduleClose(ConnectionImpl* conn) { to_close_.push_back(conn)
 
 void EngineImpl::deferCallback(std::function<void(const Status&)> cb, Status status) {
   deferred_.emplace_back(std::move(cb), std::move(status));
+  has_deferred_.store(true, std::memory_order_release);
+}
+
+Clock::time_point EngineImpl::coarseNow() {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  // steady_clock is CLOCK_MONOTONIC: same epoch, coarser ticks.
+  return Clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
 }
 
 void EngineImpl::runDeferred() {
+  if (!has_deferred_.load(std::memory_order_acquire)) return;  // the common case: no lock
   std::vector<std::pair<std::function<void(const Status&)>, Status>> batch;
   {
     std::lock_guard<std::mutex> lock(mu);
     if (deferred_.empty()) return;
     batch.swap(deferred_);
+    has_deferred_.store(false, std::memory_order_relaxed);
   }
   for (auto& [cb, st] : batch) cb(st);
 }
 
 void EngineImpl::notePosted() {
+  if (options.progress == ProgressMode::kManual) return;  // nobody sleeps
   post_seq_.fetch_add(1, std::memory_order_seq_cst);
   if (sleeping_.load(std::memory_order_seq_cst)) wake(progress_wake_);
 }
@@ -443,6 +455,11 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
                   "registerMemory needs a non-null address and a length > 0");
   }
   if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
+  auto key = std::make_tuple(reinterpret_cast<uintptr_t>(address), length, access);
+  std::lock_guard<std::mutex> cache_lock(impl_->registrations_mu);
+  if (auto it = impl_->registrations.find(key); it != impl_->registrations.end()) {
+    if (auto live = it->second.lock()) return MemoryRegion(std::move(live));  // cache hit
+  }
   auto state = std::make_shared<detail::RegionState>();
   state->engine = impl_;
   {
@@ -454,6 +471,8 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
   state->data = static_cast<uint8_t*>(address);
   state->size = length;
   state->access = access;
+  state->user_memory = true;
+  impl_->registrations[key] = state;
   return MemoryRegion(std::move(state));
 }
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "socket.h"
@@ -30,6 +31,7 @@ struct RegionState {
   uint8_t* data = nullptr;
   size_t size = 0;
   uint32_t access = 0;
+  bool user_memory = false;  ///< registered (and cached) rather than allocated
   ~RegionState();
 };
 
@@ -50,6 +52,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void deferCallback(std::function<void(const Status&)> cb, Status status);
   /// Runs queued callbacks (mu not held).
   void runDeferred();
+  /// Deadlines come from a coarse clock (a few ms resolution, no system call).
+  static Clock::time_point coarseNow();
   /// Closes `conn`'s endpoint after the current transport call returns (mu held).
   void scheduleClose(ConnectionImpl* conn);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
@@ -69,6 +73,11 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::condition_variable event;      ///< notified (under mu) when notifications/messages arrive
   std::vector<ConnectionImpl*> live;  ///< connections with an endpoint (mu)
 
+  // Registration cache: a live registration of exactly (address, length, access) is shared
+  // instead of registering the range again (what NIXL users asked for).
+  std::mutex registrations_mu;
+  std::map<std::tuple<uintptr_t, size_t, uint32_t>, std::weak_ptr<RegionState>> registrations;
+
   std::mutex exposed_mu;
   std::map<std::string, std::pair<const RegionState*, std::vector<uint8_t>>> exposed;
 
@@ -82,8 +91,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   Result<std::shared_ptr<ConnectionImpl>> handshake(Fd fd, bool active, Clock::time_point deadline);
 
   std::vector<std::pair<std::function<void(const Status&)>, Status>> deferred_;  // mu
-  std::vector<ConnectionImpl*> to_close_;                                        // mu
-  std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;   // progress-local
+  std::atomic<bool> has_deferred_{false};  ///< lets runDeferred() skip the lock when idle
+  std::vector<ConnectionImpl*> to_close_;  // mu
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;  // progress-local
   Clock::time_point next_deadline_check_{};
 
   std::mutex conn_mu_;

@@ -5,6 +5,12 @@ namespace zcx {
 namespace detail {
 
 RegionState::~RegionState() {
+  if (user_memory) {
+    std::lock_guard<std::mutex> lock(engine->registrations_mu);
+    auto it = engine->registrations.find(
+        std::make_tuple(reinterpret_cast<uintptr_t>(data), size, access));
+    if (it != engine->registrations.end() && it->second.expired()) engine->registrations.erase(it);
+  }
   {
     std::lock_guard<std::mutex> lock(engine->exposed_mu);
     for (auto it = engine->exposed.begin(); it != engine->exposed.end();) {

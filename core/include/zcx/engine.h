@@ -34,6 +34,9 @@ class Engine {
   std::string listenAddress() const;
 
   /// Registers user memory (it must outlive the region). `access` says what peers may do.
+  /// Registering exactly the same range with the same access again while a registration is
+  /// alive returns that registration (a cache hit, no new pinning); it is released with its
+  /// last MemoryRegion.
   Result<MemoryRegion> registerMemory(void* address, size_t length, uint32_t access);
   /// Allocates registered memory (transports may give faster memory this way, e.g. UCX shm).
   Result<MemoryRegion> allocate(size_t length, uint32_t access);

@@ -292,6 +292,33 @@ Request ConnectionImpl::failed(Status s) {
   return Request(std::move(r));
 }
 
+// The one way an operation reaches the transport: under the engine lock, linked into the
+// outstanding list with its deadline before posting, unlinked and failed if the post fails.
+template <class PostFn>
+Request ConnectionImpl::post(size_t bytes, PostFn&& post_to_transport) {
+  auto r = std::make_shared<RequestState>(engine_);
+  r->setBytes(bytes);
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    if (closed_) {
+      r->finish(broken_);
+    } else {
+      r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
+      r->self = r;
+      link(r.get());
+      Status st = post_to_transport(r.get());
+      if (!st.ok()) {
+        unlink(r.get());
+        r->self.reset();
+        r->finish(st);
+      }
+    }
+  }
+  engine_->runDeferred();
+  engine_->notePosted();
+  return Request(std::move(r));
+}
+
 Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
                                 std::optional<uint32_t> notify) {
   const char* what = write ? "write" : "read";
@@ -337,29 +364,10 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
                     d.address + op.remote_offset, op.length});
     total += op.length;
   }
-  auto r = std::make_shared<RequestState>(engine_);
-  r->setBytes(total);
-  {
-    std::lock_guard<std::mutex> lock(engine_->mu);
-    if (closed_) {
-      r->finish(broken_);
-    } else {
-      for (size_t i = 0; i < ops.size(); ++i) tops[i].remote = ops[i].remote->key_->key.get();
-      r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
-      r->self = r;
-      link(r.get());
-      Status st =
-          write ? endpoint_->postWrite(tops, notify, r.get()) : endpoint_->postRead(tops, r.get());
-      if (!st.ok()) {
-        unlink(r.get());
-        r->self.reset();
-        r->finish(st);
-      }
-    }
-  }
-  engine_->runDeferred();
-  engine_->notePosted();
-  return Request(std::move(r));
+  return post(total, [&](RequestState* r) {
+    for (size_t i = 0; i < ops.size(); ++i) tops[i].remote = ops[i].remote->key_->key.get();
+    return write ? endpoint_->postWrite(tops, notify, r) : endpoint_->postRead(tops, r);
+  });
 }
 
 Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t length) {
@@ -378,29 +386,10 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
                              "-byte limit of this connection (max_message_size of both sides); "
                              "split it or use write()"));
   }
-  auto r = std::make_shared<RequestState>(engine_);
-  r->setBytes(length);
-  {
-    std::lock_guard<std::mutex> lock(engine_->mu);
-    if (closed_) {
-      r->finish(broken_);
-    } else {
-      r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
-      r->self = r;
-      link(r.get());
-      Status st =
-          endpoint_->postSend(local.state()->handle.get(),
-                              reinterpret_cast<uint64_t>(local.data()) + offset, length, r.get());
-      if (!st.ok()) {
-        unlink(r.get());
-        r->self.reset();
-        r->finish(st);
-      }
-    }
-  }
-  engine_->runDeferred();
-  engine_->notePosted();
-  return Request(std::move(r));
+  return post(length, [&](RequestState* r) {
+    return endpoint_->postSend(local.state()->handle.get(),
+                               reinterpret_cast<uint64_t>(local.data()) + offset, length, r);
+  });
 }
 
 Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t capacity) {

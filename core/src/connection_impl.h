@@ -72,6 +72,8 @@ class ConnectionImpl final : public transport::EndpointEvents {
 
  private:
   Request failed(Status s);
+  template <class PostFn>
+  Request post(size_t bytes, PostFn&& post_to_transport);
   void link(RequestState* r);
   void deliverMessages();
 

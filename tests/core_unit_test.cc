@@ -54,6 +54,12 @@ TEST(Descriptor, RejectsAFutureVersionClearly) {
   EXPECT_NE(r.status().message().find("same zcx version"), std::string::npos);
 }
 
+TEST(Wire, Crc32cMatchesTheStandardCheckValue) {
+  const char* check = "123456789";  // CRC-32C (Castagnoli) check value, RFC 3720 B.4
+  EXPECT_EQ(detail::crc32c({reinterpret_cast<const uint8_t*>(check), 9}), 0xE3069283u);
+  EXPECT_EQ(detail::crc32c({}), 0u);
+}
+
 TEST(Wire, ReaderNeverReadsPastTheEnd) {
   detail::WireWriter w;
   w.u64(42);

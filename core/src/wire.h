@@ -1,6 +1,7 @@
 // Little-endian binary encoding with bounds checks: the bytes of descriptors and handshakes.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -72,13 +73,19 @@ class WireReader {
   bool ok_ = true;
 };
 
-/// CRC-32C (Castagnoli), bitwise: descriptors are small and encoded rarely.
+/// CRC-32C (Castagnoli), one table lookup per byte (descriptors are checked on every import).
 inline uint32_t crc32c(std::span<const uint8_t> data) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+      t[i] = c;
+    }
+    return t;
+  }();
   uint32_t crc = ~0u;
-  for (uint8_t b : data) {
-    crc ^= b;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-  }
+  for (uint8_t b : data) crc = (crc >> 8) ^ table[(crc ^ b) & 0xffu];
   return ~crc;
 }
 

@@ -357,7 +357,14 @@ class Server {
       if (h_.verify) fillPattern(src, size, h_.seed ^ kServerSalt, iter);
       if (kind_ == TestKind::kWriteLat) {
         src[size - 1] = markerOf(iter);
-        last = data_[0].write(buf_.region, h_.max_size, peer_region_, 0, size);
+        if (h_.verify) {
+          // The marker byte may land before the rest of the message (no transport orders the
+          // bytes of one write): a verified run waits for the notification instead.
+          RmaOp op{&buf_.region, h_.max_size, &peer_region_, 0, size};
+          last = data_[0].writeWithNotify({&op, 1}, static_cast<uint32_t>(iter));
+        } else {
+          last = data_[0].write(buf_.region, h_.max_size, peer_region_, 0, size);
+        }
       } else {
         last = data_[0].send(buf_.region, h_.max_size, size);
       }
@@ -400,7 +407,17 @@ class Server {
           break;
         case TestKind::kWriteLat: {
           const uint8_t* mark = buf_.data() + size - 1;
-          if (loadByte(mark) == markerOf(i)) {
+          bool arrived = false;
+          if (h_.verify) {
+            auto note = data_[0].pollNotification();
+            if (note && *note != static_cast<uint32_t>(i)) {
+              return err(StatusCode::kProtocolError, "write_lat: notification out of order");
+            }
+            arrived = note.has_value();
+          } else {
+            arrived = loadByte(mark) == markerOf(i);
+          }
+          if (arrived) {
             if (h_.verify) {
               errors += countMismatches(buf_.data(), size - 1, h_.seed, i);
               checked += size;
@@ -817,10 +834,18 @@ class Client {
         if (cfg_.verify) fillPattern(tx, size, FLAGS_seed, i);
         tx[size - 1] = markerOf(i);
         a = Clock::now();
-        Request w = conn.write(buf_.region, tx_off, remote, 0, size);
+        // Verified runs use notifications: the marker byte may land before the rest.
+        RmaOp op{&buf_.region, tx_off, &remote, 0, size};
+        Request w = cfg_.verify ? conn.writeWithNotify({&op, 1}, static_cast<uint32_t>(i))
+                                : conn.write(buf_.region, tx_off, remote, 0, size);
         const uint8_t m = markerOf(i);
         uint64_t spins = 0;
-        while (loadByte(rx + size - 1) != m) {
+        auto arrived = [&] {
+          if (!cfg_.verify) return loadByte(rx + size - 1) == m;
+          auto note = conn.pollNotification();
+          return note.has_value();
+        };
+        while (!arrived()) {
           eng_.progress();
           if ((++spins & 1023) == 0 && w.done()) {
             auto st = w.test();

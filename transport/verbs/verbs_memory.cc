@@ -1,5 +1,7 @@
 #include "verbs/verbs_memory.h"
 
+#include "verbs/verbs_wire.h"
+
 #include <sys/resource.h>
 
 #include <cerrno>
@@ -14,15 +16,6 @@ namespace {
 constexpr uint8_t kKeyMagic[3] = {'Z', 'V', 'K'};
 constexpr uint8_t kKeyVersion = 1;
 constexpr size_t kPackedKeySize = 24;
-
-void putLe(uint8_t* p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint64_t getLe(const uint8_t* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return v;
-}
 
 std::string memlockText() {
   rlimit rl{};

@@ -11,15 +11,6 @@ constexpr uint8_t kAddrVersion = 1;
 constexpr uint8_t kConnMagic[3] = {'Z', 'V', 'C'};
 constexpr uint8_t kConnVersion = 1;
 
-void putLe(uint8_t* p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint64_t getLe(const uint8_t* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return v;
-}
-
 }  // namespace
 
 std::vector<uint8_t> packAddress(const sockaddr_in& addr) {

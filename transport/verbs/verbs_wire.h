@@ -12,6 +12,16 @@
 
 namespace zcx::transport::verbs {
 
+/// Little-endian field helpers shared by the verbs wire formats (address, connect data, keys).
+inline void putLe(uint8_t* p, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+inline uint64_t getLe(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
 /// localAddress(): "ZVA" magic, version 1, IPv4 (4 bytes, network order), port (2 bytes, network
 /// order) = 10 bytes.
 std::vector<uint8_t> packAddress(const sockaddr_in& addr);

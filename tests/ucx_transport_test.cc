@@ -527,6 +527,25 @@ TEST_P(UcxTransportTest, ArgumentErrors) {
   dup.token = 0x1234567890abcdefull;
   dup.events = &eva_;
   EXPECT_EQ(a_->createEndpoint(dup).status().code(), StatusCode::kInvalidArgument);
+
+  // Malformed peer worker addresses (from a broken or hostile handshake) never reach UCX.
+  EndpointSetup bad_setup;
+  bad_setup.role = Role::kActive;
+  bad_setup.token = 0x5151;
+  bad_setup.events = &eva_;
+  std::vector<uint8_t> good = b_->localAddress();
+  std::vector<std::vector<uint8_t>> garbage = {{}, {1, 2, 3}, std::vector<uint8_t>(64, 0xab)};
+  auto flipped = good;
+  flipped[flipped.size() / 2] ^= 0x10;
+  garbage.push_back(flipped);
+  garbage.push_back(std::vector<uint8_t>(good.begin(), good.end() - 1));
+  for (size_t i = 0; i < garbage.size(); ++i) {
+    bad_setup.peer_address = garbage[i];
+    bad_setup.token = 0x5151 + i;
+    auto ep = a_->createEndpoint(bad_setup);
+    EXPECT_EQ(ep.status().code(), StatusCode::kProtocolError)
+        << i << ": " << ep.status().toString();
+  }
 }
 
 TEST_P(UcxTransportTest, MessagesSentBeforeThePeerEndpointExistsAreKept) {

@@ -27,9 +27,8 @@ UcxEndpoint::UcxEndpoint(std::shared_ptr<UcxWorker> worker, const EndpointSetup&
 
 Result<std::unique_ptr<UcxEndpoint>> UcxEndpoint::create(std::shared_ptr<UcxWorker> worker,
                                                          const EndpointSetup& setup) {
-  if (setup.peer_address.empty()) {
-    return Status(StatusCode::kInvalidArgument, "ucx: empty peer worker address");
-  }
+  auto peer_address = unframeAddress(setup.peer_address);
+  if (!peer_address.ok()) return peer_address.status().withContext("ucx: peer worker address");
   if (setup.events == nullptr) {
     return Status(StatusCode::kInvalidArgument, "ucx: EndpointSetup.events is null");
   }
@@ -43,7 +42,7 @@ Result<std::unique_ptr<UcxEndpoint>> UcxEndpoint::create(std::shared_ptr<UcxWork
   ucp_ep_params_t p{};
   p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  p.address = reinterpret_cast<const ucp_address_t*>(setup.peer_address.data());
+  p.address = reinterpret_cast<const ucp_address_t*>(peer_address->data());
   p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   p.err_handler.cb = &UcxWorker::onEndpointError;
   p.err_handler.arg = self->worker_.get();

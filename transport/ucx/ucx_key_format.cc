@@ -6,7 +6,8 @@
 namespace zcx::transport::ucx {
 namespace {
 
-constexpr uint32_t kMagic = 0x4b58435a;  // "ZCXK" little-endian
+constexpr uint32_t kKeyMagic = 0x4b58435a;      // "ZCXK" little-endian
+constexpr uint32_t kAddressMagic = 0x4158435a;  // "ZCXA"
 constexpr size_t kHeaderSize = 16;
 
 uint64_t fnv1a(std::span<const uint8_t> bytes) {
@@ -18,11 +19,8 @@ uint64_t fnv1a(std::span<const uint8_t> bytes) {
   return h;
 }
 
-}  // namespace
-
-std::vector<uint8_t> frameKey(std::span<const uint8_t> ucx_bytes) {
+std::vector<uint8_t> frame(uint32_t magic, std::span<const uint8_t> ucx_bytes) {
   std::vector<uint8_t> out(kHeaderSize + ucx_bytes.size());
-  uint32_t magic = kMagic;
   auto length = static_cast<uint32_t>(ucx_bytes.size());
   uint64_t sum = fnv1a(ucx_bytes);
   std::memcpy(out.data(), &magic, 4);
@@ -32,10 +30,11 @@ std::vector<uint8_t> frameKey(std::span<const uint8_t> ucx_bytes) {
   return out;
 }
 
-Result<std::span<const uint8_t>> unframeKey(std::span<const uint8_t> framed) {
+Result<std::span<const uint8_t>> unframe(uint32_t expected_magic, const std::string& what,
+                                         std::span<const uint8_t> framed) {
   if (framed.size() < kHeaderSize) {
     return Status(StatusCode::kProtocolError,
-                  "ucx remote key too short (" + std::to_string(framed.size()) + " bytes)");
+                  what + " too short (" + std::to_string(framed.size()) + " bytes)");
   }
   uint32_t magic = 0;
   uint32_t length = 0;
@@ -43,20 +42,38 @@ Result<std::span<const uint8_t>> unframeKey(std::span<const uint8_t> framed) {
   std::memcpy(&magic, framed.data(), 4);
   std::memcpy(&length, framed.data() + 4, 4);
   std::memcpy(&sum, framed.data() + 8, 8);
-  if (magic != kMagic) {
+  if (magic != expected_magic) {
     return Status(StatusCode::kProtocolError,
-                  "not a zcx ucx remote key (bad magic; was it packed by another transport?)");
+                  "not a zcx " + what + " (bad magic; was it made by another transport?)");
   }
   if (length == 0 || length != framed.size() - kHeaderSize) {
     return Status(StatusCode::kProtocolError,
-                  "ucx remote key length mismatch (header says " + std::to_string(length) +
-                      ", got " + std::to_string(framed.size() - kHeaderSize) + " bytes)");
+                  what + " length mismatch (header says " + std::to_string(length) + ", got " +
+                      std::to_string(framed.size() - kHeaderSize) + " bytes)");
   }
   std::span<const uint8_t> body = framed.subspan(kHeaderSize);
   if (fnv1a(body) != sum) {
-    return Status(StatusCode::kProtocolError, "ucx remote key checksum mismatch (corrupted)");
+    return Status(StatusCode::kProtocolError, what + " checksum mismatch (corrupted)");
   }
   return body;
+}
+
+}  // namespace
+
+std::vector<uint8_t> frameKey(std::span<const uint8_t> ucx_bytes) {
+  return frame(kKeyMagic, ucx_bytes);
+}
+
+Result<std::span<const uint8_t>> unframeKey(std::span<const uint8_t> framed) {
+  return unframe(kKeyMagic, "ucx remote key", framed);
+}
+
+std::vector<uint8_t> frameAddress(std::span<const uint8_t> ucx_bytes) {
+  return frame(kAddressMagic, ucx_bytes);
+}
+
+Result<std::span<const uint8_t>> unframeAddress(std::span<const uint8_t> framed) {
+  return unframe(kAddressMagic, "ucx worker address", framed);
 }
 
 }  // namespace zcx::transport::ucx

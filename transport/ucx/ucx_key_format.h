@@ -1,6 +1,7 @@
-// The framing of packed remote keys: UCX's ucp_ep_rkey_unpack takes no length and trusts its
-// input, so packedKey() wraps UCX's bytes in a header with a length and a checksum, and
-// importKey() rejects anything that does not match before UCX sees it.
+// The framing of packed remote keys and worker addresses: UCX's ucp_ep_rkey_unpack and
+// ucp_ep_create take no length and trust their input, so the bytes a peer receives are wrapped in
+// a header with a length and a checksum, and anything that does not match is rejected before UCX
+// sees it (a malformed handshake must be an error, not a crash).
 #pragma once
 
 #include <cstdint>
@@ -16,5 +17,9 @@ std::vector<uint8_t> frameKey(std::span<const uint8_t> ucx_bytes);
 
 /// The UCX bytes inside a framed key, or kProtocolError explaining what is wrong.
 Result<std::span<const uint8_t>> unframeKey(std::span<const uint8_t> framed);
+
+/// The same framing (magic "ZCXA") for the worker address localAddress() hands to peers.
+std::vector<uint8_t> frameAddress(std::span<const uint8_t> ucx_bytes);
+Result<std::span<const uint8_t>> unframeAddress(std::span<const uint8_t> framed);
 
 }  // namespace zcx::transport::ucx

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "ucx/ucx_key_format.h"
 #include "ucx/ucx_params.h"
 #include "ucx/ucx_worker.h"
 #include "zcx/transport/transport.h"
@@ -22,7 +23,9 @@ class UcxTransport final : public Transport {
                                                        uint32_t access) override;
   Result<std::unique_ptr<MemoryHandle>> allocateMemory(size_t length, uint32_t access) override;
 
-  std::vector<uint8_t> localAddress() const override { return worker_->ucx().address(); }
+  std::vector<uint8_t> localAddress() const override {
+    return frameAddress(worker_->ucx().address());
+  }
   Result<std::unique_ptr<Endpoint>> createEndpoint(const EndpointSetup& setup) override;
 
   int progress() override { return worker_->progress(); }

@@ -9,13 +9,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "verbs/factory.h"
+#include "verbs/testing.h"
 #include "zcx/transport/transport.h"
 
 namespace zcx::transport {
@@ -506,6 +509,136 @@ TEST_F(VerbsTransport, VerbsEventFdWakesOnCompletion) {
   pfd = {tb_->eventFd(), POLLIN, 0};
   EXPECT_EQ(::poll(&pfd, 1, 10000), 1) << "eventFd did not wake up for a disconnect";
   EXPECT_TRUE(pump([&] { return b_->state() == EndpointState::kBroken; }, 10s));
+}
+
+TEST_F(VerbsTransport, VerbsCloseDrainsTheQpQuicklyAndCompletesOnce) {
+  std::vector<RmaOp> ops;
+  for (int i = 0; i < 16; ++i) ops.push_back({ma_.get(), addrA(0), kb_.get(), addrB(0), 1 << 20});
+  std::vector<Done*> done;
+  for (int i = 0; i < 8; ++i) {
+    done.push_back(&newDone());
+    ASSERT_TRUE(a_->postWrite(ops, std::nullopt, done.back()).ok());
+  }
+  ta_->progress();  // some WRs are in flight on the QP now
+  const auto t0 = std::chrono::steady_clock::now();
+  a_->close(Status(StatusCode::kCancelled, "test closes"));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s) << "close() must not wait unboundedly";
+  for (Done* d : done) EXPECT_EQ(d->calls, 1);
+  EXPECT_TRUE(pump([&] { return b_->state() == EndpointState::kBroken; }, 10s));
+  settle(100ms);
+  for (Done* d : done) {
+    EXPECT_EQ(d->calls, 1);
+    EXPECT_FALSE(d->status.ok());
+  }
+}
+
+TEST_F(VerbsTransport, VerbsQpFatalAsyncEventBreaksOnlyThatQpsEndpoint) {
+  // Harmless events change nothing.
+  for (ibv_event_type t :
+       {IBV_EVENT_COMM_EST, IBV_EVENT_SQ_DRAINED, IBV_EVENT_QP_LAST_WQE_REACHED}) {
+    ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), a_.get(), t).ok());
+  }
+  for (ibv_event_type t : {IBV_EVENT_PORT_ACTIVE, IBV_EVENT_LID_CHANGE, IBV_EVENT_GID_CHANGE}) {
+    ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), nullptr, t).ok());
+  }
+  settle(50ms);
+  ASSERT_TRUE(ready());
+  EXPECT_TRUE(ea_.errors.empty());
+  EXPECT_TRUE(eb_.errors.empty());
+
+  // b's sends are outstanding (b is never progressed between post and event).
+  std::vector<Done*> sends;
+  for (int i = 0; i < 6; ++i) {
+    sends.push_back(&newDone());
+    ASSERT_TRUE(b_->postSend(mb_.get(), addrB(0), 1000, sends.back()).ok());
+  }
+  // The event is read through a's transport (both share the device context) but concerns b's
+  // QP: it must reach b's transport, and wake it.
+  ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), b_.get(), IBV_EVENT_QP_FATAL).ok());
+  pollfd pfd{tb_->eventFd(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 5000), 1);
+  tb_->progress();
+  const std::string event = ibv_event_type_str(IBV_EVENT_QP_FATAL);
+  EXPECT_EQ(b_->state(), EndpointState::kBroken);
+  EXPECT_NE(b_->error().message().find(event), std::string::npos) << b_->error().toString();
+  ASSERT_TRUE(pump(
+      [&] {
+        for (Done* d : sends) {
+          if (d->calls == 0) return false;
+        }
+        return eb_.errors.size() == 1 && a_->state() == EndpointState::kBroken;
+      },
+      10s));
+  settle(100ms);
+  for (Done* d : sends) {
+    EXPECT_EQ(d->calls, 1);
+    EXPECT_EQ(d->status.code(), StatusCode::kConnectionBroken) << d->status.toString();
+    EXPECT_NE(d->status.message().find(event), std::string::npos) << d->status.toString();
+  }
+  ASSERT_EQ(eb_.errors.size(), 1u);
+  EXPECT_NE(eb_.errors[0].message().find(event), std::string::npos) << eb_.errors[0].toString();
+  // a broke because b disconnected, not because of b's QP event.
+  ASSERT_EQ(ea_.errors.size(), 1u);
+  EXPECT_EQ(ea_.errors[0].message().find(event), std::string::npos) << ea_.errors[0].toString();
+}
+
+TEST_F(VerbsTransport, VerbsPortErrorAsyncEventBreaksEveryEndpointOnThePort) {
+  std::vector<RmaOp> ops;
+  for (int i = 0; i < 8; ++i) ops.push_back({ma_.get(), addrA(0), kb_.get(), addrB(0), 1 << 18});
+  std::vector<Done*> done;
+  for (int i = 0; i < 4; ++i) {
+    done.push_back(&newDone());
+    ASSERT_TRUE(a_->postWrite(ops, std::nullopt, done.back()).ok());
+  }
+  Done& send = newDone();
+  ASSERT_TRUE(b_->postSend(mb_.get(), addrB(0), 100, &send).ok());
+  // Both transports sit on the same port: one event reaches both.
+  ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), nullptr, IBV_EVENT_PORT_ERR).ok());
+  ASSERT_TRUE(pump(
+      [&] {
+        for (Done* d : done) {
+          if (d->calls == 0) return false;
+        }
+        return send.calls == 1 && !ea_.errors.empty() && !eb_.errors.empty();
+      },
+      10s))
+      << "a: " << a_->error().toString() << " b: " << b_->error().toString();
+  settle(100ms);
+  const std::string event = ibv_event_type_str(IBV_EVENT_PORT_ERR);
+  for (Done* d : done) {
+    EXPECT_EQ(d->calls, 1);
+    EXPECT_EQ(d->status.code(), StatusCode::kConnectionBroken) << d->status.toString();
+    EXPECT_NE(d->status.message().find(event), std::string::npos) << d->status.toString();
+  }
+  EXPECT_EQ(send.calls, 1);
+  EXPECT_EQ(send.status.code(), StatusCode::kConnectionBroken) << send.status.toString();
+  ASSERT_EQ(ea_.errors.size(), 1u);
+  ASSERT_EQ(eb_.errors.size(), 1u);
+  EXPECT_NE(ea_.errors[0].message().find(event), std::string::npos) << ea_.errors[0].toString();
+  EXPECT_NE(eb_.errors[0].message().find(event), std::string::npos) << eb_.errors[0].toString();
+  // Closing the broken endpoints drains their QPs within the bound and completes nothing again.
+  const auto t0 = std::chrono::steady_clock::now();
+  a_->close(Status(StatusCode::kCancelled, "test closes"));
+  b_->close(Status(StatusCode::kCancelled, "test closes"));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  settle(50ms);
+  for (Done* d : done) EXPECT_EQ(d->calls, 1);
+  EXPECT_EQ(send.calls, 1);
+}
+
+TEST_F(VerbsTransport, VerbsCqErrorAsyncEventBreaksTheCqOwnersEndpoints) {
+  Done& d = newDone();
+  ASSERT_TRUE(
+      a_->postRead(std::vector<RmaOp>{{ma_.get(), addrA(0), kb_.get(), addrB(0), 4096}}, &d).ok());
+  ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), nullptr, IBV_EVENT_CQ_ERR).ok());
+  ta_->progress();
+  EXPECT_EQ(a_->state(), EndpointState::kBroken);
+  ASSERT_TRUE(pump([&] { return d.calls == 1 && ea_.errors.size() == 1; }, 10s));
+  EXPECT_EQ(d.status.code(), StatusCode::kConnectionBroken) << d.status.toString();
+  EXPECT_NE(ea_.errors[0].message().find(ibv_event_type_str(IBV_EVENT_CQ_ERR)), std::string::npos)
+      << ea_.errors[0].toString();
+  settle(50ms);
+  EXPECT_EQ(d.calls, 1);
 }
 
 TEST(VerbsNoDevice, CreateExplainsWhatItFound) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -23,6 +24,10 @@ constexpr uint32_t kSlotBits = 20;
 constexpr uint32_t kMaxSlots = uint32_t{1} << kSlotBits;
 constexpr uint16_t kGenMask = 0x1ff;
 constexpr int kResolveTimeoutMs = 5000;
+/// Low bits of the drain marker's wr_id: bit 29 is set, which sendWrId() never sets (gen is 9
+/// bits, [28..20]), so it matches no op and no receive.
+constexpr uint64_t kDrainMarker = (kLastBit - 1);
+constexpr auto kDrainLimit = std::chrono::milliseconds(100);
 
 uint64_t sendWrId(uint32_t serial, uint32_t slot, uint16_t gen, bool last) {
   return (uint64_t{serial} << 32) | (last ? kLastBit : 0) |
@@ -145,6 +150,8 @@ Status VerbsEndpoint::createQp(rdma_cm_id* id) {
                       std::to_string(recv_depth_) + ") failed (" + errnoText(err) + ")");
   }
   qp_ = id->qp;
+  transport_->registerQp(qp_->qp_num, serial_);
+  qp_registered_ = true;
   sq_depth_ = std::min(sq_depth_, attr.cap.max_send_wr);
   max_inline_ = attr.cap.max_inline_data;
   signal_interval_ = std::max<uint32_t>(1, sq_depth_ / 4);
@@ -273,6 +280,7 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
         VLOG(1) << "verbs: cannot shorten min_rnr_timer (" << errnoText(rc) << "); keeping default";
       }
       state_ = EndpointState::kReady;
+      qp_used_ = true;
       return;
     }
     case RDMA_CM_EVENT_REJECTED:
@@ -638,8 +646,46 @@ void VerbsEndpoint::breakConnection(Status why, int64_t failed_slot, Status op_s
   error_pending_ = true;
 }
 
+void VerbsEndpoint::drainQp() {
+  // rdma-pitfalls: never destroy a QP with WRs in flight. ERR flushes every outstanding WR; a
+  // signaled marker WR posted after them completes (flushed) last on the send queue. Our ops were
+  // already completed by close()/breakConnection(): the flushed CQEs are consumed and dropped.
+  if (qp_connected_) {
+    rdma_disconnect(id_.get());  // QP to ERR and tell the peer
+    qp_connected_ = false;
+  } else {
+    ibv_qp_attr attr{};
+    attr.qp_state = IBV_QPS_ERR;
+    ibv_modify_qp(qp_, &attr, IBV_QP_STATE);
+  }
+  if (!qp_used_ || transport_ == nullptr) return;  // never reached RTS: nothing was posted
+  const uint64_t marker = (uint64_t{serial_} << 32) | kDrainMarker;
+  ibv_send_wr wr{};
+  wr.wr_id = marker;
+  wr.opcode = IBV_WR_SEND;
+  wr.num_sge = 0;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* bad = nullptr;
+  if (int rc = ibv_post_send(qp_, &wr, &bad); rc != 0) {
+    // Send queue full: no marker; take what is in the CQ now, the rest is dropped by serial.
+    VLOG(1) << "verbs endpoint " << serial_ << ": cannot post the drain marker (" << errnoText(rc)
+            << ")";
+    transport_->drainFlushed(serial_, marker, std::chrono::milliseconds(0));
+    return;
+  }
+  if (!transport_->drainFlushed(serial_, marker, kDrainLimit)) {
+    LOG(WARNING) << "verbs endpoint " << serial_ << ": the QP's flushed completions did not all "
+                 << "arrive within " << kDrainLimit.count() << " ms; destroying it anyway";
+  }
+}
+
 void VerbsEndpoint::destroyConnection() {
   if (id_) {
+    if (qp_ != nullptr) {
+      drainQp();
+      if (qp_registered_ && transport_ != nullptr) transport_->unregisterQp(qp_->qp_num);
+      qp_registered_ = false;
+    }
     if (qp_connected_) rdma_disconnect(id_.get());
     qp_connected_ = false;
     id_.reset();  // destroys the QP, then the id

@@ -36,6 +36,8 @@ class VerbsEndpoint final : public Endpoint {
   // ---- for VerbsTransport
   uint32_t serial() const { return serial_; }
   uint64_t token() const { return token_; }
+  /// The QP number (0 while there is no QP).
+  uint32_t qpNum() const { return qp_ != nullptr ? qp_->qp_num : 0; }
   /// Active side: creates the cm id and starts address resolution.
   Status startActive(const sockaddr_in& peer);
   /// Passive side: takes the connect request's id, creates the QP and accepts.
@@ -47,6 +49,9 @@ class VerbsEndpoint final : public Endpoint {
   /// Delivers deferred completions and posts pending WRs; returns how much it did.
   int drive();
   bool hasWork() const;
+  /// A fatal async device event (QP/port/device/CQ error): breaks the endpoint like an error
+  /// CQE does (outstanding ops fail from the next drive(), then onError).
+  void breakFromAsyncEvent(Status why) { breakConnection(std::move(why)); }
   /// The transport is going away before us: close and stop calling it.
   void detach(Status why);
 
@@ -84,6 +89,8 @@ class VerbsEndpoint final : public Endpoint {
   void breakConnection(Status why, int64_t failed_slot = -1, Status op_status = Status());
   /// Collects every outstanding op and deferred completion (slots released).
   Deferred takeOutstanding(const Status& why, int64_t failed_slot, const Status& op_status);
+  /// Moves the QP to ERR and consumes its flushed CQEs (bounded wait), then destroys it.
+  void drainQp();
   void destroyConnection();
   Status wcError(const ibv_wc& wc, const char* kind) const;
 
@@ -100,6 +107,8 @@ class VerbsEndpoint final : public Endpoint {
   bool closed_ = false;
   bool error_pending_ = false;  ///< onError(error_) not yet reported
   bool qp_connected_ = false;   ///< rdma_connect/accept done: rdma_disconnect makes sense
+  bool qp_registered_ = false;  ///< the transport routes async events of qp_ to us
+  bool qp_used_ = false;        ///< the QP reached RTS: WRs may be outstanding on it
 
   CmIdPtr id_;
   ibv_qp* qp_ = nullptr;  ///< id_->qp

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <glog/logging.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -11,6 +12,8 @@
 #include <sstream>
 
 #include "verbs/factory.h"
+#include "verbs/testing.h"
+#include "verbs/verbs_async.h"
 #include "verbs/verbs_endpoint.h"
 #include "verbs/verbs_memory.h"
 
@@ -53,6 +56,25 @@ Result<std::unique_ptr<Transport>> create(const TransportConfig& config) {
   if (!r.ok()) return r.status();
   return std::unique_ptr<Transport>(std::move(*r));
 }
+
+namespace testing {
+
+Status injectAsyncEvent(Transport* transport, Endpoint* endpoint, ibv_event_type type) {
+  auto* t = dynamic_cast<VerbsTransport*>(transport);
+  if (t == nullptr) return Status(StatusCode::kInvalidArgument, "not a verbs transport");
+  uint32_t qp_num = 0;
+  if (endpoint != nullptr) {
+    auto* ep = dynamic_cast<VerbsEndpoint*>(endpoint);
+    if (ep == nullptr || ep->qpNum() == 0) {
+      return Status(StatusCode::kInvalidArgument, "not a verbs endpoint with a QP");
+    }
+    qp_num = ep->qpNum();
+  }
+  AsyncEventHub::injectForTest(t->device().context, type, qp_num, t->device().port, t->cq());
+  return Status();
+}
+
+}  // namespace testing
 
 Result<std::unique_ptr<VerbsTransport>> VerbsTransport::create(const TransportConfig& config) {
   VerbsOptions options;
@@ -138,12 +160,20 @@ Result<std::unique_ptr<VerbsTransport>> VerbsTransport::create(const TransportCo
   }
   t->listen_addr_ = *reinterpret_cast<sockaddr_in*>(rdma_get_local_addr(raw));
 
-  // One fd for the core to sleep on: the completion channel and the cm channel.
+  // One fd for the core to sleep on: the completion channel, the cm channel, the device's async
+  // event fd (shared with other transports on this context: see verbs_async.h) and our wake fd.
   t->epoll_fd_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
   if (t->epoll_fd_.get() < 0) {
     return Status(StatusCode::kInternal, "epoll_create1 failed (" + errnoText(errno) + ")");
   }
-  for (int fd : {t->comp_channel_->fd, t->channel_->fd}) {
+  t->wake_fd_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (t->wake_fd_.get() < 0) {
+    return Status(StatusCode::kInternal, "eventfd failed (" + errnoText(errno) + ")");
+  }
+  ZCX_RETURN_IF_ERROR(
+      AsyncEventHub::subscribe(d.context, t.get(), d.port, t->cq_.get(), t->wake_fd_.get()));
+  t->async_subscribed_ = true;
+  for (int fd : {t->comp_channel_->fd, t->channel_->fd, d.context->async_fd, t->wake_fd_.get()}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -162,6 +192,8 @@ VerbsTransport::~VerbsTransport() {
     endpoints_.erase(endpoints_.begin());
     ep->detach(Status(StatusCode::kCancelled, "the verbs transport was destroyed"));
   }
+  if (async_subscribed_) AsyncEventHub::unsubscribe(device_.context, this);
+  async_subscribed_ = false;
   for (auto& [token, s] : stash_) rdma_reject(s.id.get(), nullptr, 0);
   stash_.clear();
   listen_id_.reset();
@@ -281,8 +313,40 @@ void VerbsTransport::releaseCq(uint32_t entries) {
 
 // ------------------------------------------------------------------ progress
 
+void VerbsTransport::registerQp(uint32_t qp_num, uint32_t serial) {
+  AsyncEventHub::addQp(device_.context, this, qp_num, serial);
+}
+
+void VerbsTransport::unregisterQp(uint32_t qp_num) {
+  AsyncEventHub::removeQp(device_.context, qp_num);
+}
+
+bool VerbsTransport::drainFlushed(uint32_t serial, uint64_t marker_wr_id,
+                                  std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  ibv_wc wcs[kPollBatch];
+  for (;;) {
+    const int got = ibv_poll_cq(cq_.get(), kPollBatch, wcs);
+    if (got < 0) {
+      LOG(ERROR) << "ibv_poll_cq failed (" << got << ")";
+      return false;
+    }
+    bool marker = false;
+    for (int i = 0; i < got; ++i) {
+      if (static_cast<uint32_t>(wcs[i].wr_id >> 32) != serial) {
+        wc_stash_.push_back(wcs[i]);  // another endpoint's: handled by the next progress()
+      } else if (wcs[i].wr_id == marker_wr_id) {
+        marker = true;
+      }  // else: a flushed WR of an op that close()/breakConnection() already completed
+    }
+    if (marker) return true;
+    if (got == 0 && std::chrono::steady_clock::now() >= deadline) return false;
+  }
+}
+
 int VerbsTransport::progress() {
-  int n = processCmEvents();
+  int n = processAsyncEvents();
+  n += processCmEvents();
   drainCompChannel();
   n += pollCq();
   expireStash();
@@ -295,6 +359,71 @@ int VerbsTransport::progress() {
     if (it != endpoints_.end()) n += it->second->drive();
   }
   return n;
+}
+
+int VerbsTransport::processAsyncEvents() {
+  uint64_t count = 0;
+  while (::read(wake_fd_.get(), &count, sizeof(count)) > 0) {
+  }
+  std::vector<AsyncEvent> events = AsyncEventHub::poll(device_.context, this);
+  for (const AsyncEvent& ev : events) {
+    const char* name = ibv_event_type_str(ev.type);
+    switch (ev.type) {
+      case IBV_EVENT_QP_FATAL:
+      case IBV_EVENT_QP_REQ_ERR:
+      case IBV_EVENT_QP_ACCESS_ERR: {
+        auto it = endpoints_.find(ev.serial);
+        if (it == endpoints_.end()) break;  // already closed
+        it->second->breakFromAsyncEvent(
+            Status(StatusCode::kConnectionBroken, std::string("the device reported ") + name +
+                                                      " (async event " + std::to_string(ev.type) +
+                                                      ") for the connection's QP " +
+                                                      std::to_string(ev.qp_num)));
+        break;
+      }
+      case IBV_EVENT_PORT_ERR:
+      case IBV_EVENT_DEVICE_FATAL:
+      case IBV_EVENT_CQ_ERR: {
+        std::string what;
+        if (ev.type == IBV_EVENT_PORT_ERR) {
+          what = std::string("the device reported ") + name + ": port " + std::to_string(ev.port) +
+                 " of " + device_.name + " went down" +
+                 (device_.netdev.empty() ? "" : " (is " + device_.netdev + " down?)");
+        } else if (ev.type == IBV_EVENT_DEVICE_FATAL) {
+          what = std::string("the device reported ") + name + ": " + device_.name +
+                 " failed and must be reopened";
+        } else {
+          what = std::string("the device reported ") + name +
+                 ": the transport's completion queue overflowed or failed";
+        }
+        LOG(ERROR) << "verbs " << device_.name << ": " << what << "; breaking " << endpoints_.size()
+                   << " endpoint(s)";
+        std::vector<uint32_t> serials;
+        for (const auto& [serial, ep] : endpoints_) serials.push_back(serial);
+        for (uint32_t serial : serials) {
+          auto it = endpoints_.find(serial);
+          if (it != endpoints_.end()) {
+            it->second->breakFromAsyncEvent(Status(StatusCode::kConnectionBroken, what));
+          }
+        }
+        break;
+      }
+      case IBV_EVENT_PORT_ACTIVE:
+      case IBV_EVENT_LID_CHANGE:
+      case IBV_EVENT_GID_CHANGE:
+      case IBV_EVENT_PKEY_CHANGE:
+      case IBV_EVENT_SM_CHANGE:
+      case IBV_EVENT_CLIENT_REREGISTER:
+        LOG(INFO) << "verbs " << device_.name << ": async event " << name << " on port "
+                  << int{ev.port} << "; ignored";
+        break;
+      default:
+        VLOG(1) << "verbs " << device_.name << ": async event " << name << " (QP " << ev.qp_num
+                << "); ignored";
+        break;
+    }
+  }
+  return static_cast<int>(events.size());
 }
 
 int VerbsTransport::processCmEvents() {
@@ -431,7 +560,9 @@ int VerbsTransport::pollCq() {
     }
     for (int i = 0; i < got; ++i) handleWc(wcs[i]);
     n += got;
-    if (got < kPollBatch) break;
+    // A callback closed an endpoint whose drain stashed newer CQEs: handle those first (next
+    // progress) so no endpoint sees its completions out of order.
+    if (got < kPollBatch || !wc_stash_.empty()) break;
   }
   return n;
 }

@@ -57,6 +57,14 @@ class VerbsTransport final : public Transport {
   void releaseCq(uint32_t entries);
   /// The endpoint is gone or closed: stop routing events to it.
   void forget(uint32_t serial, uint64_t passive_token);
+  /// Routes the device's async events for QP `qp_num` to endpoint `serial` (until unregisterQp).
+  void registerQp(uint32_t qp_num, uint32_t serial);
+  void unregisterQp(uint32_t qp_num);
+  /// close(): waits (at most `limit`) for the CQE of `marker_wr_id`, the last WR posted to an
+  /// endpoint's QP after it was moved to ERR. CQEs of endpoint `serial` are dropped (its ops are
+  /// already completed); other endpoints' CQEs are kept for the next progress(). True if the
+  /// marker arrived (every earlier WR of the QP has been flushed).
+  bool drainFlushed(uint32_t serial, uint64_t marker_wr_id, std::chrono::milliseconds limit);
 
  private:
   struct Stashed {
@@ -68,6 +76,7 @@ class VerbsTransport final : public Transport {
   };
 
   VerbsTransport() = default;
+  int processAsyncEvents();
   int processCmEvents();
   int pollCq();
   void handleWc(const ibv_wc& wc);
@@ -85,6 +94,8 @@ class VerbsTransport final : public Transport {
   CqPtr cq_;
   CmIdPtr listen_id_;
   UniqueFd epoll_fd_;
+  UniqueFd wake_fd_;  ///< eventfd: the async event hub queued events for us
+  bool async_subscribed_ = false;
   sockaddr_in listen_addr_{};
   uint32_t cq_capacity_ = 0;
   uint32_t cq_reserved_ = 0;

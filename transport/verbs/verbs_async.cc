@@ -49,9 +49,9 @@ void queueFor(Subscriber& s, const AsyncEvent& ev) {
   }
 }
 
-/// Queues `ev` for the transport(s) it concerns. Called with the hub lock held.
-void route(ContextState& st, AsyncEvent ev, ibv_cq* cq) {
-  switch (ev.type) {
+/// Events whose element is a QP (routed by qp_num).
+bool isQpEvent(ibv_event_type type) {
+  switch (type) {
     case IBV_EVENT_QP_FATAL:
     case IBV_EVENT_QP_REQ_ERR:
     case IBV_EVENT_QP_ACCESS_ERR:
@@ -59,19 +59,27 @@ void route(ContextState& st, AsyncEvent ev, ibv_cq* cq) {
     case IBV_EVENT_SQ_DRAINED:
     case IBV_EVENT_PATH_MIG:
     case IBV_EVENT_PATH_MIG_ERR:
-    case IBV_EVENT_QP_LAST_WQE_REACHED: {
-      auto q = st.qps.find(ev.qp_num);
-      if (q == st.qps.end()) {
-        VLOG(1) << "verbs: async event " << ibv_event_type_str(ev.type) << " for QP " << ev.qp_num
-                << " which no verbs transport owns; ignored";
-        break;
-      }
-      auto s = st.subscribers.find(q->second.key);
-      if (s == st.subscribers.end()) break;
-      ev.serial = q->second.serial;
-      queueFor(s->second, ev);
-      break;
+    case IBV_EVENT_QP_LAST_WQE_REACHED: return true;
+    default: return false;
+  }
+}
+
+/// Queues `ev` for the transport(s) it concerns. Called with the hub lock held.
+void route(ContextState& st, AsyncEvent ev, ibv_cq* cq) {
+  if (isQpEvent(ev.type)) {
+    auto q = st.qps.find(ev.qp_num);
+    if (q == st.qps.end()) {
+      VLOG(1) << "verbs: async event " << ibv_event_type_str(ev.type) << " for QP " << ev.qp_num
+              << " which no verbs transport owns; ignored";
+      return;
     }
+    auto s = st.subscribers.find(q->second.key);
+    if (s == st.subscribers.end()) return;
+    ev.serial = q->second.serial;
+    queueFor(s->second, ev);
+    return;
+  }
+  switch (ev.type) {
     case IBV_EVENT_CQ_ERR: {
       bool found = false;
       for (auto& [key, s] : st.subscribers) {
@@ -103,17 +111,10 @@ void readEvents(ibv_context* ctx, ContextState& st) {
     AsyncEvent ev;
     ev.type = event.event_type;
     ibv_cq* cq = nullptr;
+    if (isQpEvent(event.event_type)) {
+      ev.qp_num = event.element.qp != nullptr ? event.element.qp->qp_num : 0;
+    }
     switch (event.event_type) {
-      case IBV_EVENT_QP_FATAL:
-      case IBV_EVENT_QP_REQ_ERR:
-      case IBV_EVENT_QP_ACCESS_ERR:
-      case IBV_EVENT_COMM_EST:
-      case IBV_EVENT_SQ_DRAINED:
-      case IBV_EVENT_PATH_MIG:
-      case IBV_EVENT_PATH_MIG_ERR:
-      case IBV_EVENT_QP_LAST_WQE_REACHED:
-        ev.qp_num = event.element.qp != nullptr ? event.element.qp->qp_num : 0;
-        break;
       case IBV_EVENT_CQ_ERR: cq = event.element.cq; break;
       case IBV_EVENT_PORT_ACTIVE:
       case IBV_EVENT_PORT_ERR:

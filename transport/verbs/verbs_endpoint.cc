@@ -629,14 +629,7 @@ void VerbsEndpoint::breakConnection(Status why, int64_t failed_slot, Status op_s
   error_ = why;
   LOG(WARNING) << "verbs endpoint " << serial_ << " broken: " << why.toString();
   if (qp_ != nullptr) {
-    if (qp_connected_) {
-      rdma_disconnect(id_.get());  // QP to ERR and tell the peer
-      qp_connected_ = false;
-    } else {
-      ibv_qp_attr attr{};
-      attr.qp_state = IBV_QPS_ERR;
-      ibv_modify_qp(qp_, &attr, IBV_QP_STATE);
-    }
+    moveQpToError();
   }
   Status others(
       why.code() == StatusCode::kRemoteAccessError ? StatusCode::kConnectionBroken : why.code(),
@@ -646,10 +639,9 @@ void VerbsEndpoint::breakConnection(Status why, int64_t failed_slot, Status op_s
   error_pending_ = true;
 }
 
-void VerbsEndpoint::drainQp() {
-  // rdma-pitfalls: never destroy a QP with WRs in flight. ERR flushes every outstanding WR; a
-  // signaled marker WR posted after them completes (flushed) last on the send queue. Our ops were
-  // already completed by close()/breakConnection(): the flushed CQEs are consumed and dropped.
+// QP to ERR (flushing every outstanding WR); through rdma_disconnect once connected, so the
+// peer learns of it too.
+void VerbsEndpoint::moveQpToError() {
   if (qp_connected_) {
     rdma_disconnect(id_.get());  // QP to ERR and tell the peer
     qp_connected_ = false;
@@ -658,6 +650,13 @@ void VerbsEndpoint::drainQp() {
     attr.qp_state = IBV_QPS_ERR;
     ibv_modify_qp(qp_, &attr, IBV_QP_STATE);
   }
+}
+
+void VerbsEndpoint::drainQp() {
+  // rdma-pitfalls: never destroy a QP with WRs in flight. ERR flushes every outstanding WR; a
+  // signaled marker WR posted after them completes (flushed) last on the send queue. Our ops were
+  // already completed by close()/breakConnection(): the flushed CQEs are consumed and dropped.
+  moveQpToError();
   if (!qp_used_ || transport_ == nullptr) return;  // never reached RTS: nothing was posted
   const uint64_t marker = (uint64_t{serial_} << 32) | kDrainMarker;
   ibv_send_wr wr{};

@@ -90,6 +90,7 @@ class VerbsEndpoint final : public Endpoint {
   /// Collects every outstanding op and deferred completion (slots released).
   Deferred takeOutstanding(const Status& why, int64_t failed_slot, const Status& op_status);
   /// Moves the QP to ERR and consumes its flushed CQEs (bounded wait), then destroys it.
+  void moveQpToError();
   void drainQp();
   void destroyConnection();
   Status wcError(const ibv_wc& wc, const char* kind) const;

@@ -74,6 +74,21 @@ Status validate(const EngineOptions& o) {
 }  // namespace
 
 Status validateOptions(const EngineOptions& o) { return validate(o); }
+
+// The state every MemoryRegion of one registration shares; built only once the transport
+// registration exists, so a failed registration leaves nothing to tear down.
+std::shared_ptr<RegionState> makeRegionState(std::shared_ptr<EngineImpl> engine,
+                                             std::unique_ptr<transport::MemoryHandle> handle,
+                                             size_t size, uint32_t access, bool user_memory) {
+  auto state = std::make_shared<RegionState>();
+  state->engine = std::move(engine);
+  state->data = static_cast<uint8_t*>(handle->address());
+  state->handle = std::move(handle);
+  state->size = size;
+  state->access = access;
+  state->user_memory = user_memory;
+  return state;
+}
 transport::TransportConfig makeTransportConfig(const EngineOptions& o) {
   return transportConfig(o);
 }
@@ -460,18 +475,12 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
   if (auto it = impl_->registrations.find(key); it != impl_->registrations.end()) {
     if (auto live = it->second.lock()) return MemoryRegion(std::move(live));  // cache hit
   }
-  auto state = std::make_shared<detail::RegionState>();
-  state->engine = impl_;
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    auto h = impl_->transport->registerMemory(address, length, access);
-    if (!h.ok()) return h.status().withContext("registerMemory");
-    state->handle = std::move(*h);
-  }
-  state->data = static_cast<uint8_t*>(address);
-  state->size = length;
-  state->access = access;
-  state->user_memory = true;
+  auto h = [&] {
+    std::lock_guard<std::mutex> lock(impl_->mu);  // transport calls are serialised
+    return impl_->transport->registerMemory(address, length, access);
+  }();
+  if (!h.ok()) return h.status().withContext("registerMemory");
+  auto state = detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/true);
   impl_->registrations[key] = state;
   return MemoryRegion(std::move(state));
 }
@@ -479,18 +488,13 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
 Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
   if (length == 0) return Status(StatusCode::kInvalidArgument, "allocate needs a length > 0");
   if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
-  auto state = std::make_shared<detail::RegionState>();
-  state->engine = impl_;
-  {
+  auto h = [&] {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    auto h = impl_->transport->allocateMemory(length, access);
-    if (!h.ok()) return h.status().withContext("allocate");
-    state->handle = std::move(*h);
-  }
-  state->data = static_cast<uint8_t*>(state->handle->address());
-  state->size = length;
-  state->access = access;
-  return MemoryRegion(std::move(state));
+    return impl_->transport->allocateMemory(length, access);
+  }();
+  if (!h.ok()) return h.status().withContext("allocate");
+  return MemoryRegion(
+      detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/false));
 }
 
 Status Engine::expose(std::string name, const MemoryRegion& region) {

@@ -130,6 +130,13 @@ class UcxTransportTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(eb.ok()) << eb.status().toString();
     ea_ = std::move(ea).value();
     eb_ = std::move(eb).value();
+    // The endpoints are usable once UCX wireup finished (the core waits for the same).
+    ASSERT_TRUE(pump([&] {
+      return ea_->state() != EndpointState::kConnecting &&
+             eb_->state() != EndpointState::kConnecting;
+    })) << "wireup did not finish";
+    ASSERT_EQ(ea_->state(), EndpointState::kReady) << ea_->error().toString();
+    ASSERT_EQ(eb_->state(), EndpointState::kReady) << eb_->error().toString();
   }
 
   /// Progresses both sides until `done` or the deadline; returns done().

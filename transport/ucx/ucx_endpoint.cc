@@ -39,28 +39,24 @@ Result<std::unique_ptr<UcxEndpoint>> UcxEndpoint::create(std::shared_ptr<UcxWork
     return added;
   }
 
-  ucp_ep_params_t p{};
-  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                 UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  p.address = reinterpret_cast<const ucp_address_t*>(peer_address->data());
-  p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  p.err_handler.cb = &UcxWorker::onEndpointError;
-  p.err_handler.arg = self->worker_.get();
-  ucs_status_t st = ucp_ep_create(self->worker_->worker(), &p, &self->ep_);
-  if (st != UCS_OK) {
-    self->ep_ = nullptr;
-    Status s = statusFromUcs(st, "ucp_ep_create");
-    if (s.code() == StatusCode::kConnectionBroken) {
-      s = Status(StatusCode::kConnectionRefused, s.message());
-    }
-    return s.withContext("ucx: cannot reach the peer worker (do both sides use the same ucx.tls?)");
+  self->peer_address_.assign(peer_address->begin(), peer_address->end());
+  // Only the active side starts UCX wireup. The passive side creates its ucp_ep when the active
+  // side says it is wired up (kAmHello): UCX then matches it with the endpoint it made for that
+  // wireup. Both sides creating endpoints to each other at once makes the wireups cross, and
+  // UCX 1.13 can be left with a wireup REP in a pending queue that it asserts on when the worker
+  // is destroyed ("got REP message").
+  if (setup.role == Role::kActive) {
+    ZCX_RETURN_IF_ERROR(self->createUcpEp());
+    ZCX_RETURN_IF_ERROR(self->startWireup());
   }
 
   // Messages that arrived before this endpoint existed are delivered from the next progress().
   std::vector<BufferedMessage> early = self->worker_->takeEarly(self->key_);
   if (!early.empty()) {
     for (auto& m : early) {
-      if (m.is_notify) {
+      if (m.is_hello) {
+        self->worker_->scheduleConnect(self->key_);
+      } else if (m.is_notify) {
         self->early_notifies_.push_back(static_cast<uint32_t>(m.value));
       } else {
         uint64_t seq = m.value;
@@ -72,11 +68,77 @@ Result<std::unique_ptr<UcxEndpoint>> UcxEndpoint::create(std::shared_ptr<UcxWork
   return self;
 }
 
+Status UcxEndpoint::createUcpEp() {
+  ucp_ep_params_t p{};
+  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                 UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  p.address = reinterpret_cast<const ucp_address_t*>(peer_address_.data());
+  p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  p.err_handler.cb = &UcxWorker::onEndpointError;
+  p.err_handler.arg = worker_.get();
+  ucs_status_t st = ucp_ep_create(worker_->worker(), &p, &ep_);
+  if (st != UCS_OK) {
+    ep_ = nullptr;
+    Status s = statusFromUcs(st, "ucp_ep_create");
+    if (s.code() == StatusCode::kConnectionBroken) {
+      s = Status(StatusCode::kConnectionRefused, s.message());
+    }
+    return s.withContext("ucx: cannot reach the peer worker (do both sides use the same ucx.tls?)");
+  }
+  return Status::Ok();
+}
+
+void UcxEndpoint::connectToPeer() {
+  if (closed_ || ep_ != nullptr || state_ != EndpointState::kConnecting) return;
+  Status s = createUcpEp();
+  if (s.ok()) s = startWireup();
+  if (!s.ok()) {
+    state_ = EndpointState::kBroken;
+    error_ = s;
+  }
+}
+
+// ucp_ep_create returns before UCX has wired the endpoint up (over tcp: sockets connecting,
+// WIREUP REQ/REP/ACK in flight). Closing it or destroying the worker in that window leaves
+// wireup messages in UCX's pending queues, which UCX 1.13 asserts on when it purges them
+// ("got REP message" in ucp_worker_destroy). A flush completes only after the wireup proxy
+// handed its lanes over, so the endpoint is kReady exactly when the flush is done, and the core
+// does not hand out the connection before that.
+Status UcxEndpoint::startWireup() {
+  OpRecord* rec = startRecord(OpRecord::Kind::kWireup, nullptr);
+  rec->phase = OpRecord::Phase::kFlush;
+  ucp_request_param_t p = requestParam(rec, nullptr);
+  bool posted = track(rec, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx(wireup)");
+  if (!posted) {
+    Status s = rec->status.withContext("ucx: endpoint wireup");
+    unlink(rec);
+    rec->user_done = true;
+    rec->endpoint = nullptr;
+    worker_->releaseIfIdle(rec);
+    return s;
+  }
+  if (rec->pending == 0) worker_->schedule(rec);  // advance() from the next progress()
+  return Status::Ok();
+}
+
+void UcxEndpoint::postHello(OpRecord* rec) {
+  rec->header = AmHeader{};
+  rec->header.token = token_;
+  rec->header.role = role_;
+  ucp_request_param_t p = requestParam(rec, nullptr);
+  track(rec, ucp_am_send_nbx(ep_, kAmHello, &rec->header, sizeof(AmHeader), nullptr, 0, &p),
+        "ucp_am_send_nbx(hello)");
+}
+
 UcxEndpoint::~UcxEndpoint() { close(Status(StatusCode::kCancelled, "ucx endpoint destroyed")); }
 
 Status UcxEndpoint::checkUsable() const {
   if (closed_ || state_ == EndpointState::kBroken) {
     return error_.ok() ? Status(StatusCode::kConnectionBroken, "ucx endpoint is broken") : error_;
+  }
+  if (ep_ == nullptr) {
+    return Status(StatusCode::kUnavailable,
+                  "ucx endpoint is still connecting (the active side has not wired up yet)");
   }
   return Status::Ok();
 }
@@ -279,6 +341,14 @@ void UcxEndpoint::postNotify(OpRecord* rec) {
 
 void UcxEndpoint::advance(OpRecord* rec) {
   while (rec->pending == 0) {
+    if (rec->kind == OpRecord::Kind::kWireup && rec->status.ok() && !closed_ &&
+        state_ == EndpointState::kConnecting && role_ == 0 &&
+        rec->phase == OpRecord::Phase::kFlush) {
+      // Wired up: tell the passive side it may create its endpoint.
+      rec->phase = OpRecord::Phase::kNotify;
+      postHello(rec);
+      continue;
+    }
     if (rec->status.ok() && !closed_ && state_ != EndpointState::kBroken &&
         rec->kind == OpRecord::Kind::kWrite && rec->has_notify &&
         rec->phase == OpRecord::Phase::kFlush) {
@@ -294,6 +364,21 @@ void UcxEndpoint::advance(OpRecord* rec) {
 
 void UcxEndpoint::finish(OpRecord* rec) {
   unlink(rec);
+  if (rec->kind == OpRecord::Kind::kWireup) {
+    if (!closed_ && state_ == EndpointState::kConnecting) {
+      if (rec->status.ok()) {
+        state_ = EndpointState::kReady;
+      } else {
+        state_ = EndpointState::kBroken;
+        error_ = Status(StatusCode::kConnectionRefused, rec->status.message())
+                     .withContext("ucx: endpoint wireup failed");
+      }
+    }
+    rec->user_done = true;
+    rec->endpoint = nullptr;
+    worker_->releaseIfIdle(rec);
+    return;
+  }
   Completion* done = rec->done;
   Status status = std::move(rec->status);
   if (!status.ok() && state_ == EndpointState::kBroken && !error_.ok() &&
@@ -313,8 +398,8 @@ void UcxEndpoint::failAll(const Status& why) {
     Completion* done = rec->done;
     rec->user_done = true;
     rec->endpoint = nullptr;
-    worker_->releaseIfIdle(rec);  // stays alive while UCX still holds requests on it
-    done->complete(why);
+    worker_->releaseIfIdle(rec);               // stays alive while UCX still holds requests on it
+    if (done != nullptr) done->complete(why);  // the wireup flush has no user completion
   }
 }
 
@@ -402,6 +487,7 @@ void UcxEndpoint::close(Status why) {
   closed_ = true;
   Status reason = why.ok() ? Status(StatusCode::kCancelled, "ucx endpoint closed") : why;
   if (error_.ok()) error_ = reason;
+  bool healthy = state_ == EndpointState::kReady;
   state_ = EndpointState::kBroken;
   worker_->removeEndpoint(key_);
   reorder_.clear();
@@ -412,7 +498,10 @@ void UcxEndpoint::close(Status why) {
   if (ep_ != nullptr) {
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    // A healthy endpoint closes in flush mode: UCX sends what it queued (posted RMA data, wireup
+    // replies) and tells the peer, so no UCT endpoint is torn down under traffic. A broken one
+    // can only be force-closed (the peer cannot answer a flush).
+    p.flags = healthy ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
     ucs_status_ptr_t req = ucp_ep_close_nbx(ep_, &p);
     ep_ = nullptr;
     if (UCS_PTR_IS_PTR(req)) {

@@ -44,6 +44,8 @@ class UcxEndpoint final : public Endpoint {
   void receiveNotify(uint32_t value);
   /// Delivers what was buffered before the endpoint existed.
   void deliverBuffered();
+  /// Passive side: the active side is wired up (kAmHello); create our ucp_ep now.
+  void connectToPeer();
   /// From the err_handler (inside UCX progress): only marks the endpoint broken.
   void markBroken(ucs_status_t status);
   /// Deferred part of a peer failure: fails outstanding ops, then calls onError.
@@ -62,6 +64,11 @@ class UcxEndpoint final : public Endpoint {
   ucp_request_param_t requestParam(OpRecord* rec, MemoryHandle* local) const;
   /// After posting: returns the status for the post call (error only if nothing was posted).
   Status finishPost(OpRecord* rec, bool posted_any);
+  /// ucp_ep_create to the peer's worker address with peer error handling.
+  Status createUcpEp();
+  /// Posts the flush whose completion means UCX wireup finished (see Kind::kWireup).
+  Status startWireup();
+  void postHello(OpRecord* rec);
   void postNotify(OpRecord* rec);
   void finish(OpRecord* rec);
   void unlink(OpRecord* rec);
@@ -69,13 +76,14 @@ class UcxEndpoint final : public Endpoint {
   void drainReorder();
 
   std::shared_ptr<UcxWorker> worker_;
+  std::vector<uint8_t> peer_address_;  ///< the peer's ucp worker address (unframed)
   ucp_ep_h ep_ = nullptr;
   RouteKey key_;
   uint64_t token_ = 0;
   uint8_t role_ = 0;
   size_t max_message_size_ = 0;
   EndpointEvents* events_ = nullptr;
-  EndpointState state_ = EndpointState::kReady;
+  EndpointState state_ = EndpointState::kConnecting;  ///< kReady once wireup finished
   Status error_;
   bool closed_ = false;
   bool broken_reported_ = false;

@@ -16,7 +16,9 @@ class UcxEndpoint;
 class UcxWorker;
 
 struct OpRecord {
-  enum class Kind : uint8_t { kWrite, kRead, kSend };
+  /// kWireup: the endpoint's first flush, which completes once UCX wireup has finished; it has
+  /// no user Completion (it moves the endpoint from kConnecting to kReady).
+  enum class Kind : uint8_t { kWrite, kRead, kSend, kWireup };
   /// kData: RMA/send requests in flight; kFlush: puts + flush in flight; kNotify: notify AM.
   enum class Phase : uint8_t { kData, kFlush, kNotify };
 
@@ -42,6 +44,7 @@ struct OpRecord {
   const char* callName() const {
     switch (phase) {
       case Phase::kData:
+        if (kind == Kind::kWireup) return "ucp_ep_flush_nbx(wireup)";
         return kind == Kind::kRead ? "ucp_get_nbx"
                                    : (kind == Kind::kSend ? "ucp_am_send_nbx" : "ucp_put_nbx");
       case Phase::kFlush: return "ucp_put_nbx/ucp_ep_flush_nbx";

@@ -9,6 +9,9 @@ namespace zcx::transport::ucx {
 enum AmId : unsigned {
   kAmMessage = 0x11,  ///< a two-sided message; payload = the bytes
   kAmNotify = 0x12,   ///< a write notification; no payload
+  /// The active side's endpoint is wired up; the passive side may now create its own endpoint,
+  /// which UCX matches with the one it made for the active side's wireup (no crossing wireup).
+  kAmHello = 0x13,
 };
 
 inline constexpr uint8_t kWireVersion = 1;

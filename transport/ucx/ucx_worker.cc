@@ -38,7 +38,8 @@ struct InProgressScope {
 Result<std::shared_ptr<UcxWorker>> UcxWorker::create(std::unique_ptr<UcxContext> context) {
   std::shared_ptr<UcxWorker> self(new UcxWorker(std::move(context)));
   for (auto [id, cb] : {std::pair<unsigned, ucp_am_recv_callback_t>{kAmMessage, &onAmMessage},
-                        std::pair<unsigned, ucp_am_recv_callback_t>{kAmNotify, &onAmNotify}}) {
+                        std::pair<unsigned, ucp_am_recv_callback_t>{kAmNotify, &onAmNotify},
+                        std::pair<unsigned, ucp_am_recv_callback_t>{kAmHello, &onAmHello}}) {
     ucp_am_handler_param_t p{};
     p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                    UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
@@ -152,6 +153,8 @@ std::vector<BufferedMessage> UcxWorker::takeEarly(RouteKey key) {
 }
 
 void UcxWorker::scheduleDelivery(RouteKey key) { deliveries_.push_back(key); }
+
+void UcxWorker::scheduleConnect(RouteKey key) { connects_.push_back(key); }
 
 UcxEndpoint* UcxWorker::find(RouteKey key) const {
   auto it = endpoints_.find(key);
@@ -284,6 +287,26 @@ ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_
   return UCS_OK;
 }
 
+ucs_status_t UcxWorker::onAmHello(void* arg, const void* header, size_t header_length,
+                                  void* /*data*/, size_t /*length*/,
+                                  const ucp_am_recv_param_t* /*param*/) {
+  auto* self = static_cast<UcxWorker*>(arg);
+  AmHeader h;
+  if (!parseHeader(header, header_length, &h) || h.role != 0) {
+    LOG(WARNING) << "ucx: dropping a malformed hello";
+    return UCS_OK;
+  }
+  RouteKey key = receiverKey(h);
+  if (self->find(key) != nullptr) {
+    self->scheduleConnect(key);
+  } else {
+    BufferedMessage m;
+    m.is_hello = true;
+    self->stashEarly(key, std::move(m));
+  }
+  return UCS_OK;
+}
+
 void UcxWorker::deliverMessage(RouteKey key, uint64_t seq, const uint8_t* data, size_t length) {
   if (UcxEndpoint* ep = find(key)) {
     ep->receiveMessage(seq, data, length);
@@ -362,6 +385,16 @@ int UcxWorker::drainDeferred() {
       }
     }
   }
+  while (!connects_.empty()) {
+    auto keys = std::move(connects_);
+    connects_.clear();
+    for (RouteKey key : keys) {
+      if (UcxEndpoint* ep = find(key)) {
+        ep->connectToPeer();
+        ++events;
+      }
+    }
+  }
   while (!deliveries_.empty()) {
     auto keys = std::move(deliveries_);
     deliveries_.clear();
@@ -392,7 +425,8 @@ int UcxWorker::drainDeferred() {
 }
 
 bool UcxWorker::hasDeferredWork() const {
-  return !attention_.empty() || !broken_.empty() || !deliveries_.empty() || !closing_.empty();
+  return !attention_.empty() || !broken_.empty() || !deliveries_.empty() || !connects_.empty() ||
+         !closing_.empty();
 }
 
 }  // namespace zcx::transport::ucx

@@ -30,8 +30,9 @@ using RouteKey = std::pair<uint64_t, uint8_t>;
 /// A message that arrived before its endpoint existed (or one received by rendezvous).
 struct BufferedMessage {
   bool is_notify = false;
-  uint64_t value = 0;  ///< sequence number or notify value
-  bool hole = false;   ///< the data was lost (failed rendezvous receive): skip this sequence
+  bool is_hello = false;  ///< the active side's kAmHello
+  uint64_t value = 0;     ///< sequence number or notify value
+  bool hole = false;      ///< the data was lost (failed rendezvous receive): skip this sequence
   std::vector<uint8_t> data;
 };
 
@@ -64,6 +65,8 @@ class UcxWorker {
   std::vector<BufferedMessage> takeEarly(RouteKey key);
   /// Asks progress() to call endpoint->deliverBuffered() for `key`.
   void scheduleDelivery(RouteKey key);
+  /// Asks progress() to call endpoint->connectToPeer() for `key` (outside UCX callbacks).
+  void scheduleConnect(RouteKey key);
   /// ucp_err_handler_cb_t; arg is the UcxWorker.
   static void onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
   /// Waits (bounded, ~1 s) for an ep close request, or leaves it to progress() if called from
@@ -81,6 +84,8 @@ class UcxWorker {
 
   static ucs_status_t onAmMessage(void* arg, const void* header, size_t header_length, void* data,
                                   size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t onAmHello(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t onAmNotify(void* arg, const void* header, size_t header_length, void* data,
                                  size_t length, const ucp_am_recv_param_t* param);
   static void onRndvDone(void* request, ucs_status_t status, size_t length, void* user_data);
@@ -114,6 +119,7 @@ class UcxWorker {
   size_t early_bytes_ = 0;
   size_t early_count_ = 0;
   std::vector<RouteKey> deliveries_;
+  std::vector<RouteKey> connects_;
   std::vector<std::pair<RouteKey, ucs_status_t>> broken_;
   std::unordered_set<RndvRecv*> rndv_;
   std::vector<void*> closing_;

@@ -207,7 +207,7 @@ class CtlChannel {
     ready();
     Status s = pending_.wait(timeout);
     if (!s.ok()) {
-      if (s.code() != StatusCode::kTimedOut) pending_ = Request();
+      if (s.code() != StatusCode::kStillInFlight) pending_ = Request();
       return s.withContext("control receive");
     }
     size_t n = pending_.bytes();

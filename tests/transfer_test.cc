@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "control_protocol.h"
@@ -579,8 +580,10 @@ TEST_P(TransferTest, PeerKilledMidTransferFailsEveryOutstandingOperation) {
   auto start = detail::Clock::now();
   for (auto& r : reqs) {
     Status s = r.wait(15s);
-    EXPECT_NE(s.code(), StatusCode::kTimedOut)
+    EXPECT_NE(s.code(), StatusCode::kStillInFlight)
         << "an operation hung after the peer died: " << s.toString();
+    EXPECT_NE(s.code(), StatusCode::kTimedOut)
+        << "an operation waited for its deadline after the peer died: " << s.toString();
     if (!s.ok()) {
       EXPECT_TRUE(s.code() == StatusCode::kConnectionBroken || s.code() == StatusCode::kCancelled)
           << s.toString();
@@ -593,6 +596,7 @@ TEST_P(TransferTest, PeerKilledMidTransferFailsEveryOutstandingOperation) {
   EXPECT_FALSE(conn_.status().ok());
   Status after = conn_.write(src.region, 0, dst, 0, 8).wait(5s);
   EXPECT_FALSE(after.ok());
+  EXPECT_NE(after.code(), StatusCode::kStillInFlight);
   EXPECT_NE(after.code(), StatusCode::kTimedOut);
   peer_.reset();
 }
@@ -772,6 +776,143 @@ TEST_P(TransferTest, RevokedRegionIsNotFoundAnymore) {
 
 std::string paramName(const ::testing::TestParamInfo<TransportParam>& info) {
   return info.param.name;
+}
+
+// ---------------------------------------------------------------- lifetimes and threading
+
+thread_local bool tls_inside_close = false;
+
+TEST_P(TransferTest, CallbacksNeverRunInsideThePostingCall) {
+  // A user who holds their own mutex around write() and close() while the callbacks take the
+  // same mutex must not deadlock: callbacks run on the progress thread, never inside the call.
+  connect();
+  const size_t n = 1u << 20;
+  RemoteRegion dst = peerRegion("dst", n, kRemoteWrite);
+  Buffer src = makeBuffer(*engine_, n, kLocalOnly);
+  std::mutex user_mu;
+  std::atomic<int> calls{0}, inline_calls{0}, same_thread{0};
+  const auto poster = std::this_thread::get_id();
+  std::vector<Request> reqs;
+  {
+    std::lock_guard<std::mutex> hold(user_mu);
+    for (int i = 0; i < 16; ++i) {
+      reqs.push_back(conn_.write(src.region, 0, dst, 0, n));
+      reqs.back().onComplete([&](const Status&) {
+        if (tls_inside_close) inline_calls++;
+        if (std::this_thread::get_id() == poster) same_thread++;
+        std::lock_guard<std::mutex> lock(user_mu);
+        calls++;
+      });
+    }
+    tls_inside_close = true;
+    conn_.close();  // completes every outstanding write
+    tls_inside_close = false;
+    EXPECT_EQ(calls.load(), 0) << "a callback ran while the poster held its mutex";
+  }
+  for (auto& r : reqs) EXPECT_NE(r.wait(10s).code(), StatusCode::kStillInFlight);
+  auto until = detail::Clock::now() + 10s;
+  while (calls.load() < 16 && detail::Clock::now() < until) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(calls.load(), 16);
+  EXPECT_EQ(inline_calls.load(), 0) << "callbacks ran inside close()";
+  EXPECT_EQ(same_thread.load(), 0) << "callbacks ran on the posting thread";
+}
+
+TEST_P(TransferTest, WaitThatRunsOutIsNotTheOperationTimingOut) {
+  peer_->pipe().send("accept");
+  EngineOptions o = optionsFor(GetParam(), false);
+  o.operation_timeout = 800ms;
+  engine_.reset();
+  auto e = Engine::create(o);
+  ASSERT_TRUE(e.ok());
+  engine_ = std::move(*e);
+  auto c = engine_->connect(peer_addr_);
+  ASSERT_TRUE(c.ok()) << c.status().toString();
+  conn_ = std::move(*c);
+  ASSERT_EQ(peer_->pipe().recv(10s).value_or(""), "ok");
+  const size_t n = 8u << 20;
+  RemoteRegion dst = peerRegion("dst", n, kRemoteWrite);
+  Buffer src = makeBuffer(*engine_, n, kLocalOnly);
+  peer_->kill(SIGSTOP);  // nothing completes until the operation's own deadline
+  std::vector<Request> reqs;
+  for (int i = 0; i < 4; ++i) reqs.push_back(conn_.write(src.region, 0, dst, 0, n));
+  Status early = reqs.back().wait(20ms);
+  EXPECT_EQ(early.code(), StatusCode::kStillInFlight) << early.toString();
+  EXPECT_FALSE(reqs.back().done()) << "still in flight means not complete";
+  bool timed_out = false;
+  for (auto& r : reqs) {
+    Status s = r.wait(10s);
+    EXPECT_NE(s.code(), StatusCode::kStillInFlight) << "outlived its 800 ms deadline by seconds";
+    timed_out |= s.code() == StatusCode::kTimedOut;
+  }
+  // Over tcp the stopped peer's kernel may still take some data; at least the last write cannot
+  // have been acknowledged by a stopped process.
+  EXPECT_TRUE(timed_out);
+  peer_->kill(SIGCONT);
+}
+
+TEST_P(TransferTest, RemoteRegionOfAnEarlierConnectionIsRejectedClearly) {
+  connect();
+  RemoteRegion old_region = peerRegion("dst", 4096, kRemoteWrite);
+  Buffer src = makeBuffer(*engine_, 4096, kLocalOnly);
+  ASSERT_TRUE(conn_.write(src.region, 0, old_region, 0, 4096).wait(10s).ok());
+  conn_.close();
+  Status on_closed = conn_.write(src.region, 0, old_region, 0, 8).wait(5s);
+  EXPECT_FALSE(on_closed.ok());
+  EXPECT_NE(on_closed.code(), StatusCode::kStillInFlight);
+  conn_ = Connection();
+  connect();  // a new connection, possibly at the same address as the old one
+  Status stale = conn_.write(src.region, 0, old_region, 0, 8).wait(5s);
+  EXPECT_EQ(stale.code(), StatusCode::kInvalidArgument) << stale.toString();
+  EXPECT_NE(stale.message().find("earlier connection"), std::string::npos) << stale.toString();
+  auto fresh = conn_.remoteRegion("dst");
+  ASSERT_TRUE(fresh.ok()) << fresh.status().toString();
+  fillPattern(src.bytes.get(), 4096, 77);
+  ASSERT_TRUE(conn_.write(src.region, 0, *fresh, 0, 4096).wait(10s).ok());
+  EXPECT_EQ(cmd("check dst 0 4096 77"), "ok");
+}
+
+TEST_P(TransferTest, DestroyingARegionWithOperationsInFlightCancelsThemFirst) {
+  connect();
+  const size_t n = 4u << 20;
+  RemoteRegion dst = peerRegion("dst", n, kRemoteWrite);
+  // A posted receive into a region that goes away completes kCancelled; the connection stays.
+  {
+    Buffer rx = makeBuffer(*engine_, 64, kLocalOnly);
+    Request r = conn_.recv(rx.region, 0, 64);
+    rx.region = MemoryRegion();  // the last handle: returns once nothing uses the buffer
+    rx.bytes.reset();            // so freeing the memory right after is safe
+    EXPECT_EQ(r.wait(5s).code(), StatusCode::kCancelled);
+    EXPECT_TRUE(conn_.status().ok()) << conn_.status().toString();
+  }
+  // Writes in flight from a region that goes away: each completes exactly once, the region's
+  // memory is not touched after the destructor returns (ASan would see it).
+  Buffer src = makeBuffer(*engine_, n, kLocalOnly, 0x5a);
+  std::vector<Request> reqs;
+  std::atomic<int> calls{0};
+  for (int i = 0; i < 16; ++i) {
+    reqs.push_back(conn_.write(src.region, 0, dst, 0, n));
+    reqs.back().onComplete([&](const Status&) { calls++; });
+  }
+  src.region = MemoryRegion();
+  src.bytes.reset();
+  for (auto& r : reqs) {
+    Status s = r.wait(10s);
+    EXPECT_TRUE(s.ok() || s.code() == StatusCode::kCancelled) << s.toString();
+  }
+  auto until = detail::Clock::now() + 5s;
+  while (calls.load() < 16 && detail::Clock::now() < until) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(calls.load(), 16);
+  // If any write was still in flight its connection was closed (it cannot be recalled); a new
+  // connection works either way.
+  if (!conn_.status().ok()) {
+    EXPECT_EQ(conn_.status().code(), StatusCode::kCancelled) << conn_.status().toString();
+    conn_ = Connection();
+    connect();
+    dst = *conn_.remoteRegion("dst");
+  }
+  Buffer again = makeBuffer(*engine_, 4096, kLocalOnly);
+  fillPattern(again.bytes.get(), 4096, 78);
+  ASSERT_TRUE(conn_.write(again.region, 0, dst, 0, 4096).wait(10s).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::ValuesIn(transportsHere()),

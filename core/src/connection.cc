@@ -73,7 +73,6 @@ Status ConnectionImpl::waitReady(Clock::time_point deadline) {
       if (state == transport::EndpointState::kReady) return Status::Ok();
       if (state == transport::EndpointState::kBroken) return endpoint_->error();
     }
-    engine_->runDeferred();
     if (Clock::now() >= deadline) {
       return Status(StatusCode::kTimedOut,
                     "the transport connection did not come up within connect_timeout");
@@ -93,12 +92,20 @@ void ConnectionImpl::breakLocked(Status why) {
   if (closed_) return;
   closed_ = true;
   broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
-  if (endpoint_) endpoint_->close(broken_);           // completes every outstanding operation
+  if (endpoint_) endpoint_->close(broken_);  // completes what the transport could release
+  // What the transport still holds completes for the user now; the transport completes it
+  // (releasing its memory) once it no longer touches it. `self` keeps each alive until then.
+  while (head_ != nullptr) {
+    RequestState* r = head_;
+    unlink(r);
+    r->finish(broken_);
+  }
   for (auto& [bytes, ref] : keys_) ref->key.reset();  // keys go before their endpoint
   keys_.clear();
   endpoint_.reset();
-  for (auto& p : posted_) p.request->finish(broken_);
+  for (auto& p : posted_) finishRecv(p, broken_, 0);
   posted_.clear();
+  unexpected_.clear();
   auto& live = engine_->live;
   live.erase(std::remove(live.begin(), live.end(), this), live.end());
   engine_->event.notify_all();
@@ -116,7 +123,7 @@ void ConnectionImpl::close(Status why, bool tell_peer) {
     std::lock_guard<std::mutex> lock(engine_->mu);
     breakLocked(std::move(why));
   }
-  engine_->runDeferred();
+  engine_->kick();  // callbacks run on the progress thread, never inside close()
   engine_->forgetConnection(this);
   {
     std::lock_guard<std::mutex> lock(lookup_mu_);
@@ -134,7 +141,8 @@ void ConnectionImpl::onError(Status why) {
   LOG(WARNING) << "zcx: connection to " << peer_name << " failed: " << why.toString();
   if (!closed_ && broken_.ok()) {
     broken_ = why;
-    engine_->scheduleClose(this);
+    // Owned, not `this`: the queue may outlive every other owner (a failed handshake).
+    if (auto self = weak_from_this().lock()) engine_->scheduleClose(std::move(self));
   }
 }
 
@@ -145,7 +153,9 @@ bool ConnectionImpl::handleControlFrame() {
     end = Status(StatusCode::kConnectionBroken,
                  "peer " + peer_name + " is gone (" + f.status().message() + ")");
   } else if (f->type == FrameType::kBye) {
-    end = Status(StatusCode::kConnectionBroken, "peer " + peer_name + " closed the connection");
+    // kCancelled, like a local close: the peer is alive and closing its side too (the transport
+    // may close gracefully); kConnectionBroken is for a peer that died or a link that failed.
+    end = Status(StatusCode::kCancelled, "peer " + peer_name + " closed the connection");
   } else if (f->type == FrameType::kLookup) {
     auto l = decodeLookup(f->body);
     if (!l.ok()) {
@@ -175,7 +185,7 @@ bool ConnectionImpl::handleControlFrame() {
     std::lock_guard<std::mutex> lock(engine_->mu);
     breakLocked(end);
   }
-  engine_->runDeferred();
+  engine_->kick();
   {
     std::lock_guard<std::mutex> lock(lookup_mu_);
     control_closed_ = true;
@@ -258,7 +268,7 @@ Result<RemoteRegion> ConnectionImpl::importRegion(const RegionDescriptor& d) {
   if (!k.ok()) return k.status().withContext("importing the region's remote key");
   auto ref = std::make_shared<RemoteKeyRef>();
   ref->key = std::move(*k);
-  ref->owner = this;
+  ref->connection_id = id;
   keys_[d.key] = ref;
   r.key_ = std::move(ref);
   return r;
@@ -288,7 +298,6 @@ Request ConnectionImpl::failed(Status s) {
     std::lock_guard<std::mutex> lock(engine_->mu);
     r->finish(std::move(s));
   }
-  engine_->runDeferred();
   return Request(std::move(r));
 }
 
@@ -307,14 +316,16 @@ Request ConnectionImpl::post(size_t bytes, PostFn&& post_to_transport) {
       r->self = r;
       link(r.get());
       Status st = post_to_transport(r.get());
-      if (!st.ok()) {
+      if (!st.ok()) {  // nothing was posted: the transport never calls complete()
         unlink(r.get());
         r->self.reset();
+        for (auto& p : r->region_pins) engine_->dropLater(p.release());
+        r->region_pins.clear();
+        r->key_pins.clear();
         r->finish(st);
       }
     }
   }
-  engine_->runDeferred();
   engine_->notePosted();
   return Request(std::move(r));
 }
@@ -338,9 +349,12 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
       return failed(
           Status(StatusCode::kInvalidArgument, where() + "local region belongs to another engine"));
     }
-    if (op.remote->key_->owner != this) {
+    if (op.remote->key_->connection_id != id) {
       return failed(Status(StatusCode::kInvalidArgument,
-                           where() + "remote region was imported on another connection"));
+                           where() +
+                               "remote region was imported on another connection (or an earlier "
+                               "connection to this peer); import it on this one with "
+                               "remoteRegion() or importRegion()"));
     }
     if (!rangeOk(op.local_offset, op.length, op.local->size())) {
       return failed(Status(
@@ -365,7 +379,17 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
     total += op.length;
   }
   return post(total, [&](RequestState* r) {
-    for (size_t i = 0; i < ops.size(); ++i) tops[i].remote = ops[i].remote->key_->key.get();
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const auto& key = ops[i].remote->key_;
+      if (!key->key) {  // its connection closed (checked under the lock that resets it)
+        return Status(StatusCode::kConnectionBroken,
+                      std::string(what) + " op " + std::to_string(i) +
+                          ": the remote region's connection is closed; import it again on a "
+                          "new connection");
+      }
+      tops[i].remote = key->key.get();
+      r->pin(ops[i].local->state(), key);
+    }
     return write ? endpoint_->postWrite(tops, notify, r) : endpoint_->postRead(tops, r);
   });
 }
@@ -387,6 +411,7 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
                              "split it or use write()"));
   }
   return post(length, [&](RequestState* r) {
+    r->pin(local.state(), nullptr);
     return endpoint_->postSend(local.state()->handle.get(),
                                reinterpret_cast<uint64_t>(local.data()) + offset, length, r);
   });
@@ -407,12 +432,43 @@ Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t ca
     if (closed_) {
       r->finish(broken_);
     } else {
-      posted_.push_back({r, local.data() + offset, capacity});
+      posted_.push_back({r, RegionPin(local.state()), local.data() + offset, capacity});
       deliverMessages();
     }
   }
-  engine_->runDeferred();
+  engine_->kick();  // a queued message may have completed it: its callback runs on progress
   return Request(std::move(r));
+}
+
+void ConnectionImpl::finishRecv(PostedRecv& p, Status status, size_t bytes) {
+  p.request->setBytes(bytes);
+  engine_->dropLater(p.region.release());
+  p.request->finish(std::move(status));
+}
+
+bool ConnectionImpl::cancelUsesLocked(const RegionState* region) {
+  for (auto it = posted_.begin(); it != posted_.end();) {
+    if (it->region.get() != region) {
+      ++it;
+      continue;
+    }
+    finishRecv(*it,
+               Status(StatusCode::kCancelled,
+                      "the receive buffer's MemoryRegion was destroyed before a message came"),
+               0);
+    it = posted_.erase(it);
+  }
+  for (RequestState* r = head_; r != nullptr; r = r->next) {
+    if (!r->uses(region)) continue;
+    breakLocked(Status(StatusCode::kCancelled,
+                       "a MemoryRegion used by an operation in flight was destroyed; the "
+                       "connection to " +
+                           peer_name +
+                           " is closed because a posted RDMA operation cannot be "
+                           "recalled"));
+    return true;
+  }
+  return false;
 }
 
 // Matches queued messages with posted buffers, in order (engine lock held).
@@ -422,16 +478,17 @@ void ConnectionImpl::deliverMessages() {
     PostedRecv p = std::move(posted_.front());
     posted_.pop_front();
     if (msg.size() > p.capacity) {
-      p.request->finish(Status(StatusCode::kOutOfRange,
-                               "a message of " + std::to_string(msg.size()) +
-                                   " bytes does not fit the posted receive buffer of " +
-                                   std::to_string(p.capacity) +
-                                   " bytes; it stays queued for the next, larger buffer"));
+      finishRecv(p,
+                 Status(StatusCode::kOutOfRange,
+                        "a message of " + std::to_string(msg.size()) +
+                            " bytes does not fit the posted receive buffer of " +
+                            std::to_string(p.capacity) +
+                            " bytes; it stays queued for the next, larger buffer"),
+                 0);
       continue;
     }
     if (!msg.empty()) std::memcpy(p.buffer, msg.data(), msg.size());
-    p.request->setBytes(msg.size());
-    p.request->finish(Status::Ok());
+    finishRecv(p, Status::Ok(), msg.size());
     unexpected_.pop_front();
   }
 }
@@ -441,8 +498,7 @@ void ConnectionImpl::onMessage(const uint8_t* data, size_t length) {
     PostedRecv p = std::move(posted_.front());  // fast path: straight into the posted buffer
     posted_.pop_front();
     if (length) std::memcpy(p.buffer, data, length);
-    p.request->setBytes(length);
-    p.request->finish(Status::Ok());
+    finishRecv(p, Status::Ok(), length);
     return;
   }
   unexpected_.emplace_back(data, data + length);

@@ -21,12 +21,16 @@
 namespace zcx::detail {
 
 struct RemoteKeyRef {
-  std::unique_ptr<transport::RemoteKey>
-      key;  ///< reset (under the engine lock) when the connection closes
-  const ConnectionImpl* owner = nullptr;
+  /// Reset (under the engine lock) when the connection closes.
+  std::unique_ptr<transport::RemoteKey> key;
+  /// ConnectionImpl::id of the connection that imported it. Ids are never reused in a process,
+  /// so a region from a closed connection never passes for one of a later connection that
+  /// happens to live at the same address.
+  uint64_t connection_id = 0;
 };
 
-class ConnectionImpl final : public transport::EndpointEvents {
+class ConnectionImpl final : public transport::EndpointEvents,
+                             public std::enable_shared_from_this<ConnectionImpl> {
  public:
   ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t id, Fd control,
                  std::string peer_name);
@@ -57,6 +61,10 @@ class ConnectionImpl final : public transport::EndpointEvents {
   /// Fails everything and releases the endpoint: the one way a connection ends.
   void breakLocked(Status why);
   void unlink(RequestState* r);
+  /// The last MemoryRegion of `region` is going away: posted receives into it complete
+  /// kCancelled; if an operation in flight uses it, the connection breaks (returns true: it left
+  /// the engine's live list).
+  bool cancelUsesLocked(const RegionState* region);
   /// Why the transport reported this connection broken (set by onError).
   const Status& pendingErrorLocked() const { return broken_; }
   RequestState* oldestOutstanding() const { return head_; }
@@ -91,9 +99,12 @@ class ConnectionImpl final : public transport::EndpointEvents {
   std::map<std::vector<uint8_t>, std::shared_ptr<RemoteKeyRef>> keys_;
   struct PostedRecv {
     std::shared_ptr<RequestState> request;
+    RegionPin region;  ///< the receive buffer stays registered (and counted) while posted
     uint8_t* buffer;
     size_t capacity;
   };
+  /// Finishes a posted receive and releases its buffer (engine lock held).
+  void finishRecv(PostedRecv& p, Status status, size_t bytes);
   std::deque<PostedRecv> posted_;
   std::deque<std::vector<uint8_t>> unexpected_;
   std::deque<uint32_t> notifications_;

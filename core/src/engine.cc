@@ -1,12 +1,16 @@
 #include "zcx/engine.h"
 
 #include <glog/logging.h>
+
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <cerrno>
+#include <cstring>
+#include <thread>
 
 #include "connection_impl.h"
 #include "control_protocol.h"
@@ -20,6 +24,9 @@ namespace {
 // How long the progress thread spins after the last event before it sleeps on the fd.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
 constexpr auto kDeadlineCheckPeriod = std::chrono::milliseconds(1);
+
+// Set on threads that run progress for an engine (its progress thread); callbacks run there.
+thread_local bool tls_progress_thread = false;
 
 std::string defaultName() {
   char host[256] = {};
@@ -135,6 +142,8 @@ void EngineImpl::stop() {
     accepted_.clear();
   }
   for (auto& [id, c] : conns) c->close(Status(StatusCode::kCancelled, "engine shut down"), true);
+  // No progress thread is left: the thread destroying the engine runs the last callbacks.
+  dropPins();
   runDeferred();
 }
 
@@ -142,6 +151,7 @@ void EngineImpl::stop() {
 
 int EngineImpl::progressOnce() {
   int n;
+  std::vector<std::shared_ptr<ConnectionImpl>> closed;  // dropped outside the lock
   {
     std::lock_guard<std::mutex> lock(mu);
     n = transport->progress();
@@ -151,15 +161,64 @@ int EngineImpl::progressOnce() {
       next_deadline_check_ = now + kDeadlineCheckPeriod;
     }
     // Endpoints that failed inside progress are closed here, outside their own callbacks.
-    while (!to_close_.empty()) {
-      ConnectionImpl* c = to_close_.back();
-      to_close_.pop_back();
+    closed.swap(to_close_);
+    for (auto& c : closed) {
       c->breakLocked(c->pendingErrorLocked());
       ++n;
     }
   }
+  closed.clear();
+  dropPins();
   runDeferred();
   return n;
+}
+
+void EngineImpl::dropLater(std::shared_ptr<RegionState> region) {
+  if (region) to_drop_.push_back(std::move(region));
+}
+
+void EngineImpl::dropPins() {
+  std::vector<std::shared_ptr<RegionState>> drop;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (to_drop_.empty()) return;
+    drop.swap(to_drop_);
+  }
+  drop.clear();  // may deregister: no lock held
+}
+
+void EngineImpl::kick() {
+  if (!has_deferred_.load(std::memory_order_acquire)) return;
+  if (options.progress == ProgressMode::kManual) return;  // the next progress()/wait() runs them
+  wake(progress_wake_);
+}
+
+bool EngineImpl::onProgressThread() { return tls_progress_thread; }
+
+void EngineImpl::revokeRegion(RegionState& region) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t i = 0; i < live.size();) {
+      if (!live[i]->cancelUsesLocked(&region)) ++i;  // else it left `live`
+    }
+  }
+  kick();
+  // The transport releases the memory from progress (UCX calls back for what it still held).
+  auto until = Clock::now() + options.connect_timeout;
+  while (region.inflight.load(std::memory_order_acquire) != 0 && Clock::now() < until) {
+    if (manualProgress() || onProgressThread() || stopping_.load()) {
+      progressOnce();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  if (region.inflight.load() != 0) {
+    LOG(ERROR) << "zcx: a MemoryRegion was destroyed while the transport still held "
+               << region.inflight.load() << " operation(s) on it after "
+               << options.connect_timeout.count()
+               << " ms; its registration stays until they are released. Do not free or reuse "
+                  "the memory before they complete.";
+  }
 }
 
 void EngineImpl::checkDeadlines(Clock::time_point now) {
@@ -178,7 +237,9 @@ void EngineImpl::checkDeadlines(Clock::time_point now) {
   }
 }
 
-void EngineImpl::scheduleClose(ConnectionImpl* conn) { to_close_.push_back(conn); }
+void EngineImpl::scheduleClose(std::shared_ptr<ConnectionImpl> conn) {
+  to_close_.push_back(std::move(conn));
+}
 
 void EngineImpl::deferCallback(std::function<void(const Status&)> cb, Status status) {
   deferred_.emplace_back(std::move(cb), std::move(status));
@@ -211,6 +272,7 @@ void EngineImpl::notePosted() {
 }
 
 void EngineImpl::progressLoop() {
+  tls_progress_thread = true;
   auto last_event = Clock::now();
   uint64_t seen_seq = post_seq_.load();
   while (!stopping_.load(std::memory_order_relaxed)) {
@@ -270,6 +332,29 @@ void EngineImpl::forgetConnection(ConnectionImpl* conn) {
   std::lock_guard<std::mutex> lock(conn_mu_);
   connections_.erase(conn->id);
   wake(control_wake_);
+}
+
+// Waits for the peer's next control frame while this engine's transport keeps progressing: the
+// peer's endpoint may still be wiring up, which needs ours to answer (in manual progress mode
+// nobody else progresses it).
+Status EngineImpl::waitReadableWithProgress(int fd, Clock::time_point deadline) {
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    int r = ::poll(&p, 1, manualProgress() ? 0 : 1);
+    if (r > 0) return Status::Ok();
+    if (r < 0 && errno != EINTR) {
+      return Status(StatusCode::kConnectionBroken,
+                    std::string("poll on the control socket: ") + std::strerror(errno));
+    }
+    if (manualProgress()) {
+      std::lock_guard<std::mutex> lock(mu);
+      transport->progress();
+    }
+    if (Clock::now() >= deadline) {
+      return Status(StatusCode::kTimedOut,
+                    "the peer did not confirm the connection within connect_timeout");
+    }
+  }
 }
 
 Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active,
@@ -344,6 +429,7 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
   ZCX_RETURN_IF_ERROR(conn->createEndpoint(setup));
   Status ready = conn->waitReady(deadline);
   if (ready.ok()) ready = writeFrame(conn->controlFd(), FrameType::kReady, {}, deadline);
+  if (ready.ok()) ready = waitReadableWithProgress(conn->controlFd(), deadline);
   if (ready.ok()) {
     auto f = readFrame(conn->controlFd(), deadline);
     if (!f.ok())
@@ -471,27 +557,36 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
   }
   if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
   auto key = std::make_tuple(reinterpret_cast<uintptr_t>(address), length, access);
-  std::lock_guard<std::mutex> cache_lock(impl_->registrations_mu);
-  if (auto it = impl_->registrations.find(key); it != impl_->registrations.end()) {
-    if (auto live = it->second.lock()) return MemoryRegion(std::move(live));  // cache hit
-  }
-  auto h = [&] {
-    std::lock_guard<std::mutex> lock(impl_->mu);  // transport calls are serialised
-    return impl_->transport->registerMemory(address, length, access);
-  }();
+  auto cached = [&]() -> std::shared_ptr<detail::RegionState> {
+    std::lock_guard<std::mutex> cache_lock(impl_->registrations_mu);
+    auto it = impl_->registrations.find(key);
+    return it == impl_->registrations.end() ? nullptr : it->second.lock();
+  };
+  if (auto live = cached()) return MemoryRegion(std::move(live));  // cache hit
+  // No zcx lock held: pinning pages can take long, and transports make registration safe to
+  // call concurrently with everything else (transport.h).
+  auto h = impl_->transport->registerMemory(address, length, access);
   if (!h.ok()) return h.status().withContext("registerMemory");
   auto state = detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/true);
-  impl_->registrations[key] = state;
+  std::shared_ptr<detail::RegionState> raced;  // a concurrent registration of the same range
+  {
+    std::lock_guard<std::mutex> cache_lock(impl_->registrations_mu);
+    auto& slot = impl_->registrations[key];
+    raced = slot.lock();
+    if (!raced) slot = state;
+  }
+  if (raced) {
+    state->user_memory = false;  // never in the cache: its destructor leaves the entry alone
+    state.reset();               // deregisters ours, outside the lock
+    return MemoryRegion(std::move(raced));
+  }
   return MemoryRegion(std::move(state));
 }
 
 Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
   if (length == 0) return Status(StatusCode::kInvalidArgument, "allocate needs a length > 0");
   if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
-  auto h = [&] {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    return impl_->transport->allocateMemory(length, access);
-  }();
+  auto h = impl_->transport->allocateMemory(length, access);
   if (!h.ok()) return h.status().withContext("allocate");
   return MemoryRegion(
       detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/false));

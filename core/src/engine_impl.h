@@ -32,7 +32,49 @@ struct RegionState {
   size_t size = 0;
   uint32_t access = 0;
   bool user_memory = false;  ///< registered (and cached) rather than allocated
+  /// MemoryRegion objects that refer to this registration (the user's handles).
+  std::atomic<uint32_t> handles{0};
+  /// Operations and posted receives that use the memory and that the transport has not
+  /// released yet (RegionPin).
+  std::atomic<uint32_t> inflight{0};
+  /// Deregisters. Never called with the engine lock held (RegionPin, EngineImpl::dropPins).
   ~RegionState();
+};
+
+/// An operation's hold on a region: counted in `inflight` and keeping the registration alive
+/// until the transport no longer touches the memory.
+class RegionPin {
+ public:
+  RegionPin() = default;
+  explicit RegionPin(std::shared_ptr<RegionState> state) : state_(std::move(state)) {
+    state_->inflight.fetch_add(1, std::memory_order_relaxed);
+  }
+  RegionPin(RegionPin&& other) noexcept : state_(std::move(other.state_)) {}
+  RegionPin& operator=(RegionPin&& other) noexcept {
+    if (this != &other) {
+      unpinned();
+      state_ = std::move(other.state_);
+    }
+    return *this;
+  }
+  RegionPin(const RegionPin&) = delete;
+  RegionPin& operator=(const RegionPin&) = delete;
+  ~RegionPin() { unpinned(); }
+
+  RegionState* get() const { return state_.get(); }
+  /// Ends the hold now and hands back the reference, to be dropped outside the engine lock
+  /// (dropping the last one deregisters).
+  std::shared_ptr<RegionState> release() {
+    if (state_) state_->inflight.fetch_sub(1, std::memory_order_acq_rel);
+    return std::move(state_);
+  }
+
+ private:
+  void unpinned() {
+    if (state_) state_->inflight.fetch_sub(1, std::memory_order_acq_rel);
+    state_.reset();
+  }
+  std::shared_ptr<RegionState> state_;
 };
 
 class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
@@ -55,7 +97,17 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// Deadlines come from a coarse clock (a few ms resolution, no system call).
   static Clock::time_point coarseNow();
   /// Closes `conn`'s endpoint after the current transport call returns (mu held).
-  void scheduleClose(ConnectionImpl* conn);
+  void scheduleClose(std::shared_ptr<ConnectionImpl> conn);
+  /// Keeps references whose drop may deregister memory until the lock is released (mu held).
+  void dropLater(std::shared_ptr<RegionState> region);
+  /// After something was deferred from a user thread: wakes the progress thread to run it.
+  void kick();
+  /// Whether this thread is a progress thread of some engine (callbacks may run here).
+  static bool onProgressThread();
+  /// The last MemoryRegion of `region` is gone while operations use it: cancels them (their
+  /// connections close: a posted RDMA operation cannot be recalled; posted receives complete
+  /// kCancelled) and returns once the transport released the memory, or after a bounded wait.
+  void revokeRegion(RegionState& region);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
 
   // ---- connections ----
@@ -89,10 +141,13 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void handleIncoming(Fd fd);
   void checkDeadlines(Clock::time_point now);
   Result<std::shared_ptr<ConnectionImpl>> handshake(Fd fd, bool active, Clock::time_point deadline);
+  Status waitReadableWithProgress(int fd, Clock::time_point deadline);
 
   std::vector<std::pair<std::function<void(const Status&)>, Status>> deferred_;  // mu
   std::atomic<bool> has_deferred_{false};  ///< lets runDeferred() skip the lock when idle
-  std::vector<ConnectionImpl*> to_close_;  // mu
+  std::vector<std::shared_ptr<ConnectionImpl>> to_close_;  // mu
+  std::vector<std::shared_ptr<RegionState>> to_drop_;      // mu
+  void dropPins();                                         ///< drops to_drop_ outside the lock
   std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;  // progress-local
   Clock::time_point next_deadline_check_{};
 

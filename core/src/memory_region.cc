@@ -17,11 +17,32 @@ RegionState::~RegionState() {
       it = it->second.first == this ? engine->exposed.erase(it) : std::next(it);
     }
   }
-  std::lock_guard<std::mutex> lock(engine->mu);  // transport calls are serialised
+  // Not under the engine lock: transports deregister safely from any thread (transport.h),
+  // and every operation that used the memory has been released by the transport (RegionPin).
   handle.reset();
 }
 
 }  // namespace detail
+
+MemoryRegion::MemoryRegion(std::shared_ptr<detail::RegionState> state) : state_(std::move(state)) {
+  if (state_) state_->handles.fetch_add(1, std::memory_order_relaxed);
+}
+
+MemoryRegion& MemoryRegion::operator=(MemoryRegion&& other) noexcept {
+  if (this != &other) {
+    MemoryRegion old(std::move(*this));  // released (and maybe revoked) at the end of scope
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+MemoryRegion::~MemoryRegion() {
+  if (!state_) return;
+  if (state_->handles.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
+      state_->inflight.load(std::memory_order_acquire) != 0) {
+    state_->engine->revokeRegion(*state_);
+  }
+}
 
 uint8_t* MemoryRegion::data() const { return state_ ? state_->data : nullptr; }
 size_t MemoryRegion::size() const { return state_ ? state_->size : 0; }

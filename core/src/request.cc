@@ -11,7 +11,25 @@ void RequestState::complete(Status status) {
   // Keep ourselves alive through finish(): `self` may hold the last reference.
   std::shared_ptr<RequestState> keep = std::move(self);
   if (connection) connection->unlink(this);
+  // The transport no longer touches the memory: the holds end now, the references are dropped
+  // outside the lock (the last one deregisters).
+  for (auto& p : region_pins) engine_->dropLater(p.release());
+  region_pins.clear();
+  key_pins.clear();
   finish(std::move(status));
+}
+
+void RequestState::pin(const std::shared_ptr<RegionState>& region,
+                       const std::shared_ptr<RemoteKeyRef>& key) {
+  if (region && (region_pins.empty() || region_pins.back().get() != region.get()))
+    region_pins.emplace_back(region);
+  if (key && (key_pins.empty() || key_pins.back() != key)) key_pins.push_back(key);
+}
+
+bool RequestState::uses(const RegionState* region) const {
+  for (const auto& p : region_pins)
+    if (p.get() == region) return true;
+  return false;
 }
 
 bool RequestState::finish(Status status) {
@@ -70,9 +88,10 @@ Status Request::wait(std::chrono::milliseconds timeout) {
     state_->waitUntil(until);
   }
   if (!state_->done()) {
-    return Status(StatusCode::kTimedOut,
+    return Status(StatusCode::kStillInFlight,
                   "operation still in flight after " + std::to_string(timeout.count()) +
-                      " ms of waiting; wait again, or it fails at its own deadline");
+                      " ms of waiting; its buffers are still in use: wait again (it completes "
+                      "by its own deadline, operation_timeout)");
   }
   return state_->status();
 }

@@ -6,7 +6,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <vector>
 
+#include "engine_impl.h"
 #include "socket.h"
 #include "zcx/status.h"
 #include "zcx/transport/transport.h"
@@ -15,14 +17,20 @@ namespace zcx::detail {
 
 class EngineImpl;
 class ConnectionImpl;
+struct RemoteKeyRef;
 
 class RequestState final : public transport::Completion {
  public:
   explicit RequestState(std::shared_ptr<EngineImpl> engine) : engine_(std::move(engine)) {}
 
-  /// The transport is done with the operation (engine lock held). Unlinks it from its
-  /// connection's outstanding list and finishes it if nothing finished it before.
+  /// The transport is done with the operation and no longer touches its memory (engine lock
+  /// held). Unlinks it from its connection's outstanding list, releases what it pinned and
+  /// finishes it if nothing (deadline, close) finished it before.
   void complete(Status status) override;
+  /// Holds `region` and `key` (may be null) until complete(); consecutive repeats are held once.
+  void pin(const std::shared_ptr<RegionState>& region, const std::shared_ptr<RemoteKeyRef>& key);
+  /// Whether this operation holds `region`.
+  bool uses(const RegionState* region) const;
 
   /// The user-visible completion; false if already complete. Engine lock held.
   bool finish(Status status);
@@ -43,6 +51,8 @@ class RequestState final : public transport::Completion {
   RequestState* prev = nullptr;
   RequestState* next = nullptr;
   std::shared_ptr<RequestState> self;  ///< keeps the state alive while the transport holds it
+  std::vector<RegionPin> region_pins;  ///< local memory the operation uses (until complete())
+  std::vector<std::shared_ptr<RemoteKeyRef>> key_pins;  ///< remote keys it uses
 
  private:
   std::shared_ptr<EngineImpl> engine_;

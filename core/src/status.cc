@@ -19,6 +19,7 @@ std::string_view statusCodeName(StatusCode code) {
     case StatusCode::kRemoteAccessError: return "RemoteAccessError";
     case StatusCode::kProtocolError: return "ProtocolError";
     case StatusCode::kInternal: return "Internal";
+    case StatusCode::kStillInFlight: return "StillInFlight";
   }
   return "Unknown";
 }

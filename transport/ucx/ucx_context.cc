@@ -34,8 +34,12 @@ Result<std::unique_ptr<UcxContext>> UcxContext::create(const UcxSettings& settin
   }
 
   ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+  params.field_mask =
+      UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  // Context-level calls (ucp_mem_map/unmap, ucp_rkey_pack) then take the context's own lock, so
+  // the core registers and deregisters memory without holding its engine lock (transport.h).
+  params.mt_workers_shared = 1;
   params.name = "zcx";
   ucp_context_h raw_context = nullptr;
   st = ucp_init(&params, config.get(), &raw_context);

@@ -391,16 +391,25 @@ void UcxEndpoint::finish(OpRecord* rec) {
   done->complete(std::move(status));
 }
 
-void UcxEndpoint::failAll(const Status& why) {
+std::vector<OrphanRef> UcxEndpoint::failAll(const Status& why) {
+  std::vector<OrphanRef> orphans;
   while (head_ != nullptr) {
     OpRecord* rec = head_;
     unlink(rec);
     Completion* done = rec->done;
-    rec->user_done = true;
     rec->endpoint = nullptr;
-    worker_->releaseIfIdle(rec);               // stays alive while UCX still holds requests on it
+    if (done != nullptr && rec->pending != 0) {
+      // UCX still holds requests that may touch the memory: the worker completes the record
+      // with `why` once the last of them called back (UcxWorker::drainDeferred).
+      rec->status = why;
+      orphans.push_back({rec, rec->generation});
+      continue;
+    }
+    rec->user_done = true;
+    worker_->releaseIfIdle(rec);
     if (done != nullptr) done->complete(why);  // the wireup flush has no user completion
   }
+  return orphans;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,7 +487,8 @@ void UcxEndpoint::reportBroken() {
   if (closed_ || broken_reported_) return;
   broken_reported_ = true;
   Status why = error_;
-  failAll(why);
+  std::vector<OrphanRef> held = failAll(why);
+  orphans_.insert(orphans_.end(), held.begin(), held.end());  // released when the ep is closed
   if (!closed_) events_->onError(why);
 }
 
@@ -487,13 +497,17 @@ void UcxEndpoint::close(Status why) {
   closed_ = true;
   Status reason = why.ok() ? Status(StatusCode::kCancelled, "ucx endpoint closed") : why;
   if (error_.ok()) error_ = reason;
-  bool healthy = state_ == EndpointState::kReady;
+  // Only a close both sides agree on (kCancelled: local close, or the peer's BYE) can flush: a
+  // peer that died, broke or stopped answering would never let a flush-mode close finish.
+  bool healthy = state_ == EndpointState::kReady && why.code() == StatusCode::kCancelled;
   state_ = EndpointState::kBroken;
   worker_->removeEndpoint(key_);
   reorder_.clear();
   early_notifies_.clear();
 
-  failAll(reason);
+  std::vector<OrphanRef> orphans = failAll(reason);
+  orphans.insert(orphans.end(), orphans_.begin(), orphans_.end());
+  orphans_.clear();
 
   if (ep_ != nullptr) {
     ucp_request_param_t p{};
@@ -505,9 +519,12 @@ void UcxEndpoint::close(Status why) {
     ucs_status_ptr_t req = ucp_ep_close_nbx(ep_, &p);
     ep_ = nullptr;
     if (UCS_PTR_IS_PTR(req)) {
-      worker_->finishClose(req);
-    } else if (UCS_PTR_IS_ERR(req)) {
-      LOG(WARNING) << "ucp_ep_close_nbx: " << ucs_status_string(UCS_PTR_STATUS(req));
+      worker_->finishClose(req, std::move(orphans));
+    } else {
+      if (UCS_PTR_IS_ERR(req)) {
+        LOG(WARNING) << "ucp_ep_close_nbx: " << ucs_status_string(UCS_PTR_STATUS(req));
+      }
+      worker_->releaseOrphans(orphans);  // closed at once: UCX is done with the ep
     }
   }
   // After the ep is gone: destroy the unpacked keys (the core may destroy its RemoteKey objects

@@ -72,7 +72,8 @@ class UcxEndpoint final : public Endpoint {
   void postNotify(OpRecord* rec);
   void finish(OpRecord* rec);
   void unlink(OpRecord* rec);
-  void failAll(const Status& why);
+  /// Fails every outstanding record; returns those UCX still holds requests on.
+  std::vector<OrphanRef> failAll(const Status& why);
   void drainReorder();
 
   std::shared_ptr<UcxWorker> worker_;
@@ -88,7 +89,8 @@ class UcxEndpoint final : public Endpoint {
   bool closed_ = false;
   bool broken_reported_ = false;
 
-  OpRecord* head_ = nullptr;  // outstanding records (doubly linked)
+  OpRecord* head_ = nullptr;        // outstanding records (doubly linked)
+  std::vector<OrphanRef> orphans_;  ///< failed by a peer failure, still held by UCX
   std::unordered_set<UcxRemoteKey*> keys_;
 
   uint64_t next_send_seq_ = 0;

@@ -23,6 +23,7 @@ struct OpRecord {
   enum class Phase : uint8_t { kData, kFlush, kNotify };
 
   UcxWorker* worker = nullptr;
+  uint64_t generation = 0;          ///< distinguishes reuses of this record (OrphanRef)
   UcxEndpoint* endpoint = nullptr;  ///< null once the user completion was delivered
   Completion* done = nullptr;
   Status status;         ///< first error seen
@@ -52,6 +53,12 @@ struct OpRecord {
     }
     return "ucx";
   }
+};
+
+/// A record its endpoint's close() failed while UCX still held requests on it.
+struct OrphanRef {
+  OpRecord* rec = nullptr;
+  uint64_t generation = 0;
 };
 
 }  // namespace zcx::transport::ucx

@@ -55,10 +55,10 @@ Result<std::shared_ptr<UcxWorker>> UcxWorker::create(std::unique_ptr<UcxContext>
 
 UcxWorker::~UcxWorker() {
   // Every endpoint is gone (they own a reference). Release what UCX still holds.
-  for (void* req : closing_) {
-    ucs_status_t st = ucp_request_check_status(req);
+  for (Closing& c : closing_) {
+    ucs_status_t st = ucp_request_check_status(c.request);
     if (st == UCS_INPROGRESS) LOG(WARNING) << "ucx: endpoint close still in progress at shutdown";
-    ucp_request_free(req);
+    ucp_request_free(c.request);
   }
   closing_.clear();
   // No ucp_worker_progress here: with shm, progressing a worker whose peer worker is already
@@ -84,6 +84,7 @@ OpRecord* UcxWorker::acquire() {
   }
   *rec = OpRecord{};
   rec->worker = this;
+  rec->generation = next_generation_++;
   return rec;
 }
 
@@ -107,7 +108,7 @@ void UcxWorker::onRequestDone(void* request, ucs_status_t status, void* user_dat
   ucp_request_free(request);
   UcxWorker* self = rec->worker;
   if (rec->pending > 0) --rec->pending;
-  if (status != UCS_OK && rec->status.ok() && !rec->user_done) {
+  if (status != UCS_OK && rec->status.ok() && !rec->user_done && rec->endpoint != nullptr) {
     rec->status = statusFromUcs(status, rec->callName());
   }
   if (rec->pending != 0) return;
@@ -173,7 +174,7 @@ void UcxWorker::onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
   VLOG(1) << "ucx: error on an endpoint that is already closed: " << ucs_status_string(status);
 }
 
-void UcxWorker::finishClose(void* request) {
+void UcxWorker::finishClose(void* request, std::vector<OrphanRef> orphans) {
   if (!insideUcxProgress()) {
     InProgressScope scope(in_ucx_progress_);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
@@ -184,9 +185,10 @@ void UcxWorker::finishClose(void* request) {
   }
   ucs_status_t st = ucp_request_check_status(request);
   if (st == UCS_INPROGRESS) {
-    closing_.push_back(request);  // progress() frees it when it finishes
+    closing_.push_back({request, std::move(orphans)});  // progress() finishes it
     return;
   }
+  releaseOrphans(orphans);
   if (st != UCS_OK && st != UCS_ERR_CANCELED && st != UCS_ERR_CONNECTION_RESET &&
       st != UCS_ERR_ENDPOINT_TIMEOUT) {
     LOG(WARNING) << "ucp_ep_close_nbx: " << ucs_status_string(st);
@@ -196,13 +198,30 @@ void UcxWorker::finishClose(void* request) {
 
 void UcxWorker::pollClosing() {
   for (size_t i = 0; i < closing_.size();) {
-    if (ucp_request_check_status(closing_[i]) == UCS_INPROGRESS) {
+    if (ucp_request_check_status(closing_[i].request) == UCS_INPROGRESS) {
       ++i;
       continue;
     }
-    ucp_request_free(closing_[i]);
-    closing_[i] = closing_.back();
+    ucp_request_free(closing_[i].request);
+    std::vector<OrphanRef> orphans = std::move(closing_[i].orphans);
+    closing_[i] = std::move(closing_.back());
     closing_.pop_back();
+    releaseOrphans(orphans);
+  }
+}
+
+void UcxWorker::releaseOrphans(const std::vector<OrphanRef>& orphans) {
+  for (const OrphanRef& o : orphans) {
+    OpRecord* rec = o.rec;
+    if (rec->generation != o.generation || rec->user_done || rec->done == nullptr) continue;
+    // The ep is destroyed: UCX no longer touches this operation's memory. The record itself
+    // stays out of the pool until its requests call back (if they ever do), so a late callback
+    // cannot land on a reused record.
+    Completion* done = rec->done;
+    Status status = rec->status;
+    rec->user_done = true;
+    releaseIfIdle(rec);
+    done->complete(std::move(status));
   }
 }
 
@@ -411,6 +430,16 @@ int UcxWorker::drainDeferred() {
     std::swap(attention_, attention_spare_);
     for (OpRecord* rec : attention_spare_) {
       rec->queued = false;
+      if (!rec->user_done && rec->endpoint == nullptr && rec->pending == 0) {
+        // Orphaned by its endpoint's close while UCX still held it: released now.
+        Completion* done = rec->done;
+        Status status = rec->status;
+        rec->user_done = true;
+        releaseIfIdle(rec);
+        if (done != nullptr) done->complete(std::move(status));
+        ++events;
+        continue;
+      }
       if (rec->user_done || rec->endpoint == nullptr) {
         releaseIfIdle(rec);
         continue;

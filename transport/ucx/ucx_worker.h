@@ -70,8 +70,12 @@ class UcxWorker {
   /// ucp_err_handler_cb_t; arg is the UcxWorker.
   static void onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
   /// Waits (bounded, ~1 s) for an ep close request, or leaves it to progress() if called from
-  /// inside a UCX callback.
-  void finishClose(void* request);
+  /// inside a UCX callback. Once the close is complete UCX has destroyed the ep: `orphans` (records
+  /// still waiting for UCX callbacks, e.g. a flush on a force-closed shm ep, which UCX 1.13 never
+  /// calls back) are completed then.
+  void finishClose(void* request, std::vector<OrphanRef> orphans);
+  /// Completes orphaned records whose ep UCX has destroyed (skips records completed or reused).
+  void releaseOrphans(const std::vector<OrphanRef>& orphans);
 
   // --- progress ---
   int progress();
@@ -122,7 +126,12 @@ class UcxWorker {
   std::vector<RouteKey> connects_;
   std::vector<std::pair<RouteKey, ucs_status_t>> broken_;
   std::unordered_set<RndvRecv*> rndv_;
-  std::vector<void*> closing_;
+  struct Closing {
+    void* request;
+    std::vector<OrphanRef> orphans;
+  };
+  std::vector<Closing> closing_;
+  uint64_t next_generation_ = 1;
   int in_ucx_progress_ = 0;
 };
 

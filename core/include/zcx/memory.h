@@ -41,10 +41,22 @@ struct RegionState;
 
 /// A registered memory region; deregisters (and frees, if the engine allocated it) on destruction.
 /// Move-only. May outlive its Engine object (it keeps the transport alive).
+///
+/// Destroying the last MemoryRegion of a registration while operations use it cancels them
+/// first: receives posted into it complete with kCancelled, and a connection with a one-sided
+/// operation or send in flight on it is closed (kCancelled; a posted RDMA operation cannot be
+/// recalled). The destructor returns once the transport no longer touches the memory, so user
+/// memory may be freed right after it (bounded by connect_timeout; past that it logs an error and
+/// the registration stays until the transport lets go).
 class MemoryRegion {
  public:
   MemoryRegion() = default;
-  explicit MemoryRegion(std::shared_ptr<detail::RegionState> state) : state_(std::move(state)) {}
+  explicit MemoryRegion(std::shared_ptr<detail::RegionState> state);
+  MemoryRegion(MemoryRegion&& other) noexcept : state_(std::move(other.state_)) {}
+  MemoryRegion& operator=(MemoryRegion&& other) noexcept;
+  MemoryRegion(const MemoryRegion&) = delete;
+  MemoryRegion& operator=(const MemoryRegion&) = delete;
+  ~MemoryRegion();
 
   bool valid() const { return state_ != nullptr; }
   uint8_t* data() const;

@@ -21,8 +21,11 @@ class Request {
   Request() = default;
   explicit Request(std::shared_ptr<detail::RequestState> state) : state_(std::move(state)) {}
 
-  /// Blocks until the operation completes or `timeout` passes (then kTimedOut; the operation
-  /// itself goes on until its own deadline). In manual progress mode it drives progress itself.
+  /// Blocks until the operation completes or `timeout` passes. If the wait ran out first it
+  /// returns kStillInFlight: the operation has not completed and its buffers are still in use
+  /// (wait again; it completes at the latest at its own deadline, operation_timeout, then with
+  /// kTimedOut). A buffer may be reused once wait() returned anything but kStillInFlight.
+  /// In manual progress mode it drives progress itself.
   Status wait(std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
   /// The final status if complete, nothing if still in flight. Never blocks; in manual progress
   /// mode it makes one round of progress.
@@ -31,7 +34,9 @@ class Request {
   /// Bytes received (recv) or moved (other operations); valid once complete.
   size_t bytes() const;
   /// Runs `callback` once with the final status: right away in this thread if already complete,
-  /// otherwise on the thread that makes progress, outside any zcx lock.
+  /// otherwise on a progress thread (the engine's, or the caller of Engine::progress() /
+  /// Request::wait() / test() in manual mode), outside any zcx lock. Never inside write(),
+  /// send(), recv() or close().
   void onComplete(std::function<void(const Status&)> callback);
 
   bool valid() const { return state_ != nullptr; }

@@ -27,6 +27,9 @@ enum class StatusCode : uint8_t {
   kRemoteAccessError,  ///< the peer rejected the access (revoked or wrong key)
   kProtocolError,      ///< malformed bytes from the peer or in a descriptor
   kInternal,           ///< a bug or an unexpected library failure
+  /// Request::wait() ran out of time while the operation is still in flight: it has NOT
+  /// completed, its buffers are still in use; wait again (it completes by its own deadline).
+  kStillInFlight,
 };
 
 std::string_view statusCodeName(StatusCode code);

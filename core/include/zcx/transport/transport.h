@@ -5,14 +5,21 @@
 // the TransportRegistry (registry.h) by name.
 //
 // Threading contract: the core serialises every call into one Transport object and everything
-// created from it (memory handles, endpoints, remote keys) with one lock. A transport therefore
-// needs no locks of its own for these calls, but it must not block in any of them beyond the
-// time a single non-blocking verbs/UCX call takes. The only exception: Transport's destructor.
+// created from it (endpoints, remote keys) with one lock. A transport therefore needs no locks of
+// its own for these calls, but it must not block in any of them beyond the time a single
+// non-blocking verbs/UCX call takes. Exceptions: Transport's destructor; and registerMemory(),
+// allocateMemory(), MemoryHandle::packedKey() and a MemoryHandle's destructor, which the core
+// calls WITHOUT that lock, from any thread, concurrently with everything else (pinning pages is
+// slow); the transport makes them safe (verbs: ibv_reg_mr is thread-safe; UCX: a context with
+// mt_workers_shared). The core destroys a MemoryHandle only after every operation that used it
+// completed (below).
 //
 // Completion contract: every post*() either returns a non-ok Status (then nothing was posted and
 // `done` is never called) or returns Ok and later calls done->complete(status) exactly once, from
 // inside progress() or close() (never from inside the post*() call itself), with Ok only when the
-// operation finished (for writes: the data is visible at the target).
+// operation finished (for writes: the data is visible at the target). complete() also means the
+// transport no longer touches the operation's memory: an operation that close() cannot release
+// at once (UCX still holds its requests) completes later, from progress(), once it can.
 #pragma once
 
 #include <cstddef>
@@ -130,8 +137,9 @@ class Endpoint {
   virtual Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
                           Completion* done) = 0;
 
-  /// Fails every outstanding operation with `why` (through its Completion, inside this call),
-  /// then releases the connection. Idempotent. After close() state() is kBroken.
+  /// Fails every outstanding operation with `why` (through its Completion, inside this call, or
+  /// from a later progress() for those the transport cannot release yet), then releases the
+  /// connection. Idempotent. After close() state() is kBroken.
   virtual void close(Status why) = 0;
 };
 

@@ -28,7 +28,8 @@ die() { echo "test-rxe: error: $*" >&2; exit 1; }
 
 build() {
   if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-    cmake -S "$REPO_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo || die "cmake configure failed"
+    cmake -S "$REPO_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DZCX_WERROR=ON || die "cmake configure failed"
   fi
   cmake --build "$BUILD_DIR" -j2 || die "build failed"
 }

@@ -2,6 +2,7 @@
 // connected with each other's worker address, driven by progress() loops with deadlines.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -20,6 +21,7 @@
 #include <deque>
 
 #include "ucx/factory.h"
+#include "ucx/ucx_params.h"
 #include "zcx/transport/transport.h"
 
 namespace zcx::transport {
@@ -637,6 +639,53 @@ TEST_P(UcxTcpTransportTest, PeerDeathBreaksTheEndpoint) {
   }
   TestCompletion after;
   EXPECT_EQ(ea_->postSend(msrc, addr(src, 0), 10, &after).code(), StatusCode::kConnectionBroken);
+}
+
+// MM_ERROR_HANDLING=y only where a memory-mapper transport (posix, sysv, xpmem) may be used:
+// only their ifaces take it, and UCX warns "invalid configuration" about a variable none took.
+TEST(UcxSettings, MmErrorHandlingOnlyWhereAMemoryMapperMayBeUsed) {
+  auto setsMmErrorHandling = [](std::map<std::string, std::string> params) {
+    TransportConfig config;
+    config.params = std::move(params);
+    auto settings = ucx::parseSettings(config);
+    EXPECT_TRUE(settings.ok()) << settings.status().toString();
+    if (!settings.ok()) return false;
+    for (const auto& [name, value] : settings->vars) {
+      if (name == "MM_ERROR_HANDLING") return value == "y";
+    }
+    return false;
+  };
+  for (const char* tls : {"posix,cma,self", "sysv,cma,self", "sysv,cma", "xpmem", "mm", "shm", "sm",
+                          "all", "^tcp", "\\posix", "tcp,posix:aux"}) {
+    EXPECT_TRUE(setsMmErrorHandling({{"ucx.tls", tls}})) << tls;
+  }
+  for (const char* tls : {"tcp", "tcp,self", "cma", "cma,tcp", "tcp,knem", "self", "\\tcp"}) {
+    EXPECT_FALSE(setsMmErrorHandling({{"ucx.tls", tls}})) << tls;
+  }
+  EXPECT_FALSE(setsMmErrorHandling({{"ucx.TLS", "tcp"}}));
+  // Without ucx.tls UCX reads $UCX_TLS; unset, it uses every transport.
+  const char* saved = std::getenv("UCX_TLS");
+  std::string saved_value = saved != nullptr ? saved : "";
+  ::unsetenv("UCX_TLS");
+  EXPECT_TRUE(setsMmErrorHandling({}));
+  ::setenv("UCX_TLS", "tcp,self", 1);
+  EXPECT_FALSE(setsMmErrorHandling({}));
+  EXPECT_TRUE(setsMmErrorHandling({{"ucx.tls", "posix,cma,self"}}));  // ucx.tls wins
+  ::setenv("UCX_TLS", "sysv,cma", 1);
+  EXPECT_TRUE(setsMmErrorHandling({}));
+  if (saved != nullptr) {
+    ::setenv("UCX_TLS", saved_value.c_str(), 1);
+  } else {
+    ::unsetenv("UCX_TLS");
+  }
+  // An explicit ucx.MM_ERROR_HANDLING is the user's choice and stays.
+  TransportConfig config;
+  config.params = {{"ucx.tls", "tcp"}, {"ucx.MM_ERROR_HANDLING", "n"}};
+  auto settings = ucx::parseSettings(config);
+  ASSERT_TRUE(settings.ok());
+  EXPECT_EQ(std::count(settings->vars.begin(), settings->vars.end(),
+                       std::pair<std::string, std::string>("MM_ERROR_HANDLING", "n")),
+            1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tls, UcxTransportTest, ::testing::Values("tcp", "shm"),

@@ -34,8 +34,11 @@ bool rangeOk(uint64_t offset, uint64_t length, uint64_t size) {
 }
 
 std::string rangeText(uint64_t offset, uint64_t length, uint64_t size) {
-  return "[" + std::to_string(offset) + ", " + std::to_string(offset) + "+" +
-         std::to_string(length) + ") of a " + std::to_string(size) + "-byte region";
+  // Appended, not "[" + std::string&&: at -O3 GCC 12 warns a bogus -Wrestrict on the inlined
+  // insert-at-front (GCC PR105329/PR105651).
+  std::string text = "[";
+  text += std::to_string(offset) + ", " + std::to_string(offset) + "+" + std::to_string(length);
+  return text + ") of a " + std::to_string(size) + "-byte region";
 }
 
 thread_local std::vector<transport::RmaOp> scratch_ops;
@@ -221,21 +224,24 @@ Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name,
       bool got = sent.ok() && lookup_cv_.wait_for(lock, timeout, [&] {
         return lookups_[lid].has_value() || control_closed_;
       });
-      auto answer = std::move(lookups_[lid]);
+      // Taken out of the optional in place: moving the optional out made GCC 12 -O3 report its
+      // vector maybe-uninitialized (std::optional false positive, GCC PR80635).
+      auto& answer = lookups_[lid];
+      const bool answered = answer.has_value(), found = answered && answer->first;
+      if (found) bytes = std::move(answer->second);
       lookups_.erase(lid);
       if (!sent.ok()) return sent;
       if (!got)
         return Status(StatusCode::kTimedOut,
                       "peer " + peer_name + " did not answer the lookup of '" + key + "'");
-      if (!answer)
+      if (!answered)
         return Status(StatusCode::kConnectionBroken,
                       "connection to " + peer_name + " closed during lookup");
-      if (!answer->first) {
+      if (!found) {
         return Status(StatusCode::kNotFound, "peer " + peer_name + " exposes no region named '" +
                                                  key + "'; call Engine::expose(\"" + key +
                                                  "\", region) there first");
       }
-      bytes = std::move(answer->second);
       peer_regions_[key] = bytes;
     }
   }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <memory>
@@ -27,6 +28,16 @@ struct RemoteKeyRef {
   /// so a region from a closed connection never passes for one of a later connection that
   /// happens to live at the same address.
   uint64_t connection_id = 0;
+};
+
+/// Orders packed remote keys by length, then bytes. Not std::less<std::vector<uint8_t>>: at -O3
+/// GCC 12 warns a bogus -Wstringop-overread ("specified bound [2^63, 2^64-1]") on the memcmp of
+/// its inlined lexicographical_compare_three_way, whose length it cannot bound.
+struct KeyBytesLess {
+  bool operator()(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) const noexcept {
+    if (a.size() != b.size()) return a.size() < b.size();
+    return !a.empty() && std::memcmp(a.data(), b.data(), a.size()) < 0;
+  }
 };
 
 class ConnectionImpl final : public transport::EndpointEvents,
@@ -96,7 +107,7 @@ class ConnectionImpl final : public transport::EndpointEvents,
   bool closed_ = false;
   RequestState* head_ = nullptr;
   RequestState* tail_ = nullptr;
-  std::map<std::vector<uint8_t>, std::shared_ptr<RemoteKeyRef>> keys_;
+  std::map<std::vector<uint8_t>, std::shared_ptr<RemoteKeyRef>, KeyBytesLess> keys_;
   struct PostedRecv {
     std::shared_ptr<RequestState> request;
     RegionPin region;  ///< the receive buffer stays registered (and counted) while posted

@@ -1,5 +1,7 @@
 #include "ucx/ucx_params.h"
 
+#include <cstdlib>
+
 namespace zcx::transport::ucx {
 namespace {
 
@@ -15,17 +17,21 @@ bool isUcxVarName(std::string_view name) {
   return true;
 }
 
-/// True unless the TLS list names transports and none of them is shared memory (then UCX warns
-/// "invalid configuration: MM_ERROR_HANDLING=y").
-bool mayUseSharedMemory(std::string_view tls) {
+/// True unless the TLS list names transports and none of them is a UCX memory mapper (posix,
+/// sysv, xpmem, or an alias of them): only their iface configuration has MM_ERROR_HANDLING (UCX
+/// 1.13 src/uct/sm/mm/base/mm_iface.c), and a cached variable no opened iface takes makes
+/// ucp_worker_create warn "invalid configuration: MM_ERROR_HANDLING=y" (cma and knem lack it).
+bool mayUseMemoryMapper(std::string_view tls) {
   if (tls.empty() || tls.front() == '^') return true;
   size_t start = 0;
   while (start <= tls.size()) {
     size_t end = tls.find(',', start);
     if (end == std::string_view::npos) end = tls.size();
     std::string_view t = tls.substr(start, end - start);
-    if (t == "all" || t == "sm" || t == "shm" || t == "posix" || t == "sysv" || t == "mm" ||
-        t == "xpmem" || t == "knem" || t == "cma") {
+    if (t.starts_with('\\')) t.remove_prefix(1);  // "\posix": the name without aliasing
+    t = t.substr(0, t.find(':'));                 // "posix:aux"
+    if (t == "all" || t == "mm" || t == "sm" || t == "shm" || t == "posix" || t == "sysv" ||
+        t == "xpmem") {
       return true;
     }
     start = end + 1;
@@ -69,7 +75,11 @@ Result<UcxSettings> parseSettings(const TransportConfig& config) {
     settings.net_devices = config.device;
     settings.vars.emplace_back("NET_DEVICES", config.device);
   }
-  if (!mayUseSharedMemory(settings.tls)) settings.vars.erase(settings.vars.begin());
+  // Without ucx.tls, UCX takes the transports from the environment (ucp_config_read).
+  const char* env_tls = settings.tls.empty() ? std::getenv("UCX_TLS") : nullptr;
+  if (!mayUseMemoryMapper(env_tls != nullptr ? env_tls : settings.tls)) {
+    settings.vars.erase(settings.vars.begin());
+  }
   return settings;
 }
 

@@ -109,28 +109,38 @@ Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body) {
   return l;
 }
 
-Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
-                  Clock::time_point deadline) {
+std::vector<uint8_t> encodeFrameHeader(FrameType type, size_t body_size) {
   WireWriter w;
-  w.u32(static_cast<uint32_t>(body.size() + 1));
+  w.u32(static_cast<uint32_t>(body_size + 1));
   w.u8(static_cast<uint8_t>(type));
-  auto& out = w.data();
-  out.insert(out.end(), body.begin(), body.end());
-  return writeAll(fd, out, deadline);
+  return std::move(w.data());
 }
 
-Result<Frame> readFrame(int fd, Clock::time_point deadline) {
-  uint8_t header[5];
-  ZCX_RETURN_IF_ERROR(readAll(fd, header, deadline));
+Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header) {
   WireReader r(header);
   uint32_t len = r.u32();
   uint8_t type = r.u8();
   if (len == 0 || len > kMaxFrame || type < 1 || type > static_cast<uint8_t>(FrameType::kBye)) {
     return malformed("control frame");
   }
+  return FrameHeader{static_cast<FrameType>(type), len - 1};
+}
+
+Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
+                  Clock::time_point deadline) {
+  std::vector<uint8_t> out = encodeFrameHeader(type, body.size());
+  out.insert(out.end(), body.begin(), body.end());
+  return writeAll(fd, out, deadline);
+}
+
+Result<Frame> readFrame(int fd, Clock::time_point deadline) {
+  uint8_t header[kFrameHeaderSize];
+  ZCX_RETURN_IF_ERROR(readAll(fd, header, deadline));
+  auto h = decodeFrameHeader(header);
+  if (!h.ok()) return h.status();
   Frame f;
-  f.type = static_cast<FrameType>(type);
-  f.body.resize(len - 1);
+  f.type = h->type;
+  f.body.resize(h->body_size);
   ZCX_RETURN_IF_ERROR(readAll(fd, f.body, deadline));
   return f;
 }

@@ -53,7 +53,9 @@ Result<Hello> decodeHello(const std::vector<uint8_t>& body) {
   if (n > kMaxRegions) return malformed("handshake (region count)");
   for (uint32_t i = 0; r.ok() && i < n; ++i) {
     std::string name = r.str(kMaxName);
-    h.regions[name] = r.bytes(kMaxDescriptor);
+    // A second entry of one name would silently replace the first.
+    if (!h.regions.emplace(std::move(name), r.bytes(kMaxDescriptor)).second && r.ok())
+      return malformed("handshake (duplicate region name)");
   }
   if (!r.ok() || r.remaining() != 0) return malformed("handshake");
   return h;

@@ -118,6 +118,14 @@ TEST(Handshake, DuplicateRegionNamesAreAProtocolError) {
   EXPECT_EQ(detail::decodeHello(w.data()).status().code(), StatusCode::kProtocolError);
 }
 
+// Found by tests/fuzz/reject_fuzz: a REJECT with code kOk reached connect() as Status(kOk).
+TEST(Handshake, RejectWithAnOkCodeIsAProtocolError) {
+  auto ok_code = detail::encode(detail::Reject{0, "fine"});
+  EXPECT_EQ(detail::decodeReject(ok_code).status().code(), StatusCode::kProtocolError);
+  auto refused = detail::encode(detail::Reject{uint8_t(StatusCode::kVersionMismatch), "v2"});
+  EXPECT_TRUE(detail::decodeReject(refused).ok());
+}
+
 TEST(Address, ParsesHostPortAndExplainsMistakes) {
   auto a = detail::parseHostPort("10.0.0.1:18515");
   ASSERT_TRUE(a.ok());

@@ -73,7 +73,8 @@ Result<Reject> decodeReject(const std::vector<uint8_t>& body) {
   Reject x;
   x.code = r.u8();
   x.reason = r.str(4096);
-  if (!r.ok()) return malformed("rejection");
+  // The code becomes the Status the handshake fails with: kOk would read as success.
+  if (!r.ok() || x.code == static_cast<uint8_t>(StatusCode::kOk)) return malformed("rejection");
   return x;
 }
 

@@ -35,7 +35,9 @@ for corpus in tests/fuzz/corpus/*/; do
   start=$(date +%s)
   if ! "$build/tests/fuzz/${name}_fuzz" "${budget[@]}" -max_len=4096 -print_final_stats=1 \
       -artifact_prefix="$build/crashes/${name}-" "$scratch/$name" >"$log" 2>&1; then
-    tail -n 40 "$log" >&2
+    # From the first report (broken property, sanitizer, timeout) on; else the end of the log.
+    grep -m1 -A30 -E 'fuzz property failed|==ERROR|runtime error|deadly signal|timeout' "$log" >&2 ||
+      tail -n 40 "$log" >&2
     echo "fuzz: ${name} FAILED; reproduce with $build/tests/fuzz/${name}_fuzz <input in $build/crashes/>" >&2
     exit 1
   fi

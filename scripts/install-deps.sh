@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # build
   g++ cmake ninja-build pkg-config clang-format
+  # the fuzz targets (scripts/fuzz.sh): clang and its libFuzzer runtime
+  clang libclang-rt-14-dev
   libucx-dev ucx-utils libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
   libgflags-dev libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
   # reference tools compared against, and the many-node perf run

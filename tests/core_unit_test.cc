@@ -100,6 +100,32 @@ TEST(Handshake, HelloRoundTripsAndGarbageIsAProtocolError) {
   EXPECT_EQ(detail::decodeHello(bytes).status().code(), StatusCode::kProtocolError);
 }
 
+// Found by tests/fuzz/hello_fuzz: the second "" entry replaced the first.
+TEST(Handshake, DuplicateRegionNamesAreAProtocolError) {
+  detail::WireWriter w;
+  w.u32(detail::kHelloMagic);
+  w.u16(detail::kProtocolVersion);
+  w.str("peer");
+  w.str("ucx");
+  w.u64(1);
+  w.u64(4096);
+  w.bytes(std::vector<uint8_t>{});
+  w.u32(2);
+  for (uint8_t d : {1, 2}) {
+    w.str("dup");
+    w.bytes(std::vector<uint8_t>{d});
+  }
+  EXPECT_EQ(detail::decodeHello(w.data()).status().code(), StatusCode::kProtocolError);
+}
+
+// Found by tests/fuzz/reject_fuzz: a REJECT with code kOk reached connect() as Status(kOk).
+TEST(Handshake, RejectWithAnOkCodeIsAProtocolError) {
+  auto ok_code = detail::encode(detail::Reject{0, "fine"});
+  EXPECT_EQ(detail::decodeReject(ok_code).status().code(), StatusCode::kProtocolError);
+  auto refused = detail::encode(detail::Reject{uint8_t(StatusCode::kVersionMismatch), "v2"});
+  EXPECT_TRUE(detail::decodeReject(refused).ok());
+}
+
 TEST(Address, ParsesHostPortAndExplainsMistakes) {
   auto a = detail::parseHostPort("10.0.0.1:18515");
   ASSERT_TRUE(a.ok());

@@ -53,7 +53,9 @@ Result<Hello> decodeHello(const std::vector<uint8_t>& body) {
   if (n > kMaxRegions) return malformed("handshake (region count)");
   for (uint32_t i = 0; r.ok() && i < n; ++i) {
     std::string name = r.str(kMaxName);
-    h.regions[name] = r.bytes(kMaxDescriptor);
+    // A second entry of one name would silently replace the first.
+    if (!h.regions.emplace(std::move(name), r.bytes(kMaxDescriptor)).second && r.ok())
+      return malformed("handshake (duplicate region name)");
   }
   if (!r.ok() || r.remaining() != 0) return malformed("handshake");
   return h;
@@ -71,7 +73,8 @@ Result<Reject> decodeReject(const std::vector<uint8_t>& body) {
   Reject x;
   x.code = r.u8();
   x.reason = r.str(4096);
-  if (!r.ok()) return malformed("rejection");
+  // The code becomes the Status the handshake fails with: kOk would read as success.
+  if (!r.ok() || x.code == static_cast<uint8_t>(StatusCode::kOk)) return malformed("rejection");
   return x;
 }
 
@@ -109,28 +112,38 @@ Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body) {
   return l;
 }
 
-Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
-                  Clock::time_point deadline) {
+std::vector<uint8_t> encodeFrameHeader(FrameType type, size_t body_size) {
   WireWriter w;
-  w.u32(static_cast<uint32_t>(body.size() + 1));
+  w.u32(static_cast<uint32_t>(body_size + 1));
   w.u8(static_cast<uint8_t>(type));
-  auto& out = w.data();
-  out.insert(out.end(), body.begin(), body.end());
-  return writeAll(fd, out, deadline);
+  return std::move(w.data());
 }
 
-Result<Frame> readFrame(int fd, Clock::time_point deadline) {
-  uint8_t header[5];
-  ZCX_RETURN_IF_ERROR(readAll(fd, header, deadline));
+Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header) {
   WireReader r(header);
   uint32_t len = r.u32();
   uint8_t type = r.u8();
   if (len == 0 || len > kMaxFrame || type < 1 || type > static_cast<uint8_t>(FrameType::kBye)) {
     return malformed("control frame");
   }
+  return FrameHeader{static_cast<FrameType>(type), len - 1};
+}
+
+Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
+                  Clock::time_point deadline) {
+  std::vector<uint8_t> out = encodeFrameHeader(type, body.size());
+  out.insert(out.end(), body.begin(), body.end());
+  return writeAll(fd, out, deadline);
+}
+
+Result<Frame> readFrame(int fd, Clock::time_point deadline) {
+  uint8_t header[kFrameHeaderSize];
+  ZCX_RETURN_IF_ERROR(readAll(fd, header, deadline));
+  auto h = decodeFrameHeader(header);
+  if (!h.ok()) return h.status();
   Frame f;
-  f.type = static_cast<FrameType>(type);
-  f.body.resize(len - 1);
+  f.type = h->type;
+  f.body.resize(h->body_size);
   ZCX_RETURN_IF_ERROR(readAll(fd, f.body, deadline));
   return f;
 }

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,13 @@ constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
 constexpr uint32_t kMaxFrame = 16u << 20;
 
 enum class FrameType : uint8_t { kHello = 1, kReject, kReady, kLookup, kLookupReply, kBye };
+
+/// Every frame: u32 length (type byte + body) | u8 type | body.
+constexpr size_t kFrameHeaderSize = 5;
+struct FrameHeader {
+  FrameType type = FrameType::kBye;
+  uint32_t body_size = 0;
+};
 
 struct Frame {
   FrameType type = FrameType::kBye;
@@ -64,6 +72,10 @@ Result<Hello> decodeHello(const std::vector<uint8_t>& body);
 Result<Reject> decodeReject(const std::vector<uint8_t>& body);
 Result<Lookup> decodeLookup(const std::vector<uint8_t>& body);
 Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body);
+
+std::vector<uint8_t> encodeFrameHeader(FrameType type, size_t body_size);
+/// Validates a received header (length bound, known type) before any body is allocated.
+Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header);
 
 Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
                   Clock::time_point deadline);

@@ -13,10 +13,6 @@
 namespace zcx::transport::verbs {
 namespace {
 
-constexpr uint8_t kKeyMagic[3] = {'Z', 'V', 'K'};
-constexpr uint8_t kKeyVersion = 1;
-constexpr size_t kPackedKeySize = 24;
-
 std::string memlockText() {
   rlimit rl{};
   if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0) return "RLIMIT_MEMLOCK unknown";
@@ -110,37 +106,10 @@ std::vector<uint8_t> VerbsMemory::packedKey() const {
   return packKey(mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
 }
 
-std::vector<uint8_t> packKey(uint32_t rkey, uint64_t addr, uint64_t length) {
-  std::vector<uint8_t> out(kPackedKeySize);
-  std::memcpy(out.data(), kKeyMagic, 3);
-  out[3] = kKeyVersion;
-  putLe(&out[4], rkey, 4);
-  putLe(&out[8], addr, 8);
-  putLe(&out[16], length, 8);
-  return out;
-}
-
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {
-  if (bytes.size() != kPackedKeySize) {
-    return Status(StatusCode::kProtocolError,
-                  "verbs packed key has " + std::to_string(bytes.size()) + " bytes, expected " +
-                      std::to_string(kPackedKeySize) + " (a key from another transport?)");
-  }
-  if (std::memcmp(bytes.data(), kKeyMagic, 3) != 0) {
-    return Status(StatusCode::kProtocolError,
-                  "bytes are not a verbs packed key (bad magic; a key from another transport?)");
-  }
-  if (bytes[3] != kKeyVersion) {
-    return Status(StatusCode::kProtocolError, "verbs packed key version " +
-                                                  std::to_string(bytes[3]) + ", expected " +
-                                                  std::to_string(kKeyVersion));
-  }
-  const uint64_t addr = getLe(&bytes[8], 8);
-  const uint64_t length = getLe(&bytes[16], 8);
-  if (length == 0 || addr + length < addr) {
-    return Status(StatusCode::kProtocolError, "verbs packed key describes an invalid range");
-  }
-  return std::make_unique<VerbsRemoteKey>(static_cast<uint32_t>(getLe(&bytes[4], 4)), addr, length);
+  auto k = decodeKey(bytes);
+  if (!k.ok()) return k.status();
+  return std::make_unique<VerbsRemoteKey>(k->rkey, k->addr, k->length);
 }
 
 }  // namespace zcx::transport::verbs

@@ -59,9 +59,7 @@ class VerbsRemoteKey final : public RemoteKey {
   uint64_t length_;
 };
 
-/// Bytes: "ZVK" magic, version 1, rkey (u32 LE), addr (u64 LE), length (u64 LE) = 24 bytes.
-std::vector<uint8_t> packKey(uint32_t rkey, uint64_t addr, uint64_t length);
-/// kProtocolError if the bytes are not a packed key of this version.
+/// decodeKey() (verbs_wire.h) as a RemoteKey: kProtocolError if the bytes are not a packed key.
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes);
 
 }  // namespace zcx::transport::verbs

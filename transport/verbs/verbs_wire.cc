@@ -10,6 +10,8 @@ constexpr uint8_t kAddrMagic[3] = {'Z', 'V', 'A'};
 constexpr uint8_t kAddrVersion = 1;
 constexpr uint8_t kConnMagic[3] = {'Z', 'V', 'C'};
 constexpr uint8_t kConnVersion = 1;
+constexpr uint8_t kKeyMagic[3] = {'Z', 'V', 'K'};
+constexpr uint8_t kKeyVersion = 1;
 
 }  // namespace
 
@@ -66,6 +68,41 @@ Result<ConnectData> unpackConnectData(const void* data, size_t length) {
   d.token = getLe(&p[8], 8);
   d.max_message_size = static_cast<uint32_t>(getLe(&p[16], 4));
   return d;
+}
+
+std::vector<uint8_t> packKey(uint32_t rkey, uint64_t addr, uint64_t length) {
+  std::vector<uint8_t> out(kPackedKeySize);
+  std::memcpy(out.data(), kKeyMagic, 3);
+  out[3] = kKeyVersion;
+  putLe(&out[4], rkey, 4);
+  putLe(&out[8], addr, 8);
+  putLe(&out[16], length, 8);
+  return out;
+}
+
+Result<PackedKey> decodeKey(std::span<const uint8_t> bytes) {
+  if (bytes.size() != kPackedKeySize) {
+    return Status(StatusCode::kProtocolError,
+                  "verbs packed key has " + std::to_string(bytes.size()) + " bytes, expected " +
+                      std::to_string(kPackedKeySize) + " (a key from another transport?)");
+  }
+  if (std::memcmp(bytes.data(), kKeyMagic, 3) != 0) {
+    return Status(StatusCode::kProtocolError,
+                  "bytes are not a verbs packed key (bad magic; a key from another transport?)");
+  }
+  if (bytes[3] != kKeyVersion) {
+    return Status(StatusCode::kProtocolError, "verbs packed key version " +
+                                                  std::to_string(bytes[3]) + ", expected " +
+                                                  std::to_string(kKeyVersion));
+  }
+  PackedKey k;
+  k.rkey = static_cast<uint32_t>(getLe(&bytes[4], 4));
+  k.addr = getLe(&bytes[8], 8);
+  k.length = getLe(&bytes[16], 8);
+  if (k.length == 0 || k.addr + k.length < k.addr) {
+    return Status(StatusCode::kProtocolError, "verbs packed key describes an invalid range");
+  }
+  return k;
 }
 
 }  // namespace zcx::transport::verbs

@@ -37,4 +37,17 @@ std::vector<uint8_t> packConnectData(const ConnectData& data);
 /// The received private data may be zero-padded past our length: parse by our own length field.
 Result<ConnectData> unpackConnectData(const void* data, size_t length);
 
+/// A packed remote key: "ZVK" magic, version 1, rkey (u32 LE), addr (u64 LE), length (u64 LE) =
+/// 24 bytes. VerbsRemoteKey is built from it (verbs_memory.h).
+struct PackedKey {
+  uint32_t rkey = 0;
+  uint64_t addr = 0;
+  uint64_t length = 0;
+};
+constexpr size_t kPackedKeySize = 24;
+std::vector<uint8_t> packKey(uint32_t rkey, uint64_t addr, uint64_t length);
+/// kProtocolError if the bytes are not a packed key of this version or describe an empty or
+/// wrapping range.
+Result<PackedKey> decodeKey(std::span<const uint8_t> bytes);
+
 }  // namespace zcx::transport::verbs

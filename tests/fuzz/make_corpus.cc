@@ -1,0 +1,107 @@
+// Writes the seed corpus (tests/fuzz/corpus/<target>/) from the real encoders, so the seeds stay
+// valid when a format changes: make_corpus <corpus dir>. The output is checked in.
+#include <arpa/inet.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "control_protocol.h"
+#include "ucx/ucx_key_format.h"
+#include "verbs/verbs_wire.h"
+#include "zcx/memory.h"
+
+using namespace zcx;
+using namespace zcx::detail;
+namespace fs = std::filesystem;
+using Bytes = std::vector<uint8_t>;
+
+namespace {
+fs::path root;
+
+void put(const std::string& target, const std::string& name, const Bytes& bytes) {
+  fs::create_directories(root / target);
+  std::ofstream out(root / target / name, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+Bytes frame(FrameType type, const Bytes& body) {
+  Bytes out = encodeFrameHeader(type, body.size());
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
+Bytes cat(Bytes a, const Bytes& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <corpus dir>\n", argv[0]);
+    return 2;
+  }
+  root = argv[1];
+
+  RegionDescriptor ucx_desc{"ucx", 0x7f0000001000, 4096, kRemoteReadWrite, Bytes{1, 2, 3, 4}};
+  RegionDescriptor verbs_desc{"verbs", 0x10000, 1 << 20, kRemoteRead,
+                              transport::verbs::packKey(0x1234, 0x10000, 1 << 20)};
+  RegionDescriptor local_desc{"ucx", 0x2000, 64, kLocalOnly, {}};
+  put("descriptor", "ucx", ucx_desc.encode());
+  put("descriptor", "verbs", verbs_desc.encode());
+  put("descriptor", "local", local_desc.encode());
+
+  Hello empty;
+  empty.name = "a";
+  empty.transport = "ucx";
+  Hello full;
+  full.name = "server";
+  full.transport = "verbs";
+  full.token = 0x0123456789abcdef;
+  full.max_message_size = 1 << 20;
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(0x0a000001);
+  sa.sin_port = htons(18515);
+  full.address = transport::verbs::packAddress(sa);
+  full.regions["buf"] = verbs_desc.encode();
+  full.regions["ro"] = local_desc.encode();
+  put("hello", "minimal", encode(empty));
+  put("hello", "regions", encode(full));
+
+  Reject reject{static_cast<uint8_t>(StatusCode::kVersionMismatch), "peer uses transport 'ucx'"};
+  put("reject", "version", encode(reject));
+  put("reject", "empty_reason", encode(Reject{static_cast<uint8_t>(StatusCode::kInternal), ""}));
+
+  put("lookup", "name", encode(Lookup{7, "buf"}));
+  put("lookup", "empty", encode(Lookup{0, ""}));
+
+  put("lookup_reply", "found", encode(LookupReply{7, true, ucx_desc.encode()}));
+  put("lookup_reply", "missing", encode(LookupReply{8, false, {}}));
+
+  put("control_frame", "hello_ready",
+      cat(frame(FrameType::kHello, encode(full)), frame(FrameType::kReady, {})));
+  put("control_frame", "reject", frame(FrameType::kReject, encode(reject)));
+  put("control_frame", "lookups",
+      cat(cat(frame(FrameType::kLookup, encode(Lookup{1, "buf"})),
+              frame(FrameType::kLookupReply, encode(LookupReply{1, true, ucx_desc.encode()}))),
+          frame(FrameType::kBye, {})));
+
+  const Bytes ucx_key{0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80};
+  const Bytes ucx_addr(40, 0xa5);
+  put("ucx_frame", "key", transport::ucx::frameKey(ucx_key));
+  put("ucx_frame", "address", transport::ucx::frameAddress(ucx_addr));
+
+  put("verbs_wire", "address", transport::verbs::packAddress(sa));
+  put("verbs_wire", "connect_data", transport::verbs::packConnectData({0xfeedface, 65536}));
+  Bytes padded = transport::verbs::packConnectData({42, 4096});
+  padded.resize(56, 0);  // RC private data as rdma_cm delivers it
+  put("verbs_wire", "connect_data_padded", padded);
+  put("verbs_wire", "key", transport::verbs::packKey(0xabcd, 0x7f0000000000, 8192));
+  return 0;
+}

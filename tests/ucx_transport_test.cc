@@ -21,7 +21,9 @@
 #include <deque>
 
 #include "ucx/factory.h"
+#include "ucx/ucx_endpoint.h"
 #include "ucx/ucx_params.h"
+#include "ucx/ucx_wire.h"
 #include "zcx/transport/transport.h"
 
 namespace zcx::transport {
@@ -559,6 +561,94 @@ TEST_P(UcxTransportTest, ArgumentErrors) {
   }
 }
 
+// A hostile or broken peer: what it sends never makes us hold memory without bound, and the
+// connection fails with a protocol error instead.
+class HostilePeerTest : public UcxTransportTest {
+ protected:
+  /// A fresh pair where B accepts messages of at most `b_max` bytes while A believes 4 MiB.
+  void connectAsymmetric(uint64_t token, size_t b_max) {
+    EndpointSetup sa;
+    sa.role = Role::kActive;
+    sa.peer_address = b_->localAddress();
+    sa.token = token;
+    sa.max_message_size = 4 * kMiB;
+    sa.events = &eva2_;
+    auto ea = a_->createEndpoint(sa);
+    ASSERT_TRUE(ea.ok()) << ea.status().toString();
+    EndpointSetup sb = sa;
+    sb.role = Role::kPassive;
+    sb.peer_address = a_->localAddress();
+    sb.max_message_size = b_max;
+    sb.events = &evb2_;
+    auto eb = b_->createEndpoint(sb);
+    ASSERT_TRUE(eb.ok()) << eb.status().toString();
+    ea2_ = std::move(ea).value();
+    eb2_ = std::move(eb).value();
+    ASSERT_TRUE(pump([&] {
+      return ea2_->state() == EndpointState::kReady && eb2_->state() == EndpointState::kReady;
+    }));
+  }
+  void TearDown() override {
+    ea2_.reset();
+    eb2_.reset();
+    UcxTransportTest::TearDown();
+  }
+  TestEvents eva2_, evb2_;
+  std::unique_ptr<Endpoint> ea2_, eb2_;
+};
+
+TEST_P(HostilePeerTest, MessageLargerThanTheReceiversLimitBreaksTheConnection) {
+  // Eager (small) and rendezvous (large) messages both: nothing is allocated for them.
+  for (size_t size : {size_t{4096}, size_t{2} * kMiB}) {
+    SCOPED_TRACE("size " + std::to_string(size));
+    connectAsymmetric(0x4000 + size, 1024);
+    std::vector<uint8_t> big = randomBytes(size, 5);
+    MemoryHandle* h = reg(*a_, big, kAccessLocal);
+    TestCompletion c;
+    ASSERT_TRUE(ea2_->postSend(h, addr(big, 0), big.size(), &c).ok());
+    ASSERT_TRUE(pump([&] { return eb2_->state() == EndpointState::kBroken; }))
+        << "the receiver kept an oversized message";
+    EXPECT_EQ(eb2_->error().code(), StatusCode::kProtocolError) << eb2_->error().toString();
+    EXPECT_TRUE(evb2_.messages.empty());
+    ASSERT_TRUE(pump([&] { return !evb2_.errors.empty(); }));
+    EXPECT_EQ(evb2_.errors.front().code(), StatusCode::kProtocolError);
+    pump([&] { return c.calls > 0; }, 5s);
+    ea2_.reset();
+    eb2_.reset();
+    evb2_ = TestEvents();
+    eva2_ = TestEvents();
+  }
+}
+
+TEST_P(HostilePeerTest, BogusSequenceNumbersAreNotHeldForever) {
+  connectAsymmetric(0x5151, 64 * 1024);
+  // Raw active messages with sequence numbers far ahead of what the receiver expects.
+  auto* ep = static_cast<ucx::UcxEndpoint*>(ea2_.get());
+  std::vector<uint8_t> payload(100, 7);
+  for (uint64_t seq : {uint64_t{5}, uint64_t{1} << 40}) {
+    ucx::AmHeader h;
+    h.token = 0x5151;
+    h.value = seq;
+    h.role = 0;  // sent by the active side
+    ucp_request_param_t p{};
+    ucs_status_ptr_t r =
+        ucp_am_send_nbx(ep->ucpEp(), ucx::kAmMessage, &h, sizeof(h), payload.data(),
+                        payload.size(), &p);
+    if (UCS_PTR_IS_PTR(r)) {
+      ASSERT_TRUE(pump([&] { return ucp_request_check_status(r) != UCS_INPROGRESS; }));
+      ucp_request_free(r);
+    }
+    if (seq == 5) {
+      settle();
+      EXPECT_NE(eb2_->state(), EndpointState::kBroken) << "a small gap is a legal reorder";
+    }
+  }
+  ASSERT_TRUE(pump([&] { return eb2_->state() == EndpointState::kBroken; }))
+      << "a sequence number 2^40 ahead was held";
+  EXPECT_EQ(eb2_->error().code(), StatusCode::kProtocolError) << eb2_->error().toString();
+  EXPECT_TRUE(evb2_.messages.empty());
+}
+
 TEST_P(UcxTransportTest, MessagesSentBeforeThePeerEndpointExistsAreKept) {
   // A fresh connection where only the active side has its endpoint yet.
   TestEvents eva2, evb2;
@@ -690,6 +780,8 @@ TEST(UcxSettings, MmErrorHandlingOnlyWhereAMemoryMapperMayBeUsed) {
 
 INSTANTIATE_TEST_SUITE_P(Tls, UcxTransportTest, ::testing::Values("tcp", "shm"),
                          [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Tls, HostilePeerTest, ::testing::Values("tcp", "shm"),
+                         [](const auto& info) { return std::string(info.param); });
 INSTANTIATE_TEST_SUITE_P(Tls, UcxTcpTransportTest, ::testing::Values("tcp"),
                          [](const auto& info) { return info.param; });
 

@@ -14,6 +14,12 @@ namespace {
 
 /// Used when the core passes max_message_size 0.
 constexpr size_t kDefaultMaxMessage = size_t{1} << 30;
+// Messages held for reordering (a rendezvous message lands after later eager ones). A peer's
+// sequence number further ahead than kMaxReorderSpan, or more than these bounds held, breaks the
+// connection: a bogus sequence number never makes us hold memory without bound.
+constexpr uint64_t kMaxReorderSpan = 1u << 16;
+constexpr size_t kMaxReorderCount = 4096;
+constexpr size_t kMaxReorderBytes = size_t{256} << 20;
 
 }  // namespace
 
@@ -430,7 +436,7 @@ void UcxEndpoint::receiveMessage(uint64_t seq, const uint8_t* data, size_t lengt
   BufferedMessage m;
   m.value = seq;
   m.data.assign(data, data + length);
-  reorder_.emplace(seq, std::move(m));
+  receiveOwned(std::move(m));
 }
 
 void UcxEndpoint::receiveOwned(BufferedMessage message) {
@@ -441,7 +447,16 @@ void UcxEndpoint::receiveOwned(BufferedMessage message) {
     return;
   }
   uint64_t seq = message.value;
-  reorder_.emplace(seq, std::move(message));
+  if (seq != next_recv_seq_ &&
+      (seq - next_recv_seq_ >= kMaxReorderSpan || reorder_.size() >= kMaxReorderCount ||
+       reorder_bytes_ + message.data.size() > kMaxReorderBytes)) {
+    protocolViolation("message sequence number " + std::to_string(seq) + " while expecting " +
+                      std::to_string(next_recv_seq_) + " with " + std::to_string(reorder_.size()) +
+                      " messages held: outside the reorder window");
+    return;
+  }
+  size_t bytes = message.data.size();
+  if (reorder_.emplace(seq, std::move(message)).second) reorder_bytes_ += bytes;
   drainReorder();
 }
 
@@ -450,6 +465,7 @@ void UcxEndpoint::drainReorder() {
     auto it = reorder_.find(next_recv_seq_);
     if (it == reorder_.end()) return;
     auto node = reorder_.extract(it);
+    reorder_bytes_ -= node.mapped().data.size();
     ++next_recv_seq_;
     if (!node.mapped().hole)
       events_->onMessage(node.mapped().data.data(), node.mapped().data.size());
@@ -483,6 +499,18 @@ void UcxEndpoint::markBroken(ucs_status_t status) {
   }
 }
 
+void UcxEndpoint::protocolViolation(const std::string& what) {
+  failFromCallback(Status(StatusCode::kProtocolError, "peer protocol violation: " + what));
+}
+
+void UcxEndpoint::failFromCallback(Status why) {
+  if (closed_ || state_ == EndpointState::kBroken) return;
+  LOG(WARNING) << "ucx: connection " << token_ << ": " << why.toString();
+  state_ = EndpointState::kBroken;
+  error_ = std::move(why);
+  worker_->scheduleBroken(key_);
+}
+
 void UcxEndpoint::reportBroken() {
   if (closed_ || broken_reported_) return;
   broken_reported_ = true;
@@ -503,6 +531,7 @@ void UcxEndpoint::close(Status why) {
   state_ = EndpointState::kBroken;
   worker_->removeEndpoint(key_);
   reorder_.clear();
+  reorder_bytes_ = 0;
   early_notifies_.clear();
 
   std::vector<OrphanRef> orphans = failAll(reason);

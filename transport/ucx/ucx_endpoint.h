@@ -48,6 +48,12 @@ class UcxEndpoint final : public Endpoint {
   void connectToPeer();
   /// From the err_handler (inside UCX progress): only marks the endpoint broken.
   void markBroken(ucs_status_t status);
+  /// The peer broke the wire protocol (oversized message, sequence number outside the window):
+  /// marks the endpoint broken with kProtocolError; progress() fails it like a peer failure.
+  void protocolViolation(const std::string& what);
+  /// Marks the endpoint broken with `why` from inside a UCX callback (see protocolViolation).
+  void failFromCallback(Status why);
+  size_t maxMessageSize() const { return max_message_size_; }
   /// Deferred part of a peer failure: fails outstanding ops, then calls onError.
   void reportBroken();
 
@@ -96,6 +102,7 @@ class UcxEndpoint final : public Endpoint {
   uint64_t next_send_seq_ = 0;
   uint64_t next_recv_seq_ = 0;
   std::map<uint64_t, BufferedMessage> reorder_;
+  size_t reorder_bytes_ = 0;
   std::vector<uint32_t> early_notifies_;
 };
 

@@ -14,6 +14,8 @@ namespace {
 // Bounds for messages that arrive before their endpoint exists.
 constexpr size_t kMaxEarlyBytes = 64u << 20;
 constexpr size_t kMaxEarlyCount = 4096;
+// Largest message buffered for a connection whose endpoint does not exist yet.
+constexpr size_t kMaxEarlyMessage = size_t{1} << 20;
 // ucp_worker_progress calls per progress() (keeps one progress() call bounded).
 constexpr int kMaxProgressRounds = 64;
 
@@ -103,7 +105,7 @@ void UcxWorker::schedule(OpRecord* rec) {
   attention_.push_back(rec);
 }
 
-void UcxWorker::onRequestDone(void* request, ucs_status_t status, void* user_data) {
+void UcxWorker::onRequestDone(void* request, ucs_status_t status, void* user_data) try {
   auto* rec = static_cast<OpRecord*>(user_data);
   ucp_request_free(request);
   UcxWorker* self = rec->worker;
@@ -117,6 +119,9 @@ void UcxWorker::onRequestDone(void* request, ucs_status_t status, void* user_dat
   } else {
     self->schedule(rec);
   }
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames.
+  LOG(ERROR) << "ucx: request callback: " << e.what();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,7 +167,7 @@ UcxEndpoint* UcxWorker::find(RouteKey key) const {
   return it == endpoints_.end() ? nullptr : it->second;
 }
 
-void UcxWorker::onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+void UcxWorker::onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) try {
   auto* self = static_cast<UcxWorker*>(arg);
   for (auto& [key, endpoint] : self->endpoints_) {
     if (endpoint->ucpEp() == ep) {
@@ -172,6 +177,9 @@ void UcxWorker::onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
     }
   }
   VLOG(1) << "ucx: error on an endpoint that is already closed: " << ucs_status_string(status);
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames.
+  LOG(ERROR) << "ucx: endpoint error callback: " << e.what();
 }
 
 void UcxWorker::finishClose(void* request, std::vector<OrphanRef> orphans) {
@@ -229,7 +237,7 @@ void UcxWorker::releaseOrphans(const std::vector<OrphanRef>& orphans) {
 // Receiving
 
 ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header_length, void* data,
-                                    size_t length, const ucp_am_recv_param_t* param) {
+                                    size_t length, const ucp_am_recv_param_t* param) try {
   auto* self = static_cast<UcxWorker*>(arg);
   AmHeader h;
   if (!parseHeader(header, header_length, &h)) {
@@ -243,10 +251,31 @@ ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header
     return UCS_OK;
   }
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
+    UcxEndpoint* ep = self->find(key);
+    if (ep != nullptr && length > ep->maxMessageSize()) {
+      ep->protocolViolation("a message of " + std::to_string(length) +
+                            " bytes exceeds the connection's max_message_size of " +
+                            std::to_string(ep->maxMessageSize()));
+      return UCS_OK;
+    }
     self->deliverMessage(key, h.value, static_cast<const uint8_t*>(data), length);
     return UCS_OK;
   }
-  // Rendezvous: receive into a buffer of our own, deliver (in order) when it lands.
+  // Rendezvous: receive into a buffer of our own, deliver (in order) when it lands. The length
+  // is the peer's word: nothing beyond the connection's max_message_size is allocated.
+  UcxEndpoint* ep = self->find(key);
+  size_t limit = ep != nullptr ? ep->maxMessageSize() : kMaxEarlyMessage;
+  if (length > limit) {
+    if (ep != nullptr) {
+      ep->protocolViolation("a message of " + std::to_string(length) +
+                            " bytes exceeds the connection's max_message_size of " +
+                            std::to_string(limit));
+    } else {
+      LOG(WARNING) << "ucx: dropping a " << length << "-byte message for unknown connection "
+                   << h.token;
+    }
+    return UCS_OK;  // UCX releases the rendezvous without receiving it
+  }
   auto* r = new RndvRecv{self, key, h.value, std::vector<uint8_t>(length)};
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -270,9 +299,23 @@ ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header
   delete r;
   self->deliverOwned(key, std::move(m));
   return UCS_INPROGRESS;
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames; the message is dropped (and its connection,
+  // which the handler could not finish delivering to, fails: see failFromCallback).
+  LOG(ERROR) << "ucx: message handler: " << e.what();
+  AmHeader h;
+  if (parseHeader(header, header_length, &h)) {
+    if (UcxEndpoint* ep = static_cast<UcxWorker*>(arg)->find(receiverKey(h))) {
+      ep->failFromCallback(Status(StatusCode::kResourceExhausted,
+                                  std::string("a received message could not be kept: ") +
+                                      e.what()));
+    }
+  }
+  return UCS_OK;
 }
 
-void UcxWorker::onRndvDone(void* request, ucs_status_t status, size_t /*length*/, void* user_data) {
+void UcxWorker::onRndvDone(void* request, ucs_status_t status, size_t /*length*/,
+                           void* user_data) try {
   auto* r = static_cast<RndvRecv*>(user_data);
   ucp_request_free(request);
   UcxWorker* self = r->worker;
@@ -291,11 +334,14 @@ void UcxWorker::onRndvDone(void* request, ucs_status_t status, size_t /*length*/
   RouteKey key = r->key;
   delete r;
   self->deliverOwned(key, std::move(m));
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames.
+  LOG(ERROR) << "ucx: rendezvous completion: " << e.what();
 }
 
 ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_length,
                                    void* /*data*/, size_t /*length*/,
-                                   const ucp_am_recv_param_t* /*param*/) {
+                                   const ucp_am_recv_param_t* /*param*/) try {
   auto* self = static_cast<UcxWorker*>(arg);
   AmHeader h;
   if (!parseHeader(header, header_length, &h)) {
@@ -304,11 +350,16 @@ ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_
   }
   self->deliverNotify(receiverKey(h), static_cast<uint32_t>(h.value));
   return UCS_OK;
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames; the message is dropped (and its connection,
+  // which the handler could not finish delivering to, fails: see failFromCallback).
+  LOG(ERROR) << "ucx: notify handler: " << e.what();
+  return UCS_OK;
 }
 
 ucs_status_t UcxWorker::onAmHello(void* arg, const void* header, size_t header_length,
                                   void* /*data*/, size_t /*length*/,
-                                  const ucp_am_recv_param_t* /*param*/) {
+                                  const ucp_am_recv_param_t* /*param*/) try {
   auto* self = static_cast<UcxWorker*>(arg);
   AmHeader h;
   if (!parseHeader(header, header_length, &h) || h.role != 0) {
@@ -323,6 +374,11 @@ ucs_status_t UcxWorker::onAmHello(void* arg, const void* header, size_t header_l
     m.is_hello = true;
     self->stashEarly(key, std::move(m));
   }
+  return UCS_OK;
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames; the message is dropped (and its connection,
+  // which the handler could not finish delivering to, fails: see failFromCallback).
+  LOG(ERROR) << "ucx: hello handler: " << e.what();
   return UCS_OK;
 }
 

@@ -67,6 +67,8 @@ class UcxWorker {
   void scheduleDelivery(RouteKey key);
   /// Asks progress() to call endpoint->connectToPeer() for `key` (outside UCX callbacks).
   void scheduleConnect(RouteKey key);
+  /// progress() fails the endpoint at `key` (already marked broken) like a peer failure.
+  void scheduleBroken(RouteKey key) { broken_.emplace_back(key, UCS_ERR_INVALID_PARAM); }
   /// ucp_err_handler_cb_t; arg is the UcxWorker.
   static void onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
   /// Waits (bounded, ~1 s) for an ep close request, or leaves it to progress() if called from

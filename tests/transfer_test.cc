@@ -640,18 +640,31 @@ TEST_P(TransferTest, CompletionContractHoldsForSuccessAndError) {
   ASSERT_TRUE(ok.test().has_value());
   std::this_thread::sleep_for(10ms);
   EXPECT_EQ(calls.load(), 1);
-  bool inline_ran = false;
-  ok.onComplete([&](const Status&) { inline_ran = true; });
-  EXPECT_TRUE(inline_ran);
+  // A callback attached after completion runs too, once, and also on a progress thread.
+  std::atomic<int> late_calls{0};
+  std::atomic<bool> late_inline{false};
+  const auto me = std::this_thread::get_id();
+  ok.onComplete([&](const Status& s) {
+    EXPECT_TRUE(s.ok());
+    late_inline = std::this_thread::get_id() == me;
+    late_calls++;
+  });
+  auto until = detail::Clock::now() + 5s;
+  while (late_calls.load() == 0 && detail::Clock::now() < until) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(late_calls.load(), 1);
+  EXPECT_FALSE(late_inline.load()) << "a late onComplete ran on the caller's thread";
   // Error found before posting: same path, same contract.
   Request bad = conn_.write(src.region, 0, dst, 1, 4096);
-  int bad_calls = 0;
+  std::atomic<int> bad_calls{0};
   bad.onComplete([&](const Status& s) {
     EXPECT_EQ(s.code(), StatusCode::kOutOfRange);
     bad_calls++;
   });
   EXPECT_EQ(bad.wait(1s).code(), StatusCode::kOutOfRange);
-  EXPECT_EQ(bad_calls, 1);
+  until = detail::Clock::now() + 5s;
+  while (bad_calls.load() == 0 && detail::Clock::now() < until) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(bad_calls.load(), 1);
   // Waiting on an empty request is an error, not a crash or a hang.
   EXPECT_EQ(Request().wait(10ms).code(), StatusCode::kInvalidArgument);
 }

@@ -71,7 +71,13 @@ void RequestState::onComplete(std::function<void(const Status&)> callback) {
     }
     final_status = status_;
   }
-  callback(final_status);
+  // Already complete: still on a progress thread, never in the caller's (it may hold a lock the
+  // callback takes).
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    engine_->deferCallback(std::move(callback), std::move(final_status));
+  }
+  engine_->kick();
 }
 
 }  // namespace detail

@@ -21,6 +21,8 @@ namespace zcx::transport::verbs {
 namespace {
 
 constexpr auto kStashLifetime = std::chrono::seconds(60);
+// Connect requests that wait for their TCP handshake to create the passive endpoint.
+constexpr size_t kMaxStashed = 256;
 constexpr int kPollBatch = 32;
 
 std::string errnoText(int err) {
@@ -505,6 +507,13 @@ void VerbsTransport::onConnectRequest(rdma_cm_id* id, const void* private_data, 
                  << " replaces the first";
     rdma_reject(old->second.id.get(), nullptr, 0);
     stash_.erase(old);
+  }
+  if (stash_.size() >= kMaxStashed) {
+    // Anyone who reaches the port can send connect requests: their number is bounded.
+    LOG(WARNING) << "verbs: rejecting a connect request for token " << data->token << ": "
+                 << kMaxStashed << " requests already wait for their handshake";
+    rdma_reject(id, nullptr, 0);
+    return;
   }
   Stashed s;
   s.id = std::move(owned);

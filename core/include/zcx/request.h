@@ -33,10 +33,11 @@ class Request {
   bool done() const;
   /// Bytes received (recv) or moved (other operations); valid once complete.
   size_t bytes() const;
-  /// Runs `callback` once with the final status: right away in this thread if already complete,
-  /// otherwise on a progress thread (the engine's, or the caller of Engine::progress() /
-  /// Request::wait() / test() in manual mode), outside any zcx lock. Never inside write(),
-  /// send(), recv() or close().
+  /// Runs `callback` once with the final status, always on a progress thread (the engine's, or
+  /// the caller of Engine::progress() / Request::wait() / test() in manual mode), outside any zcx
+  /// lock; also when the request is already complete (then soon after this call). Never inside
+  /// onComplete(), write(), send(), recv() or close(), so a callback may take a lock the caller
+  /// holds around them. (On an empty Request it runs at once with kInvalidArgument.)
   void onComplete(std::function<void(const Status&)> callback);
 
   bool valid() const { return state_ != nullptr; }

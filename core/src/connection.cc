@@ -115,16 +115,18 @@ void ConnectionImpl::breakLocked(Status why) {
 }
 
 void ConnectionImpl::close(Status why, bool tell_peer) {
+  // Our side first: once the peer hears BYE it closes its endpoint, and the transport reporting
+  // that (kConnectionBroken) must not overtake the reason of this close.
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    breakLocked(std::move(why));
+  }
   if (tell_peer) {
     std::lock_guard<std::mutex> lock(control_write_mu_);
     if (!bye_sent_.exchange(true)) {
       (void)writeFrame(control_.get(), FrameType::kBye, {},
                        Clock::now() + std::chrono::milliseconds(100));
     }
-  }
-  {
-    std::lock_guard<std::mutex> lock(engine_->mu);
-    breakLocked(std::move(why));
   }
   engine_->kick();  // callbacks run on the progress thread, never inside close()
   engine_->forgetConnection(this);

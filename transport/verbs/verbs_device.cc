@@ -1,4 +1,5 @@
 #include "verbs/verbs_device.h"
+#include "verbs/verbs_status.h"
 
 #include <arpa/inet.h>
 #include <glog/logging.h>
@@ -15,10 +16,6 @@
 
 namespace zcx::transport::verbs {
 namespace {
-
-std::string errnoText(int err) {
-  return "errno " + std::to_string(err) + ": " + std::strerror(err);
-}
 
 std::string readSysfsLine(const std::string& path) {
   std::ifstream in(path);

@@ -1,4 +1,5 @@
 #include "verbs/verbs_endpoint.h"
+#include "verbs/verbs_status.h"
 
 #include <arpa/inet.h>
 #include <glog/logging.h>
@@ -32,10 +33,6 @@ constexpr auto kDrainLimit = std::chrono::milliseconds(100);
 uint64_t sendWrId(uint32_t serial, uint32_t slot, uint16_t gen, bool last) {
   return (uint64_t{serial} << 32) | (last ? kLastBit : 0) |
          (static_cast<uint64_t>(gen & kGenMask) << kSlotBits) | slot;
-}
-
-std::string errnoText(int err) {
-  return "errno " + std::to_string(err) + ": " + std::strerror(err);
 }
 
 const char* cmEventName(rdma_cm_event_type t) { return rdma_event_str(t); }

@@ -1,4 +1,5 @@
 #include "verbs/verbs_transport.h"
+#include "verbs/verbs_status.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -24,10 +25,6 @@ constexpr auto kStashLifetime = std::chrono::seconds(60);
 // Connect requests that wait for their TCP handshake to create the passive endpoint.
 constexpr size_t kMaxStashed = 256;
 constexpr int kPollBatch = 32;
-
-std::string errnoText(int err) {
-  return "errno " + std::to_string(err) + ": " + std::strerror(err);
-}
 
 Status setNonBlocking(int fd, const char* what) {
   const int flags = fcntl(fd, F_GETFL);

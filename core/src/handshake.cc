@@ -90,6 +90,11 @@ void PassiveHandshake::readFrames() {
     if (!f.ok()) {
       if (f.status().code() == StatusCode::kProtocolError && phase_ == Phase::kHello) {
         reject(f.status());
+      } else if (phase_ == Phase::kHello && !in_.partial() &&
+                 f.status().code() == StatusCode::kConnectionBroken) {
+        // Closed before saying anything (a port probe, a health check): not worth a warning.
+        LOG(INFO) << "zcx: " << peer_ << " closed its connection before the handshake";
+        phase_ = Phase::kFailed;
       } else {
         fail(f.status());
       }

@@ -224,6 +224,25 @@ TEST(FrameWriter, BoundsWhatAPeerThatDoesNotReadCanPileUp) {
   EXPECT_LE(frames * (body.size() + detail::kFrameHeaderSize), detail::FrameWriter::kMaxQueued);
 }
 
+TEST(Hello, TooManyRegionsToFitAreLeftToLookups) {
+  detail::Hello h;
+  h.name = "n";
+  h.transport = "ucx";
+  h.address.assign(100, 7);
+  for (int i = 0; i < 300; ++i) h.regions["r" + std::to_string(i)] = std::vector<uint8_t>(4096);
+  ASSERT_GT(detail::encode(h).size(), detail::kMaxHelloBody);
+  auto body = detail::encodeBounded(h);
+  EXPECT_LE(body.size(), detail::kMaxHelloBody);
+  auto back = detail::decodeHello(body);
+  ASSERT_TRUE(back.ok()) << back.status().toString();
+  EXPECT_TRUE(back->regions.empty());
+  EXPECT_EQ(back->address, h.address);
+  h.regions.erase(h.regions.begin(), std::next(h.regions.begin(), 290));
+  back = detail::decodeHello(detail::encodeBounded(h));  // small enough: sent as it is
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->regions.size(), 10u);
+}
+
 // ---------------------------------------------------------------- engines
 
 TEST(ControlPlane, IdleAndTricklingSocketsDoNotDelayARealClient) {
@@ -428,8 +447,23 @@ TEST(ControlPlane, TricklingPeerDoesNotDelayLookupsOfAnother) {
   // The trickled frame was understood (its reply, for an id the slow side never used, is
   // dropped there) and the slow side's channel is still in step.
   auto late = s->remoteRegion("late", 2s);
-  EXPECT_TRUE(late.ok()) << late.status().toString();
+  ASSERT_TRUE(late.ok()) << late.status().toString();
   EXPECT_TRUE(s->status().ok());
+
+  // Both connections still move bytes.
+  auto fast_late = f->remoteRegion("late", 2s);
+  ASSERT_TRUE(fast_late.ok()) << fast_late.status().toString();
+  auto from_slow = slow->allocate(64, kLocalOnly);
+  auto from_fast = fast->allocate(64, kLocalOnly);
+  ASSERT_TRUE(from_slow.ok() && from_fast.ok());
+  std::memset(from_slow->data(), 0x51, 64);
+  std::memset(from_fast->data(), 0xFA, 64);
+  EXPECT_TRUE(s->write(*from_slow, 0, *late, 0, 64).wait(10s).ok());
+  EXPECT_TRUE(f->write(*from_fast, 0, *fast_late, 64, 64).wait(10s).ok());
+  EXPECT_EQ(buf->data()[0], 0x51);
+  EXPECT_EQ(buf->data()[63], 0x51);
+  EXPECT_EQ(buf->data()[64], 0xFA);
+  EXPECT_EQ(buf->data()[127], 0xFA);
 }
 
 TEST(ControlPlane, KeepaliveIsSetOnControlSocketsOfBothSides) {

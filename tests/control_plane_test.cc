@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -379,6 +380,40 @@ TEST(ControlPlane, OversizedFrameHeaderIsRejectedAndTheListenerKeepsServing) {
   ASSERT_TRUE(c.ok()) << c.status().toString();
   auto kept7 = server->accept(5s);  // kept open: dropping it closes it
   EXPECT_TRUE(kept7.ok()) << kept7.status().toString();
+}
+
+TEST(ControlPlane, RandomBytesNeverHurtTheListener) {
+  auto server = makeEngine(options(true));
+  auto client = makeEngine(options(false));
+  ASSERT_TRUE(server && client);
+  uint16_t port = portOf(server->listenAddress());
+  std::mt19937 rng(42);
+  RawSockets peers;
+  for (int i = 0; i < 100; ++i) {
+    std::vector<uint8_t> bytes(1 + rng() % 3000);
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    if (i % 3 == 1) {  // a well-formed header in front of garbage
+      bytes = detail::frameBytes(detail::FrameType::kHello, bytes);
+    } else if (i % 3 == 2) {  // a whole HELLO announced, half of it sent
+      auto whole = detail::frameBytes(detail::FrameType::kHello, bytes);
+      bytes.assign(whole.begin(), whole.begin() + static_cast<long>(whole.size() / 2));
+    }
+    int fd = rawConnect(port);
+    ASSERT_GE(fd, 0);
+    (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (i % 2) {
+      ::close(fd);  // half of them hang up at once, the others stay until the end
+    } else {
+      peers.fds.push_back(fd);
+    }
+  }
+  auto start = Clock::now();
+  auto c = client->connect(server->listenAddress());
+  ASSERT_TRUE(c.ok()) << c.status().toString();
+  auto a = server->accept(5s);
+  ASSERT_TRUE(a.ok()) << a.status().toString();
+  EXPECT_LT(msSince(start), 500);
+  EXPECT_TRUE(c->status().ok());
 }
 
 TEST(ControlPlane, OversizedFrameOnAnEstablishedConnectionBreaksOnlyThatConnection) {

@@ -84,6 +84,16 @@ Status ConnectionImpl::waitReady(Clock::time_point deadline) {
   }
 }
 
+std::optional<Status> ConnectionImpl::pollReady() {
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  if (!endpoint_)
+    return broken_.ok() ? Status(StatusCode::kCancelled, "connection closed") : broken_;
+  auto state = endpoint_->state();
+  if (state == transport::EndpointState::kReady) return Status::Ok();
+  if (state == transport::EndpointState::kBroken) return endpoint_->error();
+  return std::nullopt;
+}
+
 void ConnectionImpl::setPeerRegions(std::map<std::string, std::vector<uint8_t>> regions) {
   std::lock_guard<std::mutex> lock(lookup_mu_);
   peer_regions_ = std::move(regions);
@@ -121,13 +131,8 @@ void ConnectionImpl::close(Status why, bool tell_peer) {
     std::lock_guard<std::mutex> lock(engine_->mu);
     breakLocked(std::move(why));
   }
-  if (tell_peer) {
-    std::lock_guard<std::mutex> lock(control_write_mu_);
-    if (!bye_sent_.exchange(true)) {
-      (void)writeFrame(control_.get(), FrameType::kBye, {},
-                       Clock::now() + std::chrono::milliseconds(100));
-    }
-  }
+  // BYE goes out if the socket takes it now; otherwise the peer learns from the EOF.
+  if (tell_peer && !bye_sent_.exchange(true)) (void)queueControlFrame(FrameType::kBye, {});
   engine_->kick();  // callbacks run on the progress thread, never inside close()
   engine_->forgetConnection(this);
   {
@@ -151,44 +156,101 @@ void ConnectionImpl::onError(Status why) {
   }
 }
 
-bool ConnectionImpl::handleControlFrame() {
-  auto f = readFrame(control_.get(), Clock::now() + engine_->options.connect_timeout);
-  Status end;
-  if (!f.ok()) {
-    end = Status(StatusCode::kConnectionBroken,
-                 "peer " + peer_name + " is gone (" + f.status().message() + ")");
-  } else if (f->type == FrameType::kBye) {
+bool ConnectionImpl::onControlReadable() {
+  // A few frames per wake-up, then the other sockets get their turn (level-triggered: the
+  // rest is read on the next round). A partial frame just waits in control_in_.
+  for (int i = 0; i < 8; ++i) {
+    auto f = control_in_.read(control_.get());
+    Status end;
+    if (!f.ok()) {
+      end = f.status().code() == StatusCode::kProtocolError
+                ? f.status().withContext("control channel of " + peer_name)
+                : Status(StatusCode::kConnectionBroken,
+                         "peer " + peer_name + " is gone (" + f.status().message() + ")");
+    } else if (!f->has_value()) {
+      return true;
+    } else {
+      handleControlFrame(std::move(**f), &end);
+    }
+    if (!end.ok()) {
+      endControl(std::move(end));
+      return false;
+    }
+  }
+  return true;
+}
+
+void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
+  if (f.type == FrameType::kBye) {
     // kCancelled, like a local close: the peer is alive and closing its side too (the transport
     // may close gracefully); kConnectionBroken is for a peer that died or a link that failed.
-    end = Status(StatusCode::kCancelled, "peer " + peer_name + " closed the connection");
-  } else if (f->type == FrameType::kLookup) {
-    auto l = decodeLookup(f->body);
+    *end = Status(StatusCode::kCancelled, "peer " + peer_name + " closed the connection");
+  } else if (f.type == FrameType::kLookup) {
+    auto l = decodeLookup(f.body);
     if (!l.ok()) {
-      end = l.status();
-    } else {
-      auto d = engine_->exposedRegion(l->name);
-      LookupReply reply{l->id, d.has_value(), d.value_or(std::vector<uint8_t>{})};
-      std::lock_guard<std::mutex> lock(control_write_mu_);
-      (void)writeFrame(control_.get(), FrameType::kLookupReply, encode(reply),
-                       Clock::now() + engine_->options.connect_timeout);
+      *end = l.status();
+      return;
     }
-  } else if (f->type == FrameType::kLookupReply) {
-    auto l = decodeLookupReply(f->body);
+    auto d = engine_->exposedRegion(l->name);
+    LookupReply reply{l->id, d.has_value(), d.value_or(std::vector<uint8_t>{})};
+    Status queued = queueControlFrame(FrameType::kLookupReply, encode(reply));
+    if (!queued.ok()) *end = queued.withContext("answering a lookup of " + peer_name);
+  } else if (f.type == FrameType::kLookupReply) {
+    auto l = decodeLookupReply(f.body);
     if (!l.ok()) {
-      end = l.status();
-    } else {
-      std::lock_guard<std::mutex> lock(lookup_mu_);
-      auto it = lookups_.find(l->id);
-      if (it != lookups_.end()) it->second = std::make_pair(l->found, std::move(l->descriptor));
-      lookup_cv_.notify_all();
+      *end = l.status();
+      return;
     }
+    std::lock_guard<std::mutex> lock(lookup_mu_);
+    auto it = lookups_.find(l->id);
+    if (it != lookups_.end()) it->second = std::make_pair(l->found, std::move(l->descriptor));
+    lookup_cv_.notify_all();
   } else {
-    end = Status(StatusCode::kProtocolError, "unexpected control frame from " + peer_name);
+    *end = Status(StatusCode::kProtocolError, std::string("unexpected ") +
+                                                  frameTypeName(static_cast<uint8_t>(f.type)) +
+                                                  " control frame from " + peer_name);
   }
-  if (end.ok()) return true;
+}
+
+bool ConnectionImpl::onControlWritable(bool* pending) {
+  Status sent;
+  {
+    std::lock_guard<std::mutex> lock(control_write_mu_);
+    sent = control_out_.flush(control_.get());
+    *pending = !control_out_.empty();
+  }
+  if (sent.ok()) return true;
+  endControl(Status(StatusCode::kConnectionBroken,
+                    "peer " + peer_name + " is gone (" + sent.message() + ")"));
+  return false;
+}
+
+bool ConnectionImpl::controlWritePending() {
+  std::lock_guard<std::mutex> lock(control_write_mu_);
+  return !control_out_.empty();
+}
+
+void ConnectionImpl::adoptControlOutput(FrameWriter out) {
+  std::lock_guard<std::mutex> lock(control_write_mu_);
+  control_out_ = std::move(out);
+}
+
+Status ConnectionImpl::queueControlFrame(FrameType type, const std::vector<uint8_t>& body) {
+  bool pending;
+  {
+    std::lock_guard<std::mutex> lock(control_write_mu_);
+    ZCX_RETURN_IF_ERROR(control_out_.queue(type, body));
+    ZCX_RETURN_IF_ERROR(control_out_.flush(control_.get()));
+    pending = !control_out_.empty();
+  }
+  if (pending) engine_->wantControlWrite(id);
+  return Status::Ok();
+}
+
+void ConnectionImpl::endControl(Status why) {
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
-    breakLocked(end);
+    breakLocked(std::move(why));
   }
   engine_->kick();
   {
@@ -196,7 +258,6 @@ bool ConnectionImpl::handleControlFrame() {
     control_closed_ = true;
   }
   lookup_cv_.notify_all();
-  return false;
 }
 
 // ---------------------------------------------------------------- regions
@@ -216,12 +277,7 @@ Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name,
       uint64_t lid = next_lookup_++;
       lookups_[lid];
       lock.unlock();
-      Status sent;
-      {
-        std::lock_guard<std::mutex> wlock(control_write_mu_);
-        sent = writeFrame(control_.get(), FrameType::kLookup, encode(Lookup{lid, key}),
-                          Clock::now() + timeout);
-      }
+      Status sent = queueControlFrame(FrameType::kLookup, encode(Lookup{lid, key}));
       lock.lock();
       bool got = sent.ok() && lookup_cv_.wait_for(lock, timeout, [&] {
         return lookups_[lid].has_value() || control_closed_;

@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "control_protocol.h"
 #include "engine_impl.h"
+#include "frame_buffer.h"
 #include "request_state.h"
 #include "socket.h"
 #include "zcx/connection.h"
@@ -50,6 +52,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   // ---- setup (handshake) ----
   Status createEndpoint(const transport::EndpointSetup& setup);  ///< takes the engine lock
   Status waitReady(Clock::time_point deadline);
+  /// The endpoint's state without waiting: nullopt while it is still connecting.
+  std::optional<Status> pollReady();
   void setPeerRegions(std::map<std::string, std::vector<uint8_t>> regions);
 
   // ---- the public API ----
@@ -80,10 +84,15 @@ class ConnectionImpl final : public transport::EndpointEvents,
   const Status& pendingErrorLocked() const { return broken_; }
   RequestState* oldestOutstanding() const { return head_; }
 
-  // ---- control channel (control thread) ----
+  // ---- control channel (control loop; never blocks) ----
   int controlFd() const { return control_.get(); }
-  /// Handles one frame from the peer; false if the control channel is finished.
-  bool handleControlFrame();
+  /// Handles the frames the peer has sent; false if the control channel is finished.
+  bool onControlReadable();
+  /// Sends queued frames; false if the channel broke. *pending: output still queued.
+  bool onControlWritable(bool* pending);
+  bool controlWritePending();
+  /// Frames the handshake queued but the socket had no room for yet.
+  void adoptControlOutput(FrameWriter out);
 
   const uint64_t id;
   const std::string peer_name;
@@ -95,10 +104,16 @@ class ConnectionImpl final : public transport::EndpointEvents,
   Request post(size_t bytes, PostFn&& post_to_transport);
   void link(RequestState* r);
   void deliverMessages();
+  /// Queues a frame and sends what the socket takes; the control loop sends the rest.
+  Status queueControlFrame(FrameType type, const std::vector<uint8_t>& body);
+  void handleControlFrame(Frame f, Status* end);
+  void endControl(Status why);
 
   std::shared_ptr<EngineImpl> engine_;
   Fd control_;
-  std::mutex control_write_mu_;
+  FrameReader control_in_;       ///< control loop only
+  std::mutex control_write_mu_;  ///< guards control_out_
+  FrameWriter control_out_;
   std::atomic<bool> bye_sent_{false};
 
   // Guarded by the engine lock.

@@ -4,7 +4,7 @@
 
 namespace zcx::detail {
 namespace {
-constexpr size_t kMaxName = 256;
+constexpr size_t kMaxName = kMaxNameLength;
 constexpr size_t kMaxAddress = 64 * 1024;
 constexpr size_t kMaxDescriptor = 8 * 1024;
 constexpr uint32_t kMaxRegions = 65536;
@@ -61,10 +61,18 @@ Result<Hello> decodeHello(const std::vector<uint8_t>& body) {
   return h;
 }
 
+std::vector<uint8_t> encodeBounded(const Hello& h) {
+  auto body = encode(h);
+  if (body.size() <= kMaxHelloBody) return body;
+  Hello lean = h;
+  lean.regions.clear();  // the peer looks regions up by name instead
+  return encode(lean);
+}
+
 std::vector<uint8_t> encode(const Reject& x) {
   WireWriter w;
   w.u8(x.code);
-  w.str(x.reason);
+  w.str(std::string_view(x.reason).substr(0, kMaxRejectReason));
   return std::move(w.data());
 }
 
@@ -72,7 +80,7 @@ Result<Reject> decodeReject(const std::vector<uint8_t>& body) {
   WireReader r(body);
   Reject x;
   x.code = r.u8();
-  x.reason = r.str(4096);
+  x.reason = r.str(kMaxRejectReason);
   // The code becomes the Status the handshake fails with: kOk would read as success.
   if (!r.ok() || x.code == static_cast<uint8_t>(StatusCode::kOk)) return malformed("rejection");
   return x;
@@ -112,6 +120,46 @@ Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body) {
   return l;
 }
 
+std::optional<size_t> maxFrameBody(uint8_t type) {
+  switch (static_cast<FrameType>(type)) {
+    case FrameType::kHello: return kMaxHelloBody;
+    case FrameType::kReject: return kMaxRejectBody;
+    case FrameType::kReady: return 0;
+    case FrameType::kLookup: return kMaxLookupBody;
+    case FrameType::kLookupReply: return kMaxLookupReplyBody;
+    case FrameType::kBye: return 0;
+  }
+  return std::nullopt;
+}
+
+const char* frameTypeName(uint8_t type) {
+  switch (static_cast<FrameType>(type)) {
+    case FrameType::kHello: return "HELLO";
+    case FrameType::kReject: return "REJECT";
+    case FrameType::kReady: return "READY";
+    case FrameType::kLookup: return "LOOKUP";
+    case FrameType::kLookupReply: return "LOOKUP_REPLY";
+    case FrameType::kBye: return "BYE";
+  }
+  return "unknown";
+}
+
+Status checkFrameHeader(uint32_t length, uint8_t type) {
+  auto limit = maxFrameBody(type);
+  if (!limit) {
+    return Status(StatusCode::kProtocolError,
+                  "control frame of unknown type " + std::to_string(type) +
+                      " from peer; is it a zcx engine of the same version?");
+  }
+  if (length == 0 || length - 1 > *limit) {
+    return Status(StatusCode::kProtocolError,
+                  std::string(frameTypeName(type)) + " frame announces " +
+                      std::to_string(length == 0 ? 0 : length - 1) + " body bytes, the limit is " +
+                      std::to_string(*limit) + "; is the peer a zcx engine of the same version?");
+  }
+  return Status::Ok();
+}
+
 std::vector<uint8_t> encodeFrameHeader(FrameType type, size_t body_size) {
   WireWriter w;
   w.u32(static_cast<uint32_t>(body_size + 1));
@@ -119,21 +167,23 @@ std::vector<uint8_t> encodeFrameHeader(FrameType type, size_t body_size) {
   return std::move(w.data());
 }
 
+std::vector<uint8_t> frameBytes(FrameType type, const std::vector<uint8_t>& body) {
+  std::vector<uint8_t> out = encodeFrameHeader(type, body.size());
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
 Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header) {
   WireReader r(header);
   uint32_t len = r.u32();
   uint8_t type = r.u8();
-  if (len == 0 || len > kMaxFrame || type < 1 || type > static_cast<uint8_t>(FrameType::kBye)) {
-    return malformed("control frame");
-  }
+  ZCX_RETURN_IF_ERROR(checkFrameHeader(len, type));
   return FrameHeader{static_cast<FrameType>(type), len - 1};
 }
 
 Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
                   Clock::time_point deadline) {
-  std::vector<uint8_t> out = encodeFrameHeader(type, body.size());
-  out.insert(out.end(), body.begin(), body.end());
-  return writeAll(fd, out, deadline);
+  return writeAll(fd, frameBytes(type, body), deadline);
 }
 
 Result<Frame> readFrame(int fd, Clock::time_point deadline) {

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,7 +23,7 @@ namespace zcx::detail {
 
 constexpr uint16_t kProtocolVersion = 1;
 constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
-constexpr uint32_t kMaxFrame = 16u << 20;
+constexpr size_t kMaxNameLength = 256;        ///< engine, transport and region names
 
 enum class FrameType : uint8_t { kHello = 1, kReject, kReady, kLookup, kLookupReply, kBye };
 
@@ -32,6 +33,21 @@ struct FrameHeader {
   FrameType type = FrameType::kBye;
   uint32_t body_size = 0;
 };
+/// Body limits per type, checked on the header before anything is allocated. HELLO carries the
+/// exposed region descriptors: a side exposing more than fits sends none and peers look them up.
+constexpr size_t kMaxHelloBody = 1u << 20;
+constexpr size_t kMaxRejectBody = 8 * 1024;
+constexpr size_t kMaxLookupBody = 4 * 1024 + kMaxNameLength;
+constexpr size_t kMaxLookupReplyBody = 16 * 1024;
+constexpr size_t kMaxRejectReason = 4096;
+
+/// The largest body a frame of `type` may carry; nullopt for an unknown type.
+std::optional<size_t> maxFrameBody(uint8_t type);
+const char* frameTypeName(uint8_t type);
+/// Checks a received header: a known type whose announced body fits that type's limit.
+Status checkFrameHeader(uint32_t length, uint8_t type);
+/// Header + body, ready to be sent.
+std::vector<uint8_t> frameBytes(FrameType type, const std::vector<uint8_t>& body);
 
 struct Frame {
   FrameType type = FrameType::kBye;
@@ -65,6 +81,8 @@ struct LookupReply {
 };
 
 std::vector<uint8_t> encode(const Hello& h);
+/// HELLO within kMaxHelloBody: without the region list if the regions do not fit.
+std::vector<uint8_t> encodeBounded(const Hello& h);
 std::vector<uint8_t> encode(const Reject& r);
 std::vector<uint8_t> encode(const Lookup& l);
 std::vector<uint8_t> encode(const LookupReply& l);

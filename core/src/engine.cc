@@ -1,8 +1,10 @@
 #include "zcx/engine.h"
 
+#include <errno.h>
 #include <glog/logging.h>
 
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -12,9 +14,12 @@
 #include <cstring>
 #include <thread>
 
+#include <cstring>
+
 #include "connection_impl.h"
 #include "control_protocol.h"
 #include "engine_impl.h"
+#include "handshake.h"
 #include "zcx/transport/registry.h"
 
 namespace zcx {
@@ -70,6 +75,15 @@ Status validate(const EngineOptions& o) {
     return Status(StatusCode::kInvalidArgument,
                   "connect_timeout and operation_timeout must be positive");
   }
+  // TCP keepalive takes at most 32767 s.
+  if (o.peer_timeout.count() <= 0 || o.peer_timeout > std::chrono::seconds(32767)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "peer_timeout must be positive and at most 32767 s (10 s is the default)");
+  }
+  if (o.max_pending_handshakes == 0 || o.max_pending_accepts == 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "max_pending_handshakes and max_pending_accepts must be at least 1");
+  }
   if (o.max_message_size == 0 || o.max_message_size > (1u << 30)) {
     return Status(StatusCode::kInvalidArgument,
                   "max_message_size must be between 1 byte and 1 GiB");
@@ -108,9 +122,9 @@ EngineImpl::EngineImpl(EngineOptions opts, std::unique_ptr<transport::Transport>
 EngineImpl::~EngineImpl() { stop(); }
 
 Status EngineImpl::start() {
-  control_wake_ = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  ZCX_RETURN_IF_ERROR(loop_.init());
   progress_wake_ = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!control_wake_.valid() || !progress_wake_.valid()) {
+  if (!progress_wake_.valid()) {
     return Status(StatusCode::kResourceExhausted, "eventfd failed; too many open files?");
   }
   if (!options.listen_address.empty()) {
@@ -120,6 +134,9 @@ Status EngineImpl::start() {
     listener_ = std::move(l->first);
     listen_address =
         (hp->host.empty() ? std::string("0.0.0.0") : hp->host) + ":" + std::to_string(l->second);
+    listener_key_ = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { onListenerReadable(); });
+    if (listener_key_ == 0)
+      return Status(StatusCode::kInternal, "cannot watch the listening socket");
   }
   control_thread_ = std::thread([this] { controlLoop(); });
   if (options.progress == ProgressMode::kThread)
@@ -131,10 +148,14 @@ void EngineImpl::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_ = true;
-  wake(control_wake_);
+  loop_.wake();
   wake(progress_wake_);
   if (control_thread_.joinable()) control_thread_.join();
   if (progress_thread_.joinable()) progress_thread_.join();
+  // The loop's registrations hold connections (which hold this engine): let them go.
+  loop_.clear();
+  watched_.clear();
+  handshakes_.clear();
   std::map<uint64_t, std::shared_ptr<ConnectionImpl>> conns;
   {
     std::lock_guard<std::mutex> lock(conn_mu_);
@@ -329,9 +350,12 @@ std::optional<std::vector<uint8_t>> EngineImpl::exposedRegion(const std::string&
 }
 
 void EngineImpl::forgetConnection(ConnectionImpl* conn) {
-  std::lock_guard<std::mutex> lock(conn_mu_);
-  connections_.erase(conn->id);
-  wake(control_wake_);
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    connections_.erase(conn->id);
+  }
+  uint64_t id = conn->id;
+  loop_.post([this, id] { unwatchConnection(id); });
 }
 
 // Waits for the peer's next control frame while this engine's transport keeps progressing: the
@@ -357,8 +381,7 @@ Status EngineImpl::waitReadableWithProgress(int fd, Clock::time_point deadline) 
   }
 }
 
-Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active,
-                                                              Clock::time_point deadline) {
+Hello EngineImpl::localHello() {
   Hello mine;
   mine.name = name;
   mine.transport = std::string(transport->name());
@@ -368,50 +391,11 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
     mine.address = transport->localAddress();
   }
   mine.regions = exposedRegions();
-  Hello peer;
-  if (active) {
-    mine.token = randomToken();
-    ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encode(mine), deadline));
-    auto f = readFrame(fd.get(), deadline);
-    if (!f.ok()) return f.status().withContext("handshake");
-    if (f->type == FrameType::kReject) {
-      auto rej = decodeReject(f->body);
-      if (!rej.ok()) return rej.status();
-      return Status(static_cast<StatusCode>(rej->code),
-                    "peer rejected the connection: " + rej->reason);
-    }
-    if (f->type != FrameType::kHello) {
-      return Status(StatusCode::kProtocolError,
-                    "handshake: unexpected frame from peer; is it a zcx engine?");
-    }
-    auto h = decodeHello(f->body);
-    if (!h.ok()) return h.status();
-    peer = std::move(*h);
-    if (peer.token != mine.token)
-      return Status(StatusCode::kProtocolError, "handshake: peer echoed a wrong token");
-  } else {
-    auto f = readFrame(fd.get(), deadline);
-    if (!f.ok()) return f.status().withContext("handshake");
-    Result<Hello> h = f->type == FrameType::kHello
-                          ? decodeHello(f->body)
-                          : Result<Hello>(Status(StatusCode::kProtocolError,
-                                                 "handshake: first frame is not HELLO"));
-    if (h.ok() && h->transport != mine.transport) {
-      h = Status(StatusCode::kVersionMismatch, "peer uses transport '" + h->transport +
-                                                   "' but this engine uses '" + mine.transport +
-                                                   "'; choose the same --transport on both sides");
-    }
-    if (!h.ok()) {
-      Reject rej{static_cast<uint8_t>(h.status().code()), h.status().message()};
-      (void)writeFrame(fd.get(), FrameType::kReject, encode(rej),
-                       Clock::now() + std::chrono::milliseconds(200));
-      return h.status();
-    }
-    peer = std::move(*h);
-    mine.token = peer.token;
-    ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encode(mine), deadline));
-  }
+  return mine;
+}
 
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::makeConnection(Fd fd, Hello peer,
+                                                                   uint64_t token, bool active) {
   static std::atomic<uint64_t> next_id{1};
   auto conn =
       std::make_shared<ConnectionImpl>(shared_from_this(), next_id++, std::move(fd), peer.name);
@@ -423,18 +407,47 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
   transport::EndpointSetup setup;
   setup.role = active ? transport::Role::kActive : transport::Role::kPassive;
   setup.peer_address = std::move(peer.address);
-  setup.token = mine.token;
+  setup.token = token;
   setup.max_message_size = conn->max_message_size;
   setup.events = conn.get();
   ZCX_RETURN_IF_ERROR(conn->createEndpoint(setup));
+  return conn;
+}
+
+// The active side blocks on the caller's thread, bounded by the deadline.
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
+                                                                    Clock::time_point deadline) {
+  Hello mine = localHello();
+  mine.token = randomToken();
+  ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encodeBounded(mine), deadline));
+  auto f = readFrame(fd.get(), deadline);
+  if (!f.ok()) return f.status().withContext("handshake");
+  if (f->type == FrameType::kReject) {
+    auto rej = decodeReject(f->body);
+    if (!rej.ok()) return rej.status();
+    return Status(static_cast<StatusCode>(rej->code),
+                  "peer rejected the connection: " + rej->reason);
+  }
+  if (f->type != FrameType::kHello) {
+    return Status(StatusCode::kProtocolError,
+                  "handshake: unexpected frame from peer; is it a zcx engine?");
+  }
+  auto peer = decodeHello(f->body);
+  if (!peer.ok()) return peer.status();
+  if (peer->token != mine.token)
+    return Status(StatusCode::kProtocolError, "handshake: peer echoed a wrong token");
+
+  auto made = makeConnection(std::move(fd), std::move(*peer), mine.token, true);
+  if (!made.ok()) return made.status();
+  auto conn = std::move(*made);
   Status ready = conn->waitReady(deadline);
   if (ready.ok()) ready = writeFrame(conn->controlFd(), FrameType::kReady, {}, deadline);
   if (ready.ok()) ready = waitReadableWithProgress(conn->controlFd(), deadline);
   if (ready.ok()) {
-    auto f = readFrame(conn->controlFd(), deadline);
-    if (!f.ok())
-      ready = f.status();
-    else if (f->type != FrameType::kReady)
+    auto r = readFrame(conn->controlFd(), deadline);
+    if (!r.ok())
+      ready = r.status();
+    else if (r->type != FrameType::kReady)
       ready = Status(StatusCode::kProtocolError, "handshake: expected READY");
   }
   if (!ready.ok()) {
@@ -445,7 +458,7 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::handshake(Fd fd, bool active
     std::lock_guard<std::mutex> lock(conn_mu_);
     connections_[conn->id] = conn;
   }
-  wake(control_wake_);
+  loop_.post([this, conn] { watchConnection(conn); });
   return conn;
 }
 
@@ -455,7 +468,8 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& h
   auto deadline = Clock::now() + options.connect_timeout;
   auto fd = connectTcp(*hp, deadline);
   if (!fd.ok()) return fd.status();
-  auto conn = handshake(std::move(*fd), true, deadline);
+  ZCX_RETURN_IF_ERROR(setPeerTimeout(fd->get(), options.peer_timeout));
+  auto conn = activeHandshake(std::move(*fd), deadline);
   if (!conn.ok()) return conn.status().withContext("connect to " + host_port);
   LOG(INFO) << "zcx: connected to " << (*conn)->peer_name << " at " << host_port << " over "
             << transport->name();
@@ -477,47 +491,183 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::accept(std::chrono::millisec
   return c;
 }
 
-void EngineImpl::handleIncoming(Fd fd) {
-  auto conn = handshake(std::move(fd), false, Clock::now() + options.connect_timeout);
-  if (!conn.ok()) {
-    LOG(WARNING) << "zcx: rejected an incoming connection: " << conn.status().toString();
+// ---------------------------------------------------------------- control loop
+
+Status EngineImpl::admitPeer() {
+  size_t completing = 0;
+  for (auto& [key, h] : handshakes_)
+    completing += h->phase() == PassiveHandshake::Phase::kTransport;
+  size_t waiting;
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    waiting = accepted_.size();
+  }
+  if (waiting + completing < options.max_pending_accepts) return Status::Ok();
+  return Status(StatusCode::kResourceExhausted,
+                "the server has " + std::to_string(waiting + completing) +
+                    " connections not yet taken by accept() (max_pending_accepts " +
+                    std::to_string(options.max_pending_accepts) +
+                    "); retry later, or make the server accept faster");
+}
+
+void EngineImpl::wantControlWrite(uint64_t conn_id) {
+  loop_.post([this, conn_id] {
+    auto it = watched_.find(conn_id);
+    if (it != watched_.end()) loop_.modify(it->second, EPOLLIN | EPOLLOUT);
+  });
+}
+
+void EngineImpl::onListenerReadable() {
+  for (int i = 0; i < 64; ++i) {  // a burst at a time; the next round takes the rest
+    int cfd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (cfd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // The pending connection stays in the backlog: stop polling the listener for a moment
+        // instead of spinning on it.
+        LOG_EVERY_N(WARNING, 100) << "zcx: cannot accept a connection: " << std::strerror(errno)
+                                  << "; raise the open-file limit (ulimit -n)";
+        listener_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
+        loop_.modify(listener_key_, 0);
+      }
+      return;
+    }
+    Fd fd(cfd);
+    if (handshakes_.size() >= options.max_pending_handshakes) {
+      ++dropped_sockets_;
+      LOG_EVERY_N(WARNING, 100) << "zcx: closed an incoming connection at once: "
+                                << options.max_pending_handshakes
+                                << " handshakes are already pending (max_pending_handshakes); "
+                                << dropped_sockets_ << " closed so far";
+      continue;
+    }
+    if (Status s = setPeerTimeout(fd.get(), options.peer_timeout); !s.ok()) {
+      LOG(WARNING) << "zcx: closed an incoming connection: " << s.toString();
+      continue;
+    }
+    int raw = fd.get();
+    auto h = std::make_unique<PassiveHandshake>(*this, std::move(fd),
+                                                Clock::now() + options.connect_timeout);
+    ControlLoop::Key key = loop_.nextKey();
+    if (loop_.add(raw, EPOLLIN, [this, key](uint32_t ev) { onHandshakeEvents(key, ev); }) != key)
+      continue;
+    handshakes_.emplace(key, std::move(h));
+  }
+}
+
+void EngineImpl::onHandshakeEvents(ControlLoop::Key key, uint32_t events) {
+  auto it = handshakes_.find(key);
+  if (it == handshakes_.end()) return;
+  it->second->onEvents(events);
+  settleHandshake(key);
+}
+
+// After a handshake moved: write interest, or hand its connection over, or drop it.
+void EngineImpl::settleHandshake(ControlLoop::Key key) {
+  auto it = handshakes_.find(key);
+  if (it == handshakes_.end()) return;
+  PassiveHandshake& h = *it->second;
+  if (!h.finished()) {
+    loop_.modify(key, h.wantsWrite() ? EPOLLIN | EPOLLOUT : EPOLLIN);
     return;
   }
-  LOG(INFO) << "zcx: accepted " << (*conn)->peer_name << " over " << transport->name();
+  loop_.remove(key);  // before the socket can be closed
+  std::unique_ptr<PassiveHandshake> done = std::move(it->second);
+  handshakes_.erase(it);
+  if (done->phase() != PassiveHandshake::Phase::kDone) return;  // logged by the handshake
+  auto conn = done->connection();
+  conn->adoptControlOutput(done->takeOutput());
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    connections_[conn->id] = conn;
+  }
+  watchConnection(conn);
+  LOG(INFO) << "zcx: accepted " << conn->peer_name << " over " << transport->name();
   std::lock_guard<std::mutex> lock(conn_mu_);
-  accepted_.push_back(std::move(*conn));
+  accepted_.push_back(std::move(conn));
   accepted_cv_.notify_all();
 }
 
-void EngineImpl::controlLoop() {
-  std::vector<pollfd> fds;
-  std::vector<std::shared_ptr<ConnectionImpl>> polled;
-  while (!stopping_) {
-    fds.clear();
-    polled.clear();
-    fds.push_back({control_wake_.get(), POLLIN, 0});
-    if (listener_.valid()) fds.push_back({listener_.get(), POLLIN, 0});
+void EngineImpl::controlTick() {
+  auto now = Clock::now();
+  if (listener_key_ && listener_paused_until_ != Clock::time_point{} &&
+      now >= listener_paused_until_) {
+    listener_paused_until_ = {};
+    loop_.modify(listener_key_, EPOLLIN);
+  }
+  if (handshakes_.empty()) return;
+  bool transport_pending = false;
+  for (auto& [key, h] : handshakes_) transport_pending |= h->waitsForTransport();
+  if (transport_pending) {
     {
-      std::lock_guard<std::mutex> lock(conn_mu_);
-      for (auto& [id, c] : connections_) {
-        polled.push_back(c);
-        fds.push_back({c->controlFd(), POLLIN, 0});
-      }
+      std::lock_guard<std::mutex> lock(mu);
+      transport->progress();  // endpoints come up even under manual progress
     }
-    size_t first_conn = fds.size() - polled.size();
-    if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
-    if (fds[0].revents) drain(control_wake_);
-    if (listener_.valid() && fds[1].revents & POLLIN) {
-      int cfd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-      if (cfd >= 0) handleIncoming(Fd(cfd));
-    }
-    for (size_t i = 0; i < polled.size(); ++i) {
-      if (!fds[first_conn + i].revents) continue;
-      if (!polled[i]->handleControlFrame()) {
-        std::lock_guard<std::mutex> lock(conn_mu_);
-        connections_.erase(polled[i]->id);
-      }
-    }
+    kick();  // callbacks that progress queued run on a progress thread, not on this one
+  }
+  std::vector<ControlLoop::Key> keys;
+  keys.reserve(handshakes_.size());
+  for (auto& [key, h] : handshakes_) keys.push_back(key);
+  for (ControlLoop::Key key : keys) {
+    auto it = handshakes_.find(key);
+    if (it == handshakes_.end()) continue;
+    it->second->onTick(now);
+    settleHandshake(key);
+  }
+}
+
+void EngineImpl::watchConnection(std::shared_ptr<ConnectionImpl> conn) {
+  if (stopping_) return;
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    if (!connections_.count(conn->id)) return;  // closed before the loop got to it
+  }
+  uint64_t id = conn->id;
+  ControlLoop::Key key = loop_.add(conn->controlFd(), EPOLLIN, [this, id, conn](uint32_t ev) {
+    onConnectionEvents(id, conn, ev);
+  });
+  if (key == 0) {
+    conn->close(Status(StatusCode::kResourceExhausted, "cannot watch the control socket"), false);
+    return;
+  }
+  watched_[id] = key;
+  if (conn->controlWritePending()) loop_.modify(key, EPOLLIN | EPOLLOUT);
+}
+
+void EngineImpl::onConnectionEvents(uint64_t conn_id, const std::shared_ptr<ConnectionImpl>& conn,
+                                    uint32_t events) {
+  bool alive = true;
+  if (events & EPOLLOUT) {
+    bool pending = false;
+    alive = conn->onControlWritable(&pending);
+    auto it = watched_.find(conn_id);
+    if (alive && !pending && it != watched_.end()) loop_.modify(it->second, EPOLLIN);
+  }
+  if (alive && (events & (EPOLLIN | EPOLLHUP | EPOLLERR))) alive = conn->onControlReadable();
+  if (alive) return;
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    connections_.erase(conn_id);
+  }
+  unwatchConnection(conn_id);  // the loop keeps this handler (and conn) alive until it returns
+}
+
+void EngineImpl::unwatchConnection(uint64_t conn_id) {
+  auto it = watched_.find(conn_id);
+  if (it == watched_.end()) return;
+  loop_.remove(it->second);
+  watched_.erase(it);
+}
+
+void EngineImpl::controlLoop() {
+  while (!stopping_) {
+    // Handshakes waiting for their transport endpoint are looked at every millisecond; the
+    // others only need their deadlines checked.
+    bool transport_pending = false;
+    for (auto& [key, h] : handshakes_) transport_pending |= h->waitsForTransport();
+    int timeout_ms = transport_pending ? 1 : handshakes_.empty() ? 100 : 10;
+    if (listener_paused_until_ != Clock::time_point{}) timeout_ms = std::min(timeout_ms, 10);
+    loop_.runOnce(timeout_ms);
+    controlTick();
   }
 }
 

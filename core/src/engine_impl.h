@@ -14,6 +14,8 @@
 #include <tuple>
 #include <vector>
 
+#include "control_loop.h"
+#include "control_protocol.h"
 #include "socket.h"
 #include "zcx/options.h"
 #include "zcx/status.h"
@@ -23,6 +25,7 @@ namespace zcx::detail {
 
 class ConnectionImpl;
 class EngineImpl;
+class PassiveHandshake;
 class RequestState;
 
 struct RegionState {
@@ -117,6 +120,17 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::optional<std::vector<uint8_t>> exposedRegion(const std::string& name);
   void forgetConnection(ConnectionImpl* conn);
 
+  // ---- handshakes and the control loop ----
+  /// Our HELLO (token not set).
+  Hello localHello();
+  /// A connection to the peer of `peer`'s HELLO, its transport endpoint created (not ready yet).
+  Result<std::shared_ptr<ConnectionImpl>> makeConnection(Fd fd, Hello peer, uint64_t token,
+                                                         bool active);
+  /// Room for one more incoming connection (loop thread); kResourceExhausted says why not.
+  Status admitPeer();
+  /// Makes the control loop send `conn_id`'s queued control frames when its socket has room.
+  void wantControlWrite(uint64_t conn_id);
+
   const EngineOptions options;
   std::unique_ptr<transport::Transport> transport;
   std::string name;
@@ -138,10 +152,19 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
  private:
   void progressLoop();
   void controlLoop();
-  void handleIncoming(Fd fd);
   void checkDeadlines(Clock::time_point now);
-  Result<std::shared_ptr<ConnectionImpl>> handshake(Fd fd, bool active, Clock::time_point deadline);
+  Result<std::shared_ptr<ConnectionImpl>> activeHandshake(Fd fd, Clock::time_point deadline);
   Status waitReadableWithProgress(int fd, Clock::time_point deadline);
+
+  // Control loop thread only.
+  void onListenerReadable();
+  void onHandshakeEvents(ControlLoop::Key key, uint32_t events);
+  void settleHandshake(ControlLoop::Key key);
+  void controlTick();
+  void watchConnection(std::shared_ptr<ConnectionImpl> conn);
+  void onConnectionEvents(uint64_t conn_id, const std::shared_ptr<ConnectionImpl>& conn,
+                          uint32_t events);
+  void unwatchConnection(uint64_t conn_id);
 
   std::vector<std::pair<std::function<void(const Status&)>, Status>> deferred_;  // mu
   std::atomic<bool> has_deferred_{false};  ///< lets runDeferred() skip the lock when idle
@@ -156,8 +179,14 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::deque<std::shared_ptr<ConnectionImpl>> accepted_;
   std::condition_variable accepted_cv_;
 
+  ControlLoop loop_;
+  ControlLoop::Key listener_key_ = 0;
+  Clock::time_point listener_paused_until_{};  ///< out of fds: stop accepting for a moment
+  std::map<ControlLoop::Key, std::unique_ptr<PassiveHandshake>> handshakes_;
+  std::map<uint64_t, ControlLoop::Key> watched_;  ///< connection id -> its registration
+  uint64_t dropped_sockets_ = 0;                  ///< closed at once: too many handshakes
+
   Fd listener_;
-  Fd control_wake_;
   Fd progress_wake_;
   std::thread control_thread_;
   std::thread progress_thread_;

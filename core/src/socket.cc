@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -93,14 +94,14 @@ Result<std::pair<Fd, uint16_t>> listenTcp(const HostPort& where) {
   std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> list(*res, freeaddrinfo);
   int last_err = 0;
   for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
-    Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
     if (!fd.valid()) {
       last_err = errno;
       continue;
     }
     int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), 128) != 0) {
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
       last_err = errno;
       continue;
     }
@@ -152,6 +153,27 @@ Result<Fd> connectTcp(const HostPort& to, Clock::time_point deadline) {
     return fd;
   }
   return last;
+}
+
+Status setPeerTimeout(int fd, std::chrono::milliseconds peer_timeout) {
+  // Keepalive counts in whole seconds: first probe after about a third of the budget, then
+  // up to three probes spaced to end within it. TCP_USER_TIMEOUT bounds both unacknowledged
+  // data and the probes (it takes precedence over the count), in milliseconds.
+  int budget = static_cast<int>(std::max<long long>(1, peer_timeout.count() / 1000));
+  int idle = std::max(1, budget / 3);
+  int interval = std::max(1, (budget - idle) / 3);
+  int count = std::max(1, std::min(3, (budget - idle) / interval));
+  unsigned int user_timeout = static_cast<unsigned int>(peer_timeout.count());
+  int one = 1;
+  if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout)) != 0) {
+    return Status(StatusCode::kInternal,
+                  "setting TCP keepalive on the control socket: " + errnoText(errno));
+  }
+  return Status::Ok();
 }
 
 Status writeAll(int fd, std::span<const uint8_t> data, Clock::time_point deadline) {

@@ -42,10 +42,14 @@ struct HostPort {
 /// Parses "host:port" (or "[v6]:port"); kInvalidArgument says what is wrong.
 Result<HostPort> parseHostPort(std::string_view text);
 
-/// Binds and listens; returns the socket and the port actually bound.
+/// Binds and listens (non-blocking); returns the socket and the port actually bound.
 Result<std::pair<Fd, uint16_t>> listenTcp(const HostPort& where);
 /// Connects within the deadline: refused, unknown host and timeout are distinct errors.
 Result<Fd> connectTcp(const HostPort& to, Clock::time_point deadline);
+
+/// TCP keepalive and TCP_USER_TIMEOUT so that a peer that goes silent (host down, cable pulled)
+/// is detected within `peer_timeout` even when nothing is being sent.
+Status setPeerTimeout(int fd, std::chrono::milliseconds peer_timeout);
 
 Status writeAll(int fd, std::span<const uint8_t> data, Clock::time_point deadline);
 Status readAll(int fd, std::span<uint8_t> data, Clock::time_point deadline);

@@ -35,6 +35,16 @@ struct EngineOptions {
   ProgressMode progress = ProgressMode::kThread;
   /// Connect/accept handshake, including the transport's own connection setup.
   std::chrono::milliseconds connect_timeout{5000};
+  /// How long a silent peer may stay silent before its connection is declared broken: TCP
+  /// keepalive probes start after about a third of it and TCP_USER_TIMEOUT is set to it on
+  /// every control socket, so a crashed host or a pulled cable is noticed within this time even
+  /// on an idle connection. Must be positive (whole seconds for the probes, at least 1 s).
+  std::chrono::milliseconds peer_timeout{10000};
+  /// Incoming connections still in their handshake; further sockets are closed at once.
+  size_t max_pending_handshakes = 256;
+  /// Connections handshaken but not yet taken by Engine::accept(); further peers get a REJECT
+  /// (kResourceExhausted) telling them the server is not accepting fast enough.
+  size_t max_pending_accepts = 1024;
   /// Deadline of every one-sided operation and send: past it the operation completes with
   /// kTimedOut and its connection is closed (an RDMA operation cannot be recalled otherwise).
   std::chrono::milliseconds operation_timeout{30000};

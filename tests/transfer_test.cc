@@ -396,6 +396,27 @@ TEST_P(TransferTest, SendsArriveInOrder) {
   EXPECT_EQ(peer_->pipe().recv(60s).value_or("none"), "ok");
 }
 
+TEST_P(TransferTest, SenderPastTheReceiversGrantWaitsForReceives) {
+  // Flow control: with no receive posted on the peer, only the initial grant (16 messages) may
+  // leave; the rest wait for CREDIT, then all arrive in order once the peer receives.
+  connect();
+  const size_t n = 100, cap = 1024;
+  Buffer tx = makeBuffer(*engine_, n * cap, kLocalOnly);
+  std::vector<Request> reqs;
+  for (size_t i = 0; i < n; ++i) {
+    fillPattern(tx.bytes.get() + i * cap, msgLen(i, cap), 1000 + i);
+    reqs.push_back(conn_.send(tx.region, i * cap, msgLen(i, cap)));
+  }
+  std::this_thread::sleep_for(300ms);
+  size_t done = 0;
+  for (auto& r : reqs) done += r.done() ? 1 : 0;
+  EXPECT_LE(done, 16u) << "sends went past the receiver's grant";
+  for (size_t i = 16; i < n; ++i) EXPECT_FALSE(reqs[i].done()) << i;
+  EXPECT_TRUE(conn_.status().ok()) << conn_.status().toString();
+  EXPECT_EQ(cmd("recvmsgs " + std::to_string(n) + " " + std::to_string(cap)), "ok");
+  EXPECT_TRUE(waitAll(reqs, 30s).ok());
+}
+
 TEST_P(TransferTest, ReceivesMatchPostedBuffersInOrder) {
   connect();
   const size_t n = 64, cap = conn_.maxMessageSize();

@@ -105,6 +105,12 @@ void ConnectionImpl::breakLocked(Status why) {
   if (closed_) return;
   closed_ = true;
   broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
+  // Sends still waiting for the peer's grant never reached the transport.
+  while (!blocked_sends_.empty()) {
+    RequestState* r = blocked_sends_.front().request;
+    blocked_sends_.pop_front();
+    abandonLocked(r, broken_);
+  }
   if (endpoint_) endpoint_->close(broken_);  // completes what the transport could release
   // What the transport still holds completes for the user now; the transport completes it
   // (releasing its memory) once it no longer touches it. `self` keeps each alive until then.
@@ -205,6 +211,20 @@ void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
     auto it = lookups_.find(l->id);
     if (it != lookups_.end()) it->second = std::make_pair(l->found, std::move(l->descriptor));
     lookup_cv_.notify_all();
+  } else if (f.type == FrameType::kCredit) {
+    auto limit = decodeCredit(f.body);
+    if (!limit.ok()) {
+      *end = limit.status();
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(engine_->mu);
+      if (*limit > send_limit_) {
+        send_limit_ = *limit;
+        postBlockedLocked();
+      }
+    }
+    engine_->notePosted();
   } else {
     *end = Status(StatusCode::kProtocolError, std::string("unexpected ") +
                                                   frameTypeName(static_cast<uint8_t>(f.type)) +
@@ -476,8 +496,16 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
   }
   return post(length, [&](RequestState* r) {
     r->pin(local.state(), nullptr);
-    return endpoint_->postSend(local.state()->handle.get(),
-                               reinterpret_cast<uint64_t>(local.data()) + offset, length, r);
+    transport::MemoryHandle* handle = local.state()->handle.get();
+    uint64_t addr = reinterpret_cast<uint64_t>(local.data()) + offset;
+    if (sent_ < send_limit_ && blocked_sends_.empty()) {
+      Status st = endpoint_->postSend(handle, addr, length, r);
+      if (st.ok()) ++sent_;
+      return st;
+    }
+    // Past the peer's grant: waits (with its deadline running) for a CREDIT frame.
+    blocked_sends_.push_back({r, handle, addr, length});
+    return Status::Ok();
   });
 }
 
@@ -502,6 +530,38 @@ Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t ca
   }
   engine_->kick();  // a queued message may have completed it: its callback runs on progress
   return Request(std::move(r));
+}
+
+void ConnectionImpl::postBlockedLocked() {
+  while (!blocked_sends_.empty() && sent_ < send_limit_ && endpoint_ && !closed_) {
+    BlockedSend b = blocked_sends_.front();
+    blocked_sends_.pop_front();
+    Status st = endpoint_->postSend(b.handle, b.addr, b.length, b.request);
+    if (st.ok()) {
+      ++sent_;
+    } else {
+      abandonLocked(b.request, st);
+    }
+  }
+}
+
+void ConnectionImpl::abandonLocked(RequestState* r, Status why) {
+  std::shared_ptr<RequestState> keep = std::move(r->self);
+  unlink(r);
+  for (auto& p : r->region_pins) engine_->dropLater(p.release());
+  r->region_pins.clear();
+  r->key_pins.clear();
+  r->finish(std::move(why));
+}
+
+void ConnectionImpl::consumedLocked() {
+  ++consumed_;
+  const uint64_t window = engine_->options.recv_window;
+  // Grant in batches: one CREDIT frame per half window of messages taken.
+  if (consumed_ + window - granted_ >= std::max<uint64_t>(1, window / 2)) {
+    granted_ = consumed_ + window;
+    (void)queueControlFrame(FrameType::kCredit, encodeCredit(granted_));
+  }
 }
 
 void ConnectionImpl::finishRecv(PostedRecv& p, Status status, size_t bytes) {
@@ -554,15 +614,30 @@ void ConnectionImpl::deliverMessages() {
     if (!msg.empty()) std::memcpy(p.buffer, msg.data(), msg.size());
     finishRecv(p, Status::Ok(), msg.size());
     unexpected_.pop_front();
+    consumedLocked();
   }
 }
 
 void ConnectionImpl::onMessage(const uint8_t* data, size_t length) {
+  if (closed_) return;
+  if (++received_ > granted_) {
+    // The peer ignored our grant: it could make us hold memory without bound.
+    if (broken_.ok()) {
+      broken_ = Status(StatusCode::kProtocolError,
+                       "peer " + peer_name + " sent message " + std::to_string(received_) +
+                           " but was granted " + std::to_string(granted_) +
+                           " (recv_window); the connection is closed");
+      LOG(WARNING) << "zcx: " << broken_.toString();
+      if (auto self = weak_from_this().lock()) engine_->scheduleClose(std::move(self));
+    }
+    return;
+  }
   if (unexpected_.empty() && !posted_.empty() && length <= posted_.front().capacity) {
     PostedRecv p = std::move(posted_.front());  // fast path: straight into the posted buffer
     posted_.pop_front();
     if (length) std::memcpy(p.buffer, data, length);
     finishRecv(p, Status::Ok(), length);
+    consumedLocked();
     return;
   }
   unexpected_.emplace_back(data, data + length);

@@ -131,6 +131,27 @@ class ConnectionImpl final : public transport::EndpointEvents,
   };
   /// Finishes a posted receive and releases its buffer (engine lock held).
   void finishRecv(PostedRecv& p, Status status, size_t bytes);
+
+  // Flow control of two-sided messages (credits; CREDIT control frames). Engine lock held.
+  /// A send the peer has not granted yet: posted once a CREDIT frame raises send_limit_.
+  struct BlockedSend {
+    RequestState* request;  ///< linked in the outstanding list, kept alive by its `self`
+    transport::MemoryHandle* handle;
+    uint64_t addr;
+    size_t length;
+  };
+  std::deque<BlockedSend> blocked_sends_;
+  uint64_t sent_ = 0;                      ///< messages handed to the transport
+  uint64_t send_limit_ = kInitialCredits;  ///< the peer's grant (total messages)
+  uint64_t received_ = 0;                  ///< messages the peer sent us
+  uint64_t consumed_ = 0;                  ///< of those, taken by posted receives
+  uint64_t granted_ = kInitialCredits;     ///< our grant to the peer (total messages)
+  /// Posts blocked sends the grant now allows.
+  void postBlockedLocked();
+  /// Fails a send that never reached the transport (unlinks it, releases what it pinned).
+  void abandonLocked(RequestState* r, Status why);
+  /// A message was taken by a receive: grants more once half the window is used.
+  void consumedLocked();
   std::deque<PostedRecv> posted_;
   std::deque<std::vector<uint8_t>> unexpected_;
   std::deque<uint32_t> notifications_;

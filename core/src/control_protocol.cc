@@ -120,6 +120,19 @@ Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body) {
   return l;
 }
 
+std::vector<uint8_t> encodeCredit(uint64_t limit) {
+  WireWriter w;
+  w.u64(limit);
+  return std::move(w.data());
+}
+
+Result<uint64_t> decodeCredit(const std::vector<uint8_t>& body) {
+  WireReader r(body);
+  uint64_t limit = r.u64();
+  if (!r.ok() || r.remaining() != 0) return malformed("credit");
+  return limit;
+}
+
 std::optional<size_t> maxFrameBody(uint8_t type) {
   switch (static_cast<FrameType>(type)) {
     case FrameType::kHello: return kMaxHelloBody;
@@ -128,6 +141,7 @@ std::optional<size_t> maxFrameBody(uint8_t type) {
     case FrameType::kLookup: return kMaxLookupBody;
     case FrameType::kLookupReply: return kMaxLookupReplyBody;
     case FrameType::kBye: return 0;
+    case FrameType::kCredit: return 8;
   }
   return std::nullopt;
 }
@@ -140,6 +154,7 @@ const char* frameTypeName(uint8_t type) {
     case FrameType::kLookup: return "LOOKUP";
     case FrameType::kLookupReply: return "LOOKUP_REPLY";
     case FrameType::kBye: return "BYE";
+    case FrameType::kCredit: return "CREDIT";
   }
   return "unknown";
 }

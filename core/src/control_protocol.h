@@ -25,7 +25,20 @@ constexpr uint16_t kProtocolVersion = 1;
 constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
 constexpr size_t kMaxNameLength = 256;        ///< engine, transport and region names
 
-enum class FrameType : uint8_t { kHello = 1, kReject, kReady, kLookup, kLookupReply, kBye };
+/// kCredit: the receiver's grant of two-sided messages (send/recv flow control).
+enum class FrameType : uint8_t {
+  kHello = 1,
+  kReject,
+  kReady,
+  kLookup,
+  kLookupReply,
+  kBye,
+  kCredit
+};
+
+/// Messages a sender may have sent before the receiver's first CREDIT frame (both sides know
+/// it without negotiating; EngineOptions::recv_window may not be smaller).
+constexpr uint64_t kInitialCredits = 16;
 
 /// Every frame: u32 length (type byte + body) | u8 type | body.
 constexpr size_t kFrameHeaderSize = 5;
@@ -86,6 +99,9 @@ std::vector<uint8_t> encodeBounded(const Hello& h);
 std::vector<uint8_t> encode(const Reject& r);
 std::vector<uint8_t> encode(const Lookup& l);
 std::vector<uint8_t> encode(const LookupReply& l);
+/// CREDIT body: the total number of messages the peer may have sent on this connection so far.
+std::vector<uint8_t> encodeCredit(uint64_t limit);
+Result<uint64_t> decodeCredit(const std::vector<uint8_t>& body);
 Result<Hello> decodeHello(const std::vector<uint8_t>& body);
 Result<Reject> decodeReject(const std::vector<uint8_t>& body);
 Result<Lookup> decodeLookup(const std::vector<uint8_t>& body);

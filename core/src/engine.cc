@@ -84,6 +84,11 @@ Status validate(const EngineOptions& o) {
     return Status(StatusCode::kInvalidArgument,
                   "max_pending_handshakes and max_pending_accepts must be at least 1");
   }
+  if (o.recv_window < kInitialCredits || o.recv_window > (1u << 20)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "recv_window must be between " + std::to_string(kInitialCredits) +
+                      " and 2^20 messages (64 is the default)");
+  }
   if (o.max_message_size == 0 || o.max_message_size > (1u << 30)) {
     return Status(StatusCode::kInvalidArgument,
                   "max_message_size must be between 1 byte and 1 GiB");

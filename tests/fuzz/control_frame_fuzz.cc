@@ -29,6 +29,7 @@ void decodeBody(const Frame& f) {
     case FrameType::kLookupReply: (void)decodeLookupReply(f.body); break;
     case FrameType::kReady:
     case FrameType::kBye: break;
+    case FrameType::kCredit: (void)decodeCredit(f.body); break;
   }
 }
 

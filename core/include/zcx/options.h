@@ -45,6 +45,12 @@ struct EngineOptions {
   /// Connections handshaken but not yet taken by Engine::accept(); further peers get a REJECT
   /// (kResourceExhausted) telling them the server is not accepting fast enough.
   size_t max_pending_accepts = 1024;
+  /// Flow control of send/recv: how many messages a peer may have sent on one connection that no
+  /// posted receive has taken yet (credits this engine grants). Bounds what a peer can make us
+  /// hold to recv_window x max_message_size bytes per connection; a sender past its grant waits
+  /// (its send completes later, or fails at its deadline), and a peer that ignores the grant is
+  /// disconnected (kProtocolError). At least 16.
+  size_t recv_window = 64;
   /// Deadline of every one-sided operation and send: past it the operation completes with
   /// kTimedOut and its connection is closed (an RDMA operation cannot be recalled otherwise).
   std::chrono::milliseconds operation_timeout{30000};

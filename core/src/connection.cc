@@ -188,6 +188,13 @@ bool ConnectionImpl::onControlReadable() {
 
 void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
   if (f.type == FrameType::kBye) {
+    // The peer sent everything before its BYE, and its close flushed it to our transport:
+    // deliver what already arrived (posted receives complete) before the connection ends.
+    {
+      std::lock_guard<std::mutex> lock(engine_->mu);
+      for (int i = 0; i < 64 && !closed_ && engine_->transport->progress() > 0; ++i) {
+      }
+    }
     // kCancelled, like a local close: the peer is alive and closing its side too (the transport
     // may close gracefully); kConnectionBroken is for a peer that died or a link that failed.
     *end = Status(StatusCode::kCancelled, "peer " + peer_name + " closed the connection");

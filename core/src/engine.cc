@@ -85,9 +85,9 @@ Status validate(const EngineOptions& o) {
                   "max_pending_handshakes and max_pending_accepts must be at least 1");
   }
   if (o.recv_window < kInitialCredits || o.recv_window > (1u << 20)) {
-    return Status(StatusCode::kInvalidArgument,
-                  "recv_window must be between " + std::to_string(kInitialCredits) +
-                      " and 2^20 messages (64 is the default)");
+    return Status(StatusCode::kInvalidArgument, "recv_window must be between " +
+                                                    std::to_string(kInitialCredits) +
+                                                    " and 2^20 messages (64 is the default)");
   }
   if (o.max_message_size == 0 || o.max_message_size > (1u << 30)) {
     return Status(StatusCode::kInvalidArgument,
@@ -197,6 +197,13 @@ int EngineImpl::progressOnce() {
   dropPins();
   runDeferred();
   return n;
+}
+
+void EngineImpl::publishRegion() {
+  // The memory's contents so far (what the caller wrote before registering) happen-before
+  // everything the progress thread does from now on, e.g. a peer's put landing in it: the
+  // engine lock is the edge (taken briefly, never across the registration itself).
+  std::lock_guard<std::mutex> lock(mu);
 }
 
 void EngineImpl::dropLater(std::shared_ptr<RegionState> region) {
@@ -723,6 +730,7 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
   auto h = impl_->transport->registerMemory(address, length, access);
   if (!h.ok()) return h.status().withContext("registerMemory");
   auto state = detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/true);
+  impl_->publishRegion();
   std::shared_ptr<detail::RegionState> raced;  // a concurrent registration of the same range
   {
     std::lock_guard<std::mutex> cache_lock(impl_->registrations_mu);
@@ -743,6 +751,7 @@ Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
   if (access > kRemoteReadWrite) return Status(StatusCode::kInvalidArgument, "unknown access bits");
   auto h = impl_->transport->allocateMemory(length, access);
   if (!h.ok()) return h.status().withContext("allocate");
+  impl_->publishRegion();
   return MemoryRegion(
       detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/false));
 }

@@ -101,6 +101,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   static Clock::time_point coarseNow();
   /// Closes `conn`'s endpoint after the current transport call returns (mu held).
   void scheduleClose(std::shared_ptr<ConnectionImpl> conn);
+  /// After a registration: orders the memory's earlier contents before the progress thread.
+  void publishRegion();
   /// Keeps references whose drop may deregister memory until the lock is released (mu held).
   void dropLater(std::shared_ptr<RegionState> region);
   /// After something was deferred from a user thread: wakes the progress thread to run it.

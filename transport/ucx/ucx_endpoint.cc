@@ -20,6 +20,8 @@ constexpr size_t kDefaultMaxMessage = size_t{1} << 30;
 constexpr uint64_t kMaxReorderSpan = 1u << 16;
 constexpr size_t kMaxReorderCount = 4096;
 constexpr size_t kMaxReorderBytes = size_t{256} << 20;
+// How long close() waits for a healthy endpoint's flush before it force-closes it.
+constexpr auto kCloseFlushLimit = std::chrono::milliseconds(500);
 
 }  // namespace
 
@@ -539,12 +541,14 @@ void UcxEndpoint::close(Status why) {
   orphans_.clear();
 
   if (ep_ != nullptr) {
+    // A healthy endpoint is flushed first (bounded): UCX sends what it queued (posted RMA data,
+    // wireup replies), so the UCT endpoints are quiet when they are torn down. If the flush
+    // finished, the close runs in flush mode (it also tells the peer); if the peer is too slow,
+    // or the endpoint is broken (the peer cannot answer), it is force-closed.
+    bool flushed = healthy && worker_->flushBounded(ep_, kCloseFlushLimit);
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    // A healthy endpoint closes in flush mode: UCX sends what it queued (posted RMA data, wireup
-    // replies) and tells the peer, so no UCT endpoint is torn down under traffic. A broken one
-    // can only be force-closed (the peer cannot answer a flush).
-    p.flags = healthy ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
+    p.flags = flushed ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
     ucs_status_ptr_t req = ucp_ep_close_nbx(ep_, &p);
     ep_ = nullptr;
     if (UCS_PTR_IS_PTR(req)) {

@@ -182,6 +182,27 @@ void UcxWorker::onEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) try
   LOG(ERROR) << "ucx: endpoint error callback: " << e.what();
 }
 
+bool UcxWorker::flushBounded(ucp_ep_h ep, std::chrono::milliseconds limit) {
+  if (insideUcxProgress()) return false;
+  ucp_request_param_t p{};
+  ucs_status_ptr_t req = ucp_ep_flush_nbx(ep, &p);
+  if (!UCS_PTR_IS_PTR(req)) return UCS_PTR_STATUS(req) == UCS_OK;
+  InProgressScope scope(in_ucx_progress_);
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  ucs_status_t st;
+  while ((st = ucp_request_check_status(req)) == UCS_INPROGRESS &&
+         std::chrono::steady_clock::now() < deadline) {
+    ucp_worker_progress(worker());
+  }
+  if (st == UCS_INPROGRESS) {
+    // The force close that follows completes it (cancelled); UCX frees it then.
+    ucp_request_free(req);
+    return false;
+  }
+  ucp_request_free(req);
+  return st == UCS_OK;
+}
+
 void UcxWorker::finishClose(void* request, std::vector<OrphanRef> orphans) {
   if (!insideUcxProgress()) {
     InProgressScope scope(in_ucx_progress_);
@@ -306,9 +327,9 @@ ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header
   AmHeader h;
   if (parseHeader(header, header_length, &h)) {
     if (UcxEndpoint* ep = static_cast<UcxWorker*>(arg)->find(receiverKey(h))) {
-      ep->failFromCallback(Status(StatusCode::kResourceExhausted,
-                                  std::string("a received message could not be kept: ") +
-                                      e.what()));
+      ep->failFromCallback(
+          Status(StatusCode::kResourceExhausted,
+                 std::string("a received message could not be kept: ") + e.what()));
     }
   }
   return UCS_OK;

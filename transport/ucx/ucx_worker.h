@@ -8,6 +8,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -76,6 +77,9 @@ class UcxWorker {
   /// still waiting for UCX callbacks, e.g. a flush on a force-closed shm ep, which UCX 1.13 never
   /// calls back) are completed then.
   void finishClose(void* request, std::vector<OrphanRef> orphans);
+  /// Flushes `ep` (every operation on it done at the target), progressing the worker for at most
+  /// `limit`; false if it did not finish (or cannot be waited for from inside a UCX callback).
+  bool flushBounded(ucp_ep_h ep, std::chrono::milliseconds limit);
   /// Completes orphaned records whose ep UCX has destroyed (skips records completed or reused).
   void releaseOrphans(const std::vector<OrphanRef>& orphans);
 

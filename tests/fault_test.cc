@@ -146,6 +146,13 @@ void settle(const Tally& t) {
 
 // ---------------------------------------------------------------- the reliability table
 
+const std::string kFaultTargetKilled = "peer SIGKILLed: target of our write/read/send/recv";
+const std::string kFaultInitiatorKilled = "peer SIGKILLed: initiator writing/sending to us";
+const std::string kFaultListenerRestart = "listener restarted on the same port, client reconnects";
+const std::string kFaultSoak = "soak: 64 connections, listeners SIGKILLed and restarted";
+const std::string kFaultLinkDown = "link down under load (veth between namespaces)";
+const std::string kFaultLoss = "100% packet loss under load (nftables drop on veth)";
+
 struct Row {
   std::string fault, transport;
   uint64_t tried = 1, posted = 0, ok = 0, error = 0, lost = 0, hangs = 0, crashes = 0;
@@ -159,6 +166,17 @@ void record(const Row& r) {
   out << r.fault << '\t' << r.transport << '\t' << r.tried << '\t' << r.posted << '\t' << r.ok
       << '\t' << r.error << '\t' << r.lost << '\t' << r.hangs << '\t' << r.crashes << '\t'
       << r.slowest_ms << '\n';
+}
+
+/// Marks the start of a run: a start without its row is a run that died or failed an assertion
+/// before it could count (the report lists those with ctest's verdict).
+void started(const std::string& fault, const std::string& transport) {
+  const char* path = std::getenv("ZCX_RELIABILITY_OUT");
+  if (!path || !*path) return;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::ofstream out(path, std::ios::app);
+  out << "#start\t" << info->test_suite_name() << "." << info->name() << '\t' << fault << '\t'
+      << transport << '\n';
 }
 
 Row rowOf(const std::string& fault, const std::string& transport, const Tally& t, uint64_t hangs) {
@@ -377,6 +395,7 @@ class ProcessFaultTest : public ::testing::TestWithParam<std::string> {
 
 // The target of our one-sided operations is SIGKILLed while we write, read, send and receive.
 TEST_P(ProcessFaultTest, TargetKilledWhileWeWriteReadSendRecv) {
+  started(kFaultTargetKilled, GetParam());
   std::string addr;
   auto server = startEchoServer(tp(), tp().host + ":0", &addr);
   ASSERT_TRUE(server);
@@ -432,7 +451,7 @@ TEST_P(ProcessFaultTest, TargetKilledWhileWeWriteReadSendRecv) {
   std::cout << "[ fault    ] posted " << t.posted << ", ok " << t.s->ok << ", errors " << t.s->error
             << " (" << t.codes() << "), last completion " << t.lastCompletionAfter(fault)
             << " ms after the kill; status: " << why.toString() << "\n";
-  Row row = rowOf("peer SIGKILLed: target of our write/read/send/recv", GetParam(), t, hangs);
+  Row row = rowOf(kFaultTargetKilled, GetParam(), t, hangs);
   row.slowest_ms = t.lastCompletionAfter(fault);
 
   // A restarted peer: a new connection moves verified bytes.
@@ -484,6 +503,7 @@ ZCX_TEST_PEER(busyInitiator) {
 // The initiator is SIGKILLed while it writes into our memory and sends to us; we have receives,
 // writes and sends of our own outstanding on that connection.
 TEST_P(ProcessFaultTest, InitiatorKilledWhileItWritesAndSendsToUs) {
+  started(kFaultInitiatorKilled, GetParam());
   auto e = Engine::create(optionsFor(tp(), tp().host + ":0", kOpTimeout));
   ASSERT_TRUE(e.ok()) << e.status().toString();
   Engine& engine = **e;
@@ -534,7 +554,7 @@ TEST_P(ProcessFaultTest, InitiatorKilledWhileItWritesAndSendsToUs) {
   std::cout << "[ fault    ] posted " << t.posted << ", ok " << t.s->ok << ", errors " << t.s->error
             << " (" << t.codes() << "), last completion " << t.lastCompletionAfter(fault)
             << " ms after the kill; status: " << why.toString() << "\n";
-  Row row = rowOf("peer SIGKILLed: initiator writing/sending to us", GetParam(), t, hangs);
+  Row row = rowOf(kFaultInitiatorKilled, GetParam(), t, hangs);
   row.slowest_ms = t.lastCompletionAfter(fault);
 
   // A restarted initiator connects again and its bytes land.
@@ -556,6 +576,7 @@ TEST_P(ProcessFaultTest, InitiatorKilledWhileItWritesAndSendsToUs) {
 // The listener's process goes away (exits, then is SIGKILLed) and a new one listens on the same
 // port; the client's old connection says why, and a reconnect moves verified bytes.
 TEST_P(ProcessFaultTest, ListenerRestartsOnTheSamePortClientReconnects) {
+  started(kFaultListenerRestart, GetParam());
   std::string addr;
   auto server = startEchoServer(tp(), tp().host + ":0", &addr);
   ASSERT_TRUE(server);
@@ -567,7 +588,7 @@ TEST_P(ProcessFaultTest, ListenerRestartsOnTheSamePortClientReconnects) {
   Connection conn = std::move(*c);
   ASSERT_EQ(verifiedTransfer(engine, conn, &server->pipe(), 1), "");
   Row row;
-  row.fault = "listener restarted on the same port, client reconnects";
+  row.fault = kFaultListenerRestart;
   row.transport = GetParam();
   row.tried = 0;
   Tally t;
@@ -784,6 +805,7 @@ void runNetFault(NetFault kind) {
   if (!why.empty()) GTEST_SKIP() << "cannot emulate network faults here: " << why;
   if (kind == NetFault::kTotalLoss && !run("ip netns exec " + ns.a + " nft list ruleset", &why))
     GTEST_SKIP() << "nftables unusable here (scripts/install-deps.sh installs nftables): " << why;
+  started(kind == NetFault::kLinkDown ? kFaultLinkDown : kFaultLoss, "tcp");
   const auto op_timeout = 3s;
   const auto slack = 3s;
   std::string addr;
@@ -857,8 +879,7 @@ void runNetFault(NetFault kind) {
   EXPECT_EQ(client_rc, 0);
   EXPECT_EQ(server_rc, 0);
   Row row;
-  row.fault = kind == NetFault::kLinkDown ? "link down under load (veth between namespaces)"
-                                          : "100% packet loss under load (nftables drop on veth)";
+  row.fault = kind == NetFault::kLinkDown ? kFaultLinkDown : kFaultLoss;
   row.transport = "tcp";
   row.posted = posted;
   row.ok = ok;
@@ -883,6 +904,7 @@ uint64_t envOr(const char* name, uint64_t fallback) {
 // 64 connections to 4 listener processes, rounds of small batched writes, batched reads, sends
 // and receives (echoed) on each; listeners SIGKILLed and restarted on their port during the run.
 TEST(SoakTest, SixtyFourConnectionsMixedOpsWithPeerKills) {
+  started(kFaultSoak, "tcp");
   const uint64_t target_ops = envOr("ZCX_SOAK_OPS", 1000000);
   constexpr size_t kServers = 4, kPerServer = 16, kBatch = 32, kSmall = 64;
   const size_t kills_planned = 6;
@@ -1050,7 +1072,7 @@ TEST(SoakTest, SixtyFourConnectionsMixedOpsWithPeerKills) {
   EXPECT_EQ(verify_failures, 0u) << first_verify_failure;
   EXPECT_GT(t.s->ops_error.load(), 0u) << "kills that fail nothing did not hit the load";
   Row row;
-  row.fault = "soak: 64 connections, listeners SIGKILLed and restarted";
+  row.fault = kFaultSoak;
   row.transport = "tcp";
   row.tried = kills;
   row.posted = t.ops_posted;

@@ -120,8 +120,9 @@ struct Tally {
     for (auto& [c, n] : s->codes) out += (out.empty() ? "" : ",") + c + "=" + std::to_string(n);
     return out.empty() ? "none" : out;
   }
-  /// Milliseconds from `t` to the last completion seen.
+  /// Milliseconds from `t` to the last completion seen (-1: none).
   long long lastCompletionAfter(Clock::time_point t) const {
+    if (s->last_completion_ns.load() == 0) return -1;  // nothing completed
     Clock::time_point last{Clock::duration(s->last_completion_ns.load())};
     return std::chrono::duration_cast<std::chrono::milliseconds>(last - t).count();
   }
@@ -722,6 +723,7 @@ ZCX_TEST_PEER(netClient) {
   Tally t;
   std::atomic<bool> stop{false};
   std::vector<std::vector<Request>> slots(kWindow);
+  std::vector<Request> recvs(kWindow);  ///< echo receives (no deadline of their own)
   std::mutex slots_mu;
   std::thread loader;
   Clock::time_point fault{};
@@ -740,6 +742,9 @@ ZCX_TEST_PEER(netClient) {
                            : "error " + dst.status().toString());
     } else if (w[0] == "load") {
       loader = std::thread([&] {
+        // The loader waits only for operations with a deadline (writes, reads, sends): a receive
+        // whose echo never comes must not stop the traffic that detects a dead link. Receives
+        // use their own ring; a pair is posted only when its receive slot is free.
         for (uint64_t seq = 0; !stop && t.s->error.load() == 0; ++seq) {
           size_t k = seq % kWindow;
           {
@@ -747,18 +752,17 @@ ZCX_TEST_PEER(netClient) {
             for (auto& r : slots[k]) (void)r.wait(60s);  // the slot's buffers are free again
             slots[k].clear();
             if (stop || t.s->error.load() != 0) break;
-            switch (seq % 3) {
-              case 0:
-                slots[k].push_back(conn.write(local.region, k * kChunk, *dst, k * kChunk, kChunk));
-                break;
-              case 1:
-                slots[k].push_back(conn.read(local.region, k * kChunk, *dst, k * kChunk, kChunk));
-                break;
-              default:
-                slots[k].push_back(conn.recv(rx.region, k * kEchoCap, kEchoCap));
-                slots[k].push_back(conn.send(local.region, k * kChunk, 4096));
+            size_t m = (seq / 3) % kWindow;
+            if (seq % 3 == 2 && (!recvs[m].valid() || recvs[m].done())) {
+              recvs[m] = conn.recv(rx.region, m * kEchoCap, kEchoCap);
+              t.track(recvs[m]);
+              slots[k].push_back(conn.send(local.region, k * kChunk, 4096));
+            } else if (seq % 3 == 1) {
+              slots[k].push_back(conn.read(local.region, k * kChunk, *dst, k * kChunk, kChunk));
+            } else {
+              slots[k].push_back(conn.write(local.region, k * kChunk, *dst, k * kChunk, kChunk));
             }
-            for (auto& r : slots[k]) t.track(r);
+            t.track(slots[k].back());
           }
         }
       });
@@ -766,6 +770,12 @@ ZCX_TEST_PEER(netClient) {
       while (t.s->ok.load() < 500 && t.s->error.load() == 0 && Clock::now() < until)
         std::this_thread::sleep_for(1ms);
       pipe.send(t.s->ok.load() >= 500 ? "running" : "error " + t.s->first_error);
+    } else if (w[0] == "recvonly") {  // receives only, nothing with a deadline in flight
+      for (auto& r : recvs) {
+        r = conn.recv(rx.region, (&r - recvs.data()) * kEchoCap, kEchoCap);
+        t.track(r);
+      }
+      pipe.send("ok");
     } else if (w[0] == "fault") {
       fault = Clock::now();
       pipe.send("ok");
@@ -774,9 +784,10 @@ ZCX_TEST_PEER(netClient) {
       while (t.s->error.load() == 0 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
       stop = true;
       // The loader may sit in wait() on a slot; it returns by the operation's own deadline.
-      loader.join();
+      if (loader.joinable()) loader.join();
       uint64_t hangs = 0;
       for (auto& s : slots) hangs += waitUntil(s, deadline);
+      hangs += waitUntil(recvs, deadline);
       settle(t);
       Status st = conn.status();
       pipe.send("result " + std::to_string(t.posted) + " " + std::to_string(t.s->ok.load()) + " " +
@@ -798,14 +809,19 @@ ZCX_TEST_PEER(netClient) {
 }
 
 enum class NetFault { kLinkDown, kTotalLoss };
+enum class Load { kMixed, kReceivesOnly };
 
-void runNetFault(NetFault kind) {
+void runNetFault(NetFault kind, Load load = Load::kMixed) {
   NetnsPair ns;
   std::string why = ns.setUp();
   if (!why.empty()) GTEST_SKIP() << "cannot emulate network faults here: " << why;
   if (kind == NetFault::kTotalLoss && !run("ip netns exec " + ns.a + " nft list ruleset", &why))
     GTEST_SKIP() << "nftables unusable here (scripts/install-deps.sh installs nftables): " << why;
-  started(kind == NetFault::kLinkDown ? kFaultLinkDown : kFaultLoss, "tcp");
+  const std::string fault_name = load == Load::kReceivesOnly
+                                     ? "link down, only receives pending (veth between namespaces)"
+                                 : kind == NetFault::kLinkDown ? kFaultLinkDown
+                                                               : kFaultLoss;
+  started(fault_name, "tcp");
   const auto op_timeout = 3s;
   const auto slack = 3s;
   std::string addr;
@@ -821,7 +837,10 @@ void runNetFault(NetFault kind) {
     return client.pipe().recv(timeout).value_or("no answer from the client");
   };
   ASSERT_EQ(cmd("connect " + addr), "ok");
-  ASSERT_EQ(cmd("load"), "running");
+  if (load == Load::kMixed)
+    ASSERT_EQ(cmd("load"), "running");
+  else
+    ASSERT_EQ(cmd("recvonly"), "ok");
 
   const std::string nft = "ip netns exec " + ns.a + " nft ";
   if (kind == NetFault::kLinkDown) {
@@ -879,7 +898,7 @@ void runNetFault(NetFault kind) {
   EXPECT_EQ(client_rc, 0);
   EXPECT_EQ(server_rc, 0);
   Row row;
-  row.fault = kind == NetFault::kLinkDown ? kFaultLinkDown : kFaultLoss;
+  row.fault = fault_name;
   row.transport = "tcp";
   row.posted = posted;
   row.ok = ok;
@@ -892,6 +911,14 @@ void runNetFault(NetFault kind) {
 }
 
 TEST(NetworkFaultTest, LinkDownUnderLoadThenUp) { runNetFault(NetFault::kLinkDown); }
+// KNOWN BUG, disabled so that CI stays usable (run it with --gtest_also_run_disabled_tests): a
+// link that dies while a connection has only receives posted is never noticed. Receives have no
+// deadline, nothing else is in flight to time out, and neither the control socket nor UCX probes
+// the peer, so the receives stay in flight and status() stays Ok (measured: > 60 s; TCP itself
+// gives up only after tcp_retries2, ~15 min, and only if it has unacknowledged data).
+TEST(NetworkFaultTest, DISABLED_LinkDownWhileOnlyReceivesArePending) {
+  runNetFault(NetFault::kLinkDown, Load::kReceivesOnly);
+}
 TEST(NetworkFaultTest, TotalPacketLossUnderLoadThenRestored) { runNetFault(NetFault::kTotalLoss); }
 
 // ---------------------------------------------------------------- soak

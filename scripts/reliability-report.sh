@@ -28,12 +28,10 @@ for i in $(seq 1 "$runs"); do
     -j "${ZCX_TEST_JOBS:-1}" >"$log" 2>&1); then
     failed=1
   fi
-  # ctest's verdict of every test that did not pass: "Failed", "Subprocess aborted", "SEGFAULT"..
-  grep -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .*\*\*\*' "$log" |
-    sed -E "s/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: ([^ ]+) .*\*\*\*([^0-9]*).*/- run $i: \`\1\`: \2/" \
-      >>"$notes" || true
-  grep -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Skipped' "$log" |
-    sed -E "s/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: ([^ ]+) .*/- run $i: \`\1\`: skipped (see its log)/" \
+  # ctest's verdict of every test that did not pass ("Failed", "Subprocess aborted***Exception",
+  # "Skipped", ...), from lines like "3/9 Test  #6: Name .....***Failed   65.93 sec".
+  grep -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: ' "$log" | grep -v ' Passed ' |
+    sed -E 's/ +# GetParam\(\) = "[^"]*" / /' | sed -E "s/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: ([^ ]+) [ .]*(.*[^ ]) +[0-9.]+ sec\$/- run $i: \`\1\`: \2/" \
       >>"$notes" || true
 done
 took=$(($(date +%s) - start))
@@ -111,6 +109,16 @@ awk -F'\t' '
   echo "  batch (bytes checked against the listener's pattern), 2 sends and 2 receives of their echo"
   echo "  (bytes checked), 64 bytes each; 6 listeners SIGKILLed and restarted on their port, spread"
   echo "  over the run; ≥ 1,000,000 operations (\`ZCX_SOAK_OPS\` lowers it, e.g. under a sanitizer)."
+  echo "- **Known failures** (see the fault suite's history in git): (1) UCX 1.13 aborts the"
+  echo "  process that is the *target* of software-emulated RMA over tcp when the initiator dies"
+  echo "  mid-write (\`ucp_request.inl:346 Fatal: unexpected error: Endpoint timeout\` under"
+  echo "  \`ucp_put_handler\`: the put's completion reply goes to the dead peer and UCX treats the"
+  echo "  send error as fatal); \`InitiatorKilledWhileItWritesAndSendsToUs/tcp\` hits it in about 1"
+  echo "  run of 10 and then shows under \"runs that did not finish\". (2) A link that dies while a"
+  echo "  connection has only receives posted is never detected (receives have no deadline, nothing"
+  echo "  probes the peer): \`NetworkFaultTest.DISABLED_LinkDownWhileOnlyReceivesArePending\`"
+  echo "  reproduces it every time (\`build/tests/fault_test --gtest_also_run_disabled_tests"
+  echo "  --gtest_filter='*OnlyReceives*'\`); it is disabled until zcx gets a liveness check."
   echo "- **Not emulated here**: delay, jitter, reordering, duplication and partial loss need the"
   echo "  \`netem\` qdisc, which this host's kernel lacks (\`CONFIG_NET_SCH_NETEM\` is not set; \`tc"
   echo "  filter … action drop\` is unavailable too: no \`matchall\` classifier, no \`gact\` action)."

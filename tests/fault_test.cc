@@ -428,8 +428,8 @@ TEST_P(ProcessFaultTest, TargetKilledWhileWeWriteReadSendRecv) {
     reqs.push_back(conn.send(src.region, 0, kEchoCap));
     t.track(reqs.back());
   }
-  server->kill(SIGKILL);
   auto fault = Clock::now();
+  server->kill(SIGKILL);
   EXPECT_EQ(server->join(10s), 128 + SIGKILL);
   uint64_t hangs = waitUntil(reqs, fault + kOpTimeout + kSlack);
   settle(t);
@@ -524,8 +524,8 @@ TEST_P(ProcessFaultTest, InitiatorKilledWhileItWritesAndSendsToUs) {
     t.track(reqs.back());
   }
   ASSERT_EQ(peer->pipe().recv(30s).value_or("none"), "running");
-  peer->kill(SIGKILL);
   auto fault = Clock::now();
+  peer->kill(SIGKILL);
   EXPECT_EQ(peer->join(10s), 128 + SIGKILL);
   uint64_t hangs = waitUntil(reqs, fault + kOpTimeout + kSlack);
   settle(t);

@@ -205,6 +205,7 @@ struct EchoConn {
   Connection conn;
   Buffer buf;
   std::vector<Request> rx, tx;
+  std::deque<size_t> order;  ///< slots with a receive posted, in posting order
 };
 
 /// Listens (args: transport [host device] listen_address), exposes "dst" and "ro", accepts every
@@ -278,33 +279,37 @@ ZCX_TEST_PEER(echoServer) {
     }
     for (auto it = conns.begin(); it != conns.end();) {
       EchoConn& ec = *it;
+      auto postRecv = [&](size_t k) {
+        ec.rx[k] = ec.conn.recv(ec.buf.region, k * kEchoCap, kEchoCap);
+        ec.rx[k].onComplete(notify);
+        ec.order.push_back(k);
+      };
       if (!ec.buf.region.valid()) {
         ec.buf = makeBuffer(e, kEchoSlots * kEchoCap, kLocalOnly);
         ec.rx.resize(kEchoSlots);
         ec.tx.resize(kEchoSlots);
-        for (size_t k = 0; k < kEchoSlots; ++k) {
-          ec.rx[k] = ec.conn.recv(ec.buf.region, k * kEchoCap, kEchoCap);
-          ec.rx[k].onComplete(notify);
-        }
+        for (size_t k = 0; k < kEchoSlots; ++k) postRecv(k);
       }
       bool dead = false;
-      for (size_t k = 0; k < kEchoSlots; ++k) {
-        if (ec.tx[k].valid()) {
-          if (!ec.tx[k].done()) continue;
+      for (size_t k = 0; k < kEchoSlots; ++k) {  // an echo went out: its slot receives again
+        if (ec.tx[k].valid() && ec.tx[k].done()) {
           dead |= !ec.tx[k].wait(0ms).ok();
           ec.tx[k] = Request();
-          ec.rx[k] = ec.conn.recv(ec.buf.region, k * kEchoCap, kEchoCap);
-          ec.rx[k].onComplete(notify);
-        } else if (ec.rx[k].valid() && ec.rx[k].done()) {
-          Status s = ec.rx[k].wait(0ms);
-          if (!s.ok()) {
-            dead = true;
-            continue;
-          }
-          ec.tx[k] = ec.conn.send(ec.buf.region, k * kEchoCap, ec.rx[k].bytes());
-          ec.rx[k] = Request();
-          ec.tx[k].onComplete(notify);
+          postRecv(k);
         }
+      }
+      // Messages fill receives in the order they were posted: echo them in that order.
+      while (!dead && !ec.order.empty() && ec.rx[ec.order.front()].done()) {
+        size_t k = ec.order.front();
+        ec.order.pop_front();
+        Status s = ec.rx[k].wait(0ms);
+        if (!s.ok()) {
+          dead = true;
+          break;
+        }
+        ec.tx[k] = ec.conn.send(ec.buf.region, k * kEchoCap, ec.rx[k].bytes());
+        ec.rx[k] = Request();
+        ec.tx[k].onComplete(notify);
       }
       if (dead || !ec.conn.status().ok()) {
         ec.conn.close();

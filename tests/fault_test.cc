@@ -224,15 +224,23 @@ ZCX_TEST_PEER(echoServer) {
   fillPattern(ro.bytes.get(), kRoSize, kRoSeed);
   if (!e.expose("dst", dst.region).ok() || !e.expose("ro", ro.region).ok()) return 3;
 
-  std::mutex mu;
-  std::condition_variable cv;
-  bool wake = false;
-  auto notify = [&](const Status&) {
+  // Shared with the callbacks: requests cancelled while the engine shuts down complete on its
+  // progress thread after this function's locals are gone.
+  struct Wake {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool wake = false;
+  };
+  auto shared = std::make_shared<Wake>();
+  std::mutex& mu = shared->mu;
+  std::condition_variable& cv = shared->cv;
+  bool& wake = shared->wake;
+  auto notify = [shared](const Status&) {
     {
-      std::lock_guard<std::mutex> lock(mu);
-      wake = true;
+      std::lock_guard<std::mutex> lock(shared->mu);
+      shared->wake = true;
     }
-    cv.notify_one();
+    shared->cv.notify_one();
   };
   std::atomic<bool> stop{false};
   std::vector<Connection> fresh;

@@ -14,6 +14,8 @@ PACKAGES=(
   perftest ibverbs-utils rdmacm-utils openmpi-bin libopenmpi-dev python3-matplotlib
   # the soft-RoCE guest (scripts/rxe-vm.sh)
   qemu-system-x86 busybox-static iproute2 cpio kmod xz-utils
+  # the fault suite's 100% packet loss between network namespaces (tests/fault_test.cc)
+  nftables
 )
 
 missing=()

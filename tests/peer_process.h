@@ -132,18 +132,30 @@ inline int runPeerIfAsked(int argc, char** argv) {
 /// A peer process; killed (SIGKILL) if still running when destroyed.
 class PeerProcess {
  public:
-  PeerProcess(const std::string& name, const std::vector<std::string>& args) {
+  /// `prefix`, if given, is a command that runs the test binary, e.g. {"ip", "netns", "exec",
+  /// "NS"} to start the peer inside network namespace NS (the kill then reaches that command's
+  /// process, which execs the binary: the same pid).
+  PeerProcess(const std::string& name, const std::vector<std::string>& args,
+              const std::vector<std::string>& prefix = {}) {
+    std::string exe = "/proc/self/exe";
+    if (!prefix.empty()) {  // another program resolves /proc/self/exe to itself
+      char path[4096];
+      ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+      if (n > 0) exe.assign(path, static_cast<size_t>(n));
+    }
     int sv[2];
     ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
     pid_ = ::fork();
     if (pid_ == 0) {
       int fd = ::dup(sv[1]);  // without CLOEXEC: the exec'd peer keeps it
-      std::vector<std::string> argv_s = {"/proc/self/exe", "--zcx-peer", name, std::to_string(fd)};
+      std::vector<std::string> argv_s = prefix;
+      for (const std::string& a : {exe, std::string("--zcx-peer"), name, std::to_string(fd)})
+        argv_s.push_back(a);
       argv_s.insert(argv_s.end(), args.begin(), args.end());
       std::vector<char*> argv;
       for (auto& a : argv_s) argv.push_back(a.data());
       argv.push_back(nullptr);
-      ::execv("/proc/self/exe", argv.data());
+      ::execvp(argv[0], argv.data());
       ::_exit(97);
     }
     ::close(sv[1]);

@@ -131,14 +131,15 @@ void ConnectionImpl::breakLocked(Status why) {
 }
 
 void ConnectionImpl::close(Status why, bool tell_peer) {
-  // Our side first: once the peer hears BYE it closes its endpoint, and the transport reporting
-  // that (kConnectionBroken) must not overtake the reason of this close.
+  // BYE first, so the peer hears it before our endpoint goes away (it then reports kCancelled,
+  // "closed the connection"). Once it closes its side, our transport reports the closed
+  // endpoint; that report waits kTransportErrorGrace, so this close's own reason wins.
+  // BYE goes out if the socket takes it now; otherwise the peer learns from the EOF.
+  if (tell_peer && !bye_sent_.exchange(true)) (void)queueControlFrame(FrameType::kBye, {});
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
     breakLocked(std::move(why));
   }
-  // BYE goes out if the socket takes it now; otherwise the peer learns from the EOF.
-  if (tell_peer && !bye_sent_.exchange(true)) (void)queueControlFrame(FrameType::kBye, {});
   engine_->kick();  // callbacks run on the progress thread, never inside close()
   engine_->forgetConnection(this);
   {

@@ -29,6 +29,10 @@ namespace {
 // How long the progress thread spins after the last event before it sleeps on the fd.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
 constexpr auto kDeadlineCheckPeriod = std::chrono::milliseconds(1);
+// A transport error is acted on only after this grace time: a peer that closes gracefully
+// sends BYE and then closes its endpoint, and its BYE (kCancelled, "closed the connection")
+// must not be overtaken by our transport noticing the closed endpoint (kConnectionBroken).
+constexpr auto kTransportErrorGrace = std::chrono::milliseconds(100);
 
 // Set on threads that run progress for an engine (its progress thread); callbacks run there.
 thread_local bool tls_progress_thread = false;
@@ -187,7 +191,18 @@ int EngineImpl::progressOnce() {
       next_deadline_check_ = now + kDeadlineCheckPeriod;
     }
     // Endpoints that failed inside progress are closed here, outside their own callbacks.
-    closed.swap(to_close_);
+    if (!to_close_.empty()) {
+      auto exact = Clock::now();
+      for (size_t i = 0; i < to_close_.size();) {
+        if (to_close_[i].second > exact) {
+          ++i;
+          continue;
+        }
+        closed.push_back(std::move(to_close_[i].first));
+        to_close_[i] = std::move(to_close_.back());
+        to_close_.pop_back();
+      }
+    }
     for (auto& c : closed) {
       c->breakLocked(c->pendingErrorLocked());
       ++n;
@@ -271,7 +286,7 @@ void EngineImpl::checkDeadlines(Clock::time_point now) {
 }
 
 void EngineImpl::scheduleClose(std::shared_ptr<ConnectionImpl> conn) {
-  to_close_.push_back(std::move(conn));
+  to_close_.emplace_back(std::move(conn), Clock::now() + kTransportErrorGrace);
 }
 
 void EngineImpl::deferCallback(std::function<void(const Status&)> cb, Status status) {
@@ -327,6 +342,7 @@ void EngineImpl::progressLoop() {
       armed = transport->arm();
       busy = false;
       for (ConnectionImpl* c : live) busy |= c->oldestOutstanding() != nullptr;
+      busy |= !to_close_.empty();  // wake for their grace time
     }
     if (!armed) continue;
     sleeping_.store(true, std::memory_order_seq_cst);

@@ -170,9 +170,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
 
   std::vector<std::pair<std::function<void(const Status&)>, Status>> deferred_;  // mu
   std::atomic<bool> has_deferred_{false};  ///< lets runDeferred() skip the lock when idle
-  std::vector<std::shared_ptr<ConnectionImpl>> to_close_;  // mu
-  std::vector<std::shared_ptr<RegionState>> to_drop_;      // mu
-  void dropPins();                                         ///< drops to_drop_ outside the lock
+  /// Connections whose transport failed, closed once their grace time passed (mu).
+  std::vector<std::pair<std::shared_ptr<ConnectionImpl>, Clock::time_point>> to_close_;
+  std::vector<std::shared_ptr<RegionState>> to_drop_;  // mu
+  void dropPins();                                     ///< drops to_drop_ outside the lock
   std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;  // progress-local
   Clock::time_point next_deadline_check_{};
 

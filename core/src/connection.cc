@@ -408,14 +408,7 @@ Request ConnectionImpl::post(size_t bytes, PostFn&& post_to_transport) {
       r->self = r;
       link(r.get());
       Status st = post_to_transport(r.get());
-      if (!st.ok()) {  // nothing was posted: the transport never calls complete()
-        unlink(r.get());
-        r->self.reset();
-        for (auto& p : r->region_pins) engine_->dropLater(p.release());
-        r->region_pins.clear();
-        r->key_pins.clear();
-        r->finish(st);
-      }
+      if (!st.ok()) abandonLocked(r.get(), st);  // nothing was posted: no complete() comes
     }
   }
   engine_->notePosted();

@@ -172,6 +172,15 @@ void EngineImpl::stop() {
     accepted_.clear();
   }
   for (auto& [id, c] : conns) c->close(Status(StatusCode::kCancelled, "engine shut down"), true);
+  // Connections whose transport failure waits out its grace time: closed now (they hold the
+  // engine, and the engine's queue holds them: the cycle must not outlive the engine).
+  std::vector<std::pair<std::shared_ptr<ConnectionImpl>, Clock::time_point>> failing;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    failing.swap(to_close_);
+    for (auto& [c, when] : failing) c->breakLocked(c->pendingErrorLocked());
+  }
+  failing.clear();  // may destroy them: outside the lock
   // No progress thread is left: the thread destroying the engine runs the last callbacks.
   dropPins();
   runDeferred();

@@ -844,8 +844,8 @@ TEST_P(TransferTest, CallbacksNeverRunInsideThePostingCall) {
       reqs.back().onComplete([&](const Status&) {
         if (tls_inside_close) inline_calls++;
         if (std::this_thread::get_id() == poster) same_thread++;
-        std::lock_guard<std::mutex> lock(user_mu);
-        calls++;
+        { std::lock_guard<std::mutex> lock(user_mu); }  // the mutex the poster holds
+        calls++;  // the last touch of the test's state: it may return right after
       });
     }
     tls_inside_close = true;

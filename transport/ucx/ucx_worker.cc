@@ -372,8 +372,7 @@ ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_
   self->deliverNotify(receiverKey(h), static_cast<uint32_t>(h.value));
   return UCS_OK;
 } catch (const std::exception& e) {
-  // An exception must not cross UCX's C frames; the message is dropped (and its connection,
-  // which the handler could not finish delivering to, fails: see failFromCallback).
+  // An exception must not cross UCX's C frames (this one only allocates a log line).
   LOG(ERROR) << "ucx: notify handler: " << e.what();
   return UCS_OK;
 }
@@ -397,8 +396,7 @@ ucs_status_t UcxWorker::onAmHello(void* arg, const void* header, size_t header_l
   }
   return UCS_OK;
 } catch (const std::exception& e) {
-  // An exception must not cross UCX's C frames; the message is dropped (and its connection,
-  // which the handler could not finish delivering to, fails: see failFromCallback).
+  // An exception must not cross UCX's C frames (this one only allocates a log line).
   LOG(ERROR) << "ucx: hello handler: " << e.what();
   return UCS_OK;
 }

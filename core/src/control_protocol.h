@@ -21,7 +21,8 @@
 
 namespace zcx::detail {
 
-constexpr uint16_t kProtocolVersion = 1;
+// 2: CREDIT frames (send/recv flow control); UCX endpoints wired up by the active side first.
+constexpr uint16_t kProtocolVersion = 2;
 constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
 constexpr size_t kMaxNameLength = 256;        ///< engine, transport and region names
 

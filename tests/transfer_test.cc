@@ -229,6 +229,19 @@ class TransferTest : public ::testing::TestWithParam<TransportParam> {
     ASSERT_EQ(r.value_or("none"), "ok");
   }
 
+  /// Like connect(), from a fresh local engine made with `o`.
+  void connectWith(const EngineOptions& o) {
+    peer_->pipe().send("accept");
+    engine_.reset();
+    auto e = Engine::create(o);
+    ASSERT_TRUE(e.ok()) << e.status().toString();
+    engine_ = std::move(*e);
+    auto c = engine_->connect(peer_addr_);
+    ASSERT_TRUE(c.ok()) << c.status().toString();
+    conn_ = std::move(*c);
+    ASSERT_EQ(peer_->pipe().recv(10s).value_or(""), "ok");
+  }
+
   RemoteRegion peerRegion(const std::string& name, size_t size, uint32_t access) {
     EXPECT_EQ(cmd("alloc " + name + " " + std::to_string(size) + " " + std::to_string(access)),
               "ok");
@@ -701,17 +714,9 @@ TEST_P(TransferTest, CompletionContractHoldsForSuccessAndError) {
 }
 
 TEST_P(TransferTest, StalledPeerHitsTheDeadlineNotAHang) {
-  peer_->pipe().send("accept");
   EngineOptions o = optionsFor(GetParam(), false);
   o.operation_timeout = 700ms;
-  engine_.reset();
-  auto e = Engine::create(o);
-  ASSERT_TRUE(e.ok());
-  engine_ = std::move(*e);
-  auto c = engine_->connect(peer_addr_);
-  ASSERT_TRUE(c.ok()) << c.status().toString();
-  conn_ = std::move(*c);
-  ASSERT_EQ(peer_->pipe().recv(10s).value_or(""), "ok");
+  ASSERT_NO_FATAL_FAILURE(connectWith(o));
   const size_t n = 8u << 20;
   RemoteRegion dst = peerRegion("dst", n, kRemoteWrite);
   Buffer src = makeBuffer(*engine_, n, kLocalOnly);
@@ -733,17 +738,9 @@ TEST_P(TransferTest, StalledPeerHitsTheDeadlineNotAHang) {
 }
 
 TEST_P(TransferTest, ManualProgressModeMovesData) {
-  peer_->pipe().send("accept");
   EngineOptions o = optionsFor(GetParam(), false);
   o.progress = ProgressMode::kManual;
-  engine_.reset();
-  auto e = Engine::create(o);
-  ASSERT_TRUE(e.ok());
-  engine_ = std::move(*e);
-  auto c = engine_->connect(peer_addr_);
-  ASSERT_TRUE(c.ok()) << c.status().toString();
-  conn_ = std::move(*c);
-  ASSERT_EQ(peer_->pipe().recv(10s).value_or(""), "ok");
+  ASSERT_NO_FATAL_FAILURE(connectWith(o));
   const size_t n = 300001;
   RemoteRegion dst = peerRegion("dst", n, kRemoteReadWrite);
   Buffer src = makeBuffer(*engine_, n, kLocalOnly), back = makeBuffer(*engine_, n, kLocalOnly);
@@ -862,17 +859,9 @@ TEST_P(TransferTest, CallbacksNeverRunInsideThePostingCall) {
 }
 
 TEST_P(TransferTest, WaitThatRunsOutIsNotTheOperationTimingOut) {
-  peer_->pipe().send("accept");
   EngineOptions o = optionsFor(GetParam(), false);
   o.operation_timeout = 800ms;
-  engine_.reset();
-  auto e = Engine::create(o);
-  ASSERT_TRUE(e.ok());
-  engine_ = std::move(*e);
-  auto c = engine_->connect(peer_addr_);
-  ASSERT_TRUE(c.ok()) << c.status().toString();
-  conn_ = std::move(*c);
-  ASSERT_EQ(peer_->pipe().recv(10s).value_or(""), "ok");
+  ASSERT_NO_FATAL_FAILURE(connectWith(o));
   const size_t n = 8u << 20;
   RemoteRegion dst = peerRegion("dst", n, kRemoteWrite);
   Buffer src = makeBuffer(*engine_, n, kLocalOnly);

@@ -631,9 +631,8 @@ TEST_P(HostilePeerTest, BogusSequenceNumbersAreNotHeldForever) {
     h.value = seq;
     h.role = 0;  // sent by the active side
     ucp_request_param_t p{};
-    ucs_status_ptr_t r =
-        ucp_am_send_nbx(ep->ucpEp(), ucx::kAmMessage, &h, sizeof(h), payload.data(),
-                        payload.size(), &p);
+    ucs_status_ptr_t r = ucp_am_send_nbx(ep->ucpEp(), ucx::kAmMessage, &h, sizeof(h),
+                                         payload.data(), payload.size(), &p);
     if (UCS_PTR_IS_PTR(r)) {
       ASSERT_TRUE(pump([&] { return ucp_request_check_status(r) != UCS_INPROGRESS; }));
       ucp_request_free(r);

@@ -549,9 +549,7 @@ void ConnectionImpl::postBlockedLocked() {
 void ConnectionImpl::abandonLocked(RequestState* r, Status why) {
   std::shared_ptr<RequestState> keep = std::move(r->self);
   unlink(r);
-  for (auto& p : r->region_pins) engine_->dropLater(p.release());
-  r->region_pins.clear();
-  r->key_pins.clear();
+  r->releasePins();
   r->finish(std::move(why));
 }
 

@@ -11,12 +11,14 @@ void RequestState::complete(Status status) {
   // Keep ourselves alive through finish(): `self` may hold the last reference.
   std::shared_ptr<RequestState> keep = std::move(self);
   if (connection) connection->unlink(this);
-  // The transport no longer touches the memory: the holds end now, the references are dropped
-  // outside the lock (the last one deregisters).
+  releasePins();  // the transport no longer touches the memory
+  finish(std::move(status));
+}
+
+void RequestState::releasePins() {
   for (auto& p : region_pins) engine_->dropLater(p.release());
   region_pins.clear();
   key_pins.clear();
-  finish(std::move(status));
 }
 
 void RequestState::pin(const std::shared_ptr<RegionState>& region,

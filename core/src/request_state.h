@@ -29,6 +29,9 @@ class RequestState final : public transport::Completion {
   void complete(Status status) override;
   /// Holds `region` and `key` (may be null) until complete(); consecutive repeats are held once.
   void pin(const std::shared_ptr<RegionState>& region, const std::shared_ptr<RemoteKeyRef>& key);
+  /// Ends what pin() held: the holds end now, the references are dropped outside the engine
+  /// lock (the last one deregisters). Engine lock held.
+  void releasePins();
   /// Whether this operation holds `region`.
   bool uses(const RegionState* region) const;
 

@@ -117,16 +117,8 @@ Status UcxEndpoint::startWireup() {
   rec->phase = OpRecord::Phase::kFlush;
   ucp_request_param_t p = requestParam(rec, nullptr);
   bool posted = track(rec, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx(wireup)");
-  if (!posted) {
-    Status s = rec->status.withContext("ucx: endpoint wireup");
-    unlink(rec);
-    rec->user_done = true;
-    rec->endpoint = nullptr;
-    worker_->releaseIfIdle(rec);
-    return s;
-  }
-  if (rec->pending == 0) worker_->schedule(rec);  // advance() from the next progress()
-  return Status::Ok();
+  // Same as any post: an error only if nothing reached UCX; done at once -> next progress().
+  return finishPost(rec, posted).withContext("ucx: endpoint wireup");
 }
 
 void UcxEndpoint::postHello(OpRecord* rec) {

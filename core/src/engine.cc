@@ -554,8 +554,48 @@ void EngineImpl::wantControlWrite(uint64_t conn_id) {
   });
 }
 
+// A peer that has not sent its HELLO this long after connecting is not a client in a hurry:
+// under pressure it gives its handshake slot to one waiting in the backlog.
+constexpr auto kSilentPeerGrace = std::chrono::milliseconds(1000);
+
+bool EngineImpl::makeRoomForHandshake(Clock::time_point now) {
+  if (handshakes_.size() < options.max_pending_handshakes) return true;
+  auto oldest = handshakes_.end();
+  for (auto it = handshakes_.begin(); it != handshakes_.end(); ++it) {
+    if (!it->second->silentSince(now - kSilentPeerGrace)) continue;
+    if (oldest == handshakes_.end() || it->second->started() < oldest->second->started())
+      oldest = it;
+  }
+  if (oldest == handshakes_.end()) return false;
+  ++evicted_handshakes_;
+  LOG_EVERY_N(WARNING, 100) << "zcx: " << options.max_pending_handshakes
+                            << " handshakes pending (max_pending_handshakes): closed one whose "
+                               "peer sent no HELLO within "
+                            << kSilentPeerGrace.count() << " ms; " << evicted_handshakes_
+                            << " closed so far";
+  loop_.remove(oldest->first);  // before the socket is closed
+  handshakes_.erase(oldest);
+  return true;
+}
+
+// The listener is polled unless it is paused for lack of fds or every handshake slot is taken;
+// while it is not, new connections wait in the kernel's backlog (their connect_timeout runs).
+void EngineImpl::updateListenerInterest() {
+  if (!listener_key_) return;
+  bool full = handshakes_.size() >= options.max_pending_handshakes;
+  if (full && !listener_full_) {
+    LOG_EVERY_N(INFO, 100) << "zcx: " << options.max_pending_handshakes
+                           << " handshakes pending (max_pending_handshakes): further connections "
+                              "wait in the listen backlog";
+  }
+  listener_full_ = full;
+  bool paused = listener_paused_until_ != Clock::time_point{};
+  loop_.modify(listener_key_, full || paused ? 0u : static_cast<uint32_t>(EPOLLIN));
+}
+
 void EngineImpl::onListenerReadable() {
   for (int i = 0; i < 64; ++i) {  // a burst at a time; the next round takes the rest
+    if (!makeRoomForHandshake(Clock::now())) break;
     int cfd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (cfd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -564,19 +604,10 @@ void EngineImpl::onListenerReadable() {
         LOG_EVERY_N(WARNING, 100) << "zcx: cannot accept a connection: " << std::strerror(errno)
                                   << "; raise the open-file limit (ulimit -n)";
         listener_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
-        loop_.modify(listener_key_, 0);
       }
-      return;
+      break;
     }
     Fd fd(cfd);
-    if (handshakes_.size() >= options.max_pending_handshakes) {
-      ++dropped_sockets_;
-      LOG_EVERY_N(WARNING, 100) << "zcx: closed an incoming connection at once: "
-                                << options.max_pending_handshakes
-                                << " handshakes are already pending (max_pending_handshakes); "
-                                << dropped_sockets_ << " closed so far";
-      continue;
-    }
     if (Status s = setPeerTimeout(fd.get(), options.peer_timeout); !s.ok()) {
       LOG(WARNING) << "zcx: closed an incoming connection: " << s.toString();
       continue;
@@ -589,6 +620,7 @@ void EngineImpl::onListenerReadable() {
       continue;
     handshakes_.emplace(key, std::move(h));
   }
+  updateListenerInterest();
 }
 
 void EngineImpl::onHandshakeEvents(ControlLoop::Key key, uint32_t events) {
@@ -610,6 +642,7 @@ void EngineImpl::settleHandshake(ControlLoop::Key key) {
   loop_.remove(key);  // before the socket can be closed
   std::unique_ptr<PassiveHandshake> done = std::move(it->second);
   handshakes_.erase(it);
+  if (listener_full_) updateListenerInterest();  // a slot is free: take one from the backlog
   if (done->phase() != PassiveHandshake::Phase::kDone) return;  // logged by the handshake
   auto conn = done->connection();
   conn->adoptControlOutput(done->takeOutput());
@@ -629,8 +662,9 @@ void EngineImpl::controlTick() {
   if (listener_key_ && listener_paused_until_ != Clock::time_point{} &&
       now >= listener_paused_until_) {
     listener_paused_until_ = {};
-    loop_.modify(listener_key_, EPOLLIN);
+    updateListenerInterest();
   }
+  if (listener_full_ && makeRoomForHandshake(now)) updateListenerInterest();
   if (handshakes_.empty()) return;
   bool transport_pending = false;
   for (auto& [key, h] : handshakes_) transport_pending |= h->waitsForTransport();

@@ -160,6 +160,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
 
   // Control loop thread only.
   void onListenerReadable();
+  bool makeRoomForHandshake(Clock::time_point now);
+  void updateListenerInterest();
   void onHandshakeEvents(ControlLoop::Key key, uint32_t events);
   void settleHandshake(ControlLoop::Key key);
   void controlTick();
@@ -185,9 +187,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   ControlLoop loop_;
   ControlLoop::Key listener_key_ = 0;
   Clock::time_point listener_paused_until_{};  ///< out of fds: stop accepting for a moment
+  bool listener_full_ = false;  ///< max_pending_handshakes reached: the backlog holds the rest
   std::map<ControlLoop::Key, std::unique_ptr<PassiveHandshake>> handshakes_;
   std::map<uint64_t, ControlLoop::Key> watched_;  ///< connection id -> its registration
-  uint64_t dropped_sockets_ = 0;                  ///< closed at once: too many handshakes
+  uint64_t evicted_handshakes_ = 0;               ///< silent peers closed to make room
 
   Fd listener_;
   Fd progress_wake_;

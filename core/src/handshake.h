@@ -31,6 +31,9 @@ class PassiveHandshake {
   Phase phase() const { return phase_; }
   bool finished() const { return phase_ == Phase::kDone || phase_ == Phase::kFailed; }
   bool wantsWrite() const { return !out_.empty(); }
+  Clock::time_point started() const { return started_; }
+  /// Still waiting for the peer's HELLO, which a real client sends as soon as it connects.
+  bool silentSince(Clock::time_point t) const { return phase_ == Phase::kHello && started_ < t; }
   bool waitsForTransport() const { return phase_ == Phase::kTransport && !ready_sent_; }
 
   /// The socket is readable/writable (epoll events).
@@ -55,6 +58,7 @@ class PassiveHandshake {
   Fd fd_;             ///< until the connection owns the socket
   int conn_fd_ = -1;  ///< the socket number once the connection owns it
   std::string peer_;  ///< address, for logs
+  Clock::time_point started_ = Clock::now();
   Clock::time_point deadline_;
   Phase phase_ = Phase::kHello;
   FrameReader in_;

@@ -40,7 +40,9 @@ struct EngineOptions {
   /// every control socket, so a crashed host or a pulled cable is noticed within this time even
   /// on an idle connection. Must be positive (whole seconds for the probes, at least 1 s).
   std::chrono::milliseconds peer_timeout{10000};
-  /// Incoming connections still in their handshake; further sockets are closed at once.
+  /// Incoming connections still in their handshake. Past it, further connections wait in the
+  /// kernel's listen backlog until a handshake ends; a peer that has sent no HELLO for a second
+  /// gives its place to them, so idle sockets cannot hold the listener.
   size_t max_pending_handshakes = 256;
   /// Connections handshaken but not yet taken by Engine::accept(); further peers get a REJECT
   /// (kResourceExhausted) telling them the server is not accepting fast enough.

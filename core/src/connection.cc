@@ -219,6 +219,11 @@ void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
     auto it = lookups_.find(l->id);
     if (it != lookups_.end()) it->second = std::make_pair(l->found, std::move(l->descriptor));
     lookup_cv_.notify_all();
+  } else if (f.type == FrameType::kUnexpose) {
+    // The body is the name (its size was checked on the header); lookups now ask the peer.
+    std::string name(f.body.begin(), f.body.end());
+    std::lock_guard<std::mutex> lock(lookup_mu_);
+    peer_regions_.erase(name);
   } else if (f.type == FrameType::kCredit) {
     auto limit = decodeCredit(f.body);
     if (!limit.ok()) {

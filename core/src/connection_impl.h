@@ -98,14 +98,15 @@ class ConnectionImpl final : public transport::EndpointEvents,
   const std::string peer_name;
   size_t max_message_size = 0;
 
+  /// Queues a frame and sends what the socket takes; the control loop sends the rest. Any thread.
+  Status queueControlFrame(FrameType type, const std::vector<uint8_t>& body);
+
  private:
   Request failed(Status s);
   template <class PostFn>
   Request post(size_t bytes, PostFn&& post_to_transport);
   void link(RequestState* r);
   void deliverMessages();
-  /// Queues a frame and sends what the socket takes; the control loop sends the rest.
-  Status queueControlFrame(FrameType type, const std::vector<uint8_t>& body);
   void handleControlFrame(Frame f, Status* end);
   void endControl(Status why);
 

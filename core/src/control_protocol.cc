@@ -142,6 +142,7 @@ std::optional<size_t> maxFrameBody(uint8_t type) {
     case FrameType::kLookupReply: return kMaxLookupReplyBody;
     case FrameType::kBye: return 0;
     case FrameType::kCredit: return 8;
+    case FrameType::kUnexpose: return kMaxNameLength;
   }
   return std::nullopt;
 }
@@ -155,6 +156,7 @@ const char* frameTypeName(uint8_t type) {
     case FrameType::kLookupReply: return "LOOKUP_REPLY";
     case FrameType::kBye: return "BYE";
     case FrameType::kCredit: return "CREDIT";
+    case FrameType::kUnexpose: return "UNEXPOSE";
   }
   return "unknown";
 }

@@ -22,11 +22,13 @@
 namespace zcx::detail {
 
 // 2: CREDIT frames (send/recv flow control); UCX endpoints wired up by the active side first.
-constexpr uint16_t kProtocolVersion = 2;
+// 3: UNEXPOSE frames; UCX remote writes/reads as target-checked active messages.
+constexpr uint16_t kProtocolVersion = 3;
 constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
 constexpr size_t kMaxNameLength = 256;        ///< engine, transport and region names
 
 /// kCredit: the receiver's grant of two-sided messages (send/recv flow control).
+/// kUnexpose: the sender no longer exposes the named region; drop what the handshake carried.
 enum class FrameType : uint8_t {
   kHello = 1,
   kReject,
@@ -34,7 +36,8 @@ enum class FrameType : uint8_t {
   kLookup,
   kLookupReply,
   kBye,
-  kCredit
+  kCredit,
+  kUnexpose
 };
 
 /// Messages a sender may have sent before the receiver's first CREDIT frame (both sides know

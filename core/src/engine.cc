@@ -259,13 +259,35 @@ void EngineImpl::retireRegion(RegionState& region) {
         std::make_tuple(reinterpret_cast<uintptr_t>(region.data), region.size, region.access));
     if (it != registrations.end() && it->second.lock().get() == &region) registrations.erase(it);
   }
+  std::vector<std::string> names;
   {
     std::lock_guard<std::mutex> lock(exposed_mu);
     for (auto it = exposed.begin(); it != exposed.end();) {
-      it = it->second.first == &region ? exposed.erase(it) : std::next(it);
+      if (it->second.first == &region) {
+        names.push_back(it->first);
+        it = exposed.erase(it);
+      } else {
+        ++it;
+      }
     }
   }
   if (region.handle) region.handle->revokeRemoteAccess();
+  if (!names.empty()) announceUnexposed(names);
+}
+
+void EngineImpl::announceUnexposed(const std::vector<std::string>& names) {
+  std::vector<std::shared_ptr<ConnectionImpl>> conns;
+  {
+    std::lock_guard<std::mutex> lock(conn_mu_);
+    for (auto& [id, c] : connections_) conns.push_back(c);
+  }
+  for (auto& c : conns) {
+    for (const std::string& n : names) {
+      (void)c->queueControlFrame(
+          FrameType::kUnexpose,
+          std::vector<uint8_t>(n.begin(), n.end()));  // closed: no one to tell
+    }
+  }
 }
 
 void EngineImpl::revokeRegion(RegionState& region) {
@@ -295,8 +317,7 @@ void EngineImpl::revokeRegion(RegionState& region) {
     LOG(ERROR) << "zcx: a MemoryRegion was destroyed while the transport still held "
                << region.inflight.load() << " operation(s) and "
                << (region.handle ? region.handle->remoteAccessesInFlight() : 0)
-               << " remote access(es) on it after "
-               << options.connect_timeout.count()
+               << " remote access(es) on it after " << options.connect_timeout.count()
                << " ms; its registration stays until they are released. Do not free or reuse "
                   "the memory before they complete.";
   }
@@ -864,8 +885,12 @@ Status Engine::expose(std::string name, const MemoryRegion& region) {
 }
 
 void Engine::unexpose(std::string_view name) {
-  std::lock_guard<std::mutex> lock(impl_->exposed_mu);
-  impl_->exposed.erase(std::string(name));
+  bool erased;
+  {
+    std::lock_guard<std::mutex> lock(impl_->exposed_mu);
+    erased = impl_->exposed.erase(std::string(name)) != 0;
+  }
+  if (erased) impl_->announceUnexposed({std::string(name)});
 }
 
 int Engine::progress() { return impl_->progressOnce(); }

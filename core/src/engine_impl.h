@@ -116,6 +116,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// The last MemoryRegion of `region` is gone: unexposes it, takes it out of the registration
   /// cache and revokes peers' access (the registration itself lives on while operations pin it).
   void retireRegion(RegionState& region);
+  /// Tells every connected peer that `names` are no longer exposed (UNEXPOSE frames), so their
+  /// copies from the handshake go and lookups say NotFound.
+  void announceUnexposed(const std::vector<std::string>& names);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
 
   // ---- connections ----

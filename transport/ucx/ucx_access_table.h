@@ -25,11 +25,11 @@ namespace zcx::transport::ucx {
 /// Why the target refused an access (sent back in the reply; 0 = granted).
 enum class AccessRefusal : uint8_t {
   kNone = 0,
-  kUnknownKey = 1,   ///< no such registration, wrong cookie, or revoked
-  kOutOfBounds = 2,  ///< the range is not inside the registration
-  kNotPermitted = 3, ///< the registration does not grant this access
-  kMalformed = 4,    ///< the request itself is inconsistent
-  kInternal = 5,     ///< the target could not carry it out (e.g. UCX receive failed)
+  kUnknownKey = 1,    ///< no such registration, wrong cookie, or revoked
+  kOutOfBounds = 2,   ///< the range is not inside the registration
+  kNotPermitted = 3,  ///< the registration does not grant this access
+  kMalformed = 4,     ///< the request itself is inconsistent
+  kInternal = 5,      ///< the target could not carry it out (e.g. UCX receive failed)
 };
 const char* refusalText(AccessRefusal r);
 

@@ -57,9 +57,9 @@ void UcxWorker::dropRmaSlots(OpRecord* rec) {
 
 void UcxWorker::noteRefusal(const char* what, const RmaHeader& h, AccessRefusal refusal) {
   LOG_EVERY_N(WARNING, 100) << "ucx: refused a remote " << what << " of " << h.length
-                            << " bytes at " << hexAddress(h.remote_addr) << " (key "
-                            << h.key_id << ") from connection " << h.token << ": "
-                            << refusalText(refusal) << " [" << google::COUNTER << " so far]";
+                            << " bytes at " << hexAddress(h.remote_addr) << " (key " << h.key_id
+                            << ") from connection " << h.token << ": " << refusalText(refusal)
+                            << " [" << google::COUNTER << " so far]";
 }
 
 // --------------------------------------------------------------------------------- target side
@@ -131,16 +131,15 @@ void UcxWorker::onPutDataDone(void* request, ucs_status_t status, size_t /*lengt
     LOG(WARNING) << "ucx: receiving a remote write failed: " << ucs_status_string(status);
   }
   self->sendRmaReply(r->route, r->op_id,
-                     status == UCS_OK ? AccessRefusal::kNone : AccessRefusal::kInternal, nullptr,
-                     0, nullptr, {});
+                     status == UCS_OK ? AccessRefusal::kNone : AccessRefusal::kInternal, nullptr, 0,
+                     nullptr, {});
   delete r;
 } catch (const std::exception& e) {
   LOG(ERROR) << "ucx: remote write completion: " << e.what();
 }
 
-ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_length,
-                                void* /*data*/, size_t length,
-                                const ucp_am_recv_param_t* /*param*/) try {
+ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_length, void* /*data*/,
+                                size_t length, const ucp_am_recv_param_t* /*param*/) try {
   auto* self = static_cast<UcxWorker*>(arg);
   RmaHeader h;
   if (!parseRma(header, header_length, &h)) {
@@ -202,8 +201,8 @@ void UcxWorker::sendRmaReply(RouteKey route, uint64_t op_id, AccessRefusal refus
     p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
     p.memh = memh;
   }
-  ucs_status_ptr_t ptr = ucp_am_send_nbx(ep->ucpEp(), kAmRmaReply, &r->header, sizeof(r->header),
-                                         data, length, &p);
+  ucs_status_ptr_t ptr =
+      ucp_am_send_nbx(ep->ucpEp(), kAmRmaReply, &r->header, sizeof(r->header), data, length, &p);
   if (UCS_PTR_IS_PTR(ptr)) {
     replies_.insert(r);
     return;
@@ -257,14 +256,12 @@ ucs_status_t UcxWorker::onAmRmaReply(void* arg, const void* header, size_t heade
   auto refusal = static_cast<AccessRefusal>(h.refusal);
   if (refusal != AccessRefusal::kNone) {
     if (rec->status.ok()) {
-      rec->status =
-          Status(StatusCode::kRemoteAccessError,
-                 std::string("the target refused the remote ") +
-                     (slot.is_read ? "read" : "write") + " of " + std::to_string(slot.length) +
-                     " bytes: " +
-                     (h.refusal <= static_cast<uint8_t>(AccessRefusal::kInternal)
-                          ? refusalText(refusal)
-                          : "unknown reason"));
+      rec->status = Status(
+          StatusCode::kRemoteAccessError,
+          std::string("the target refused the remote ") + (slot.is_read ? "read" : "write") +
+              " of " + std::to_string(slot.length) + " bytes: " +
+              (h.refusal <= static_cast<uint8_t>(AccessRefusal::kInternal) ? refusalText(refusal)
+                                                                           : "unknown reason"));
     }
   } else if (slot.is_read) {
     if (length != slot.length) {

@@ -6,8 +6,8 @@
 namespace zcx::transport::ucx {
 namespace {
 
-constexpr uint32_t kKeyMagic = 0x4b58435a;      // "ZCXK" little-endian
-constexpr uint32_t kAddressMagic = 0x4158435a;  // "ZCXA"
+constexpr uint32_t kKeyMagic = 0x4b58435a;         // "ZCXK" little-endian
+constexpr uint32_t kAddressMagic = 0x4158435a;     // "ZCXA"
 constexpr uint32_t kCheckedKeyMagic = 0x4358435a;  // "ZCXC"
 constexpr size_t kHeaderSize = 16;
 
@@ -80,9 +80,9 @@ Result<CheckedKey> unframeCheckedKey(std::span<const uint8_t> framed) {
   auto body = unframe(kCheckedKeyMagic, "ucx checked-RMA key", framed);
   if (!body.ok()) return body.status();
   if (body->size() != 16) {
-    return Status(StatusCode::kProtocolError, "ucx checked-RMA key of " +
-                                                  std::to_string(body->size()) +
-                                                  " bytes (expected 16)");
+    return Status(
+        StatusCode::kProtocolError,
+        "ucx checked-RMA key of " + std::to_string(body->size()) + " bytes (expected 16)");
   }
   CheckedKey key;
   std::memcpy(&key.id, body->data(), 8);

@@ -73,8 +73,8 @@ Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> wor
   if (access != kAccessLocal && self->worker_->ucx().checkedRma()) {
     // Peers get a key to our access table, which every one of their accesses is checked
     // against, not a UCX rkey.
-    auto grant = self->worker_->access().add(static_cast<uint8_t*>(self->address_), length, access,
-                                             raw);
+    auto grant =
+        self->worker_->access().add(static_cast<uint8_t*>(self->address_), length, access, raw);
     self->grant_id_ = grant.id;
     self->grant_ = std::move(grant.entry);
     self->packed_ = frameCheckedKey(CheckedKey{grant.id, grant.cookie});

@@ -37,8 +37,8 @@ struct OpRecord {
   uint32_t notify_value = 0;
   AmHeader header;  ///< AM header of a send or notify: must live until the send completes
   // Checked RMA: one put/get request per op, each answered by the target.
-  uint32_t awaiting = 0;    ///< replies not received yet
-  uint64_t first_op = 0;    ///< op ids first_op .. first_op + op_count - 1 (UcxWorker::rma_ops_)
+  uint32_t awaiting = 0;  ///< replies not received yet
+  uint64_t first_op = 0;  ///< op ids first_op .. first_op + op_count - 1 (UcxWorker::rma_ops_)
   uint32_t op_count = 0;
   std::vector<RmaHeader> rma_headers;  ///< must live until their sends complete (UCX 1.13 does
                                        ///< not copy AM headers)

@@ -21,10 +21,10 @@ struct UcxSettings {
   bool checked_rma = true;
 };
 
-/// Accepts ucx.tls, ucx.net_devices, ucx.rma (checked|native|auto) and ucx.<UPPERCASE_UCX_VAR>; anything else is
-/// kInvalidArgument naming the key. Adds MM_ERROR_HANDLING=y (needed for peer error handling
-/// over posix/sysv/xpmem) unless the TLS (ucx.tls, else $UCX_TLS) exclude those. A non-empty
-/// config.device is used as NET_DEVICES unless ucx.net_devices is given.
+/// Accepts ucx.tls, ucx.net_devices, ucx.rma (checked|native|auto) and ucx.<UPPERCASE_UCX_VAR>;
+/// anything else is kInvalidArgument naming the key. Adds MM_ERROR_HANDLING=y (needed for peer
+/// error handling over posix/sysv/xpmem) unless the TLS (ucx.tls, else $UCX_TLS) exclude those. A
+/// non-empty config.device is used as NET_DEVICES unless ucx.net_devices is given.
 Result<UcxSettings> parseSettings(const TransportConfig& config);
 
 }  // namespace zcx::transport::ucx

@@ -2,6 +2,8 @@
 
 #include <glog/logging.h>
 
+#include <mutex>
+
 #include "ucx/ucx_endpoint.h"
 #include "ucx/ucx_memory.h"
 
@@ -26,6 +28,16 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportConfig
   description += " tls=" + (settings->tls.empty() ? std::string("default") : settings->tls);
   if (!settings->net_devices.empty()) description += " devices=" + settings->net_devices;
   description += settings->checked_rma ? " rma=checked" : " rma=native";
+  if (!settings->checked_rma) {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      LOG(WARNING) << "zcx ucx: rma=native over shared memory: peers write to and read from "
+                      "registered memory through UCX without a check by this process, and any "
+                      "process of the same user can reach all of our memory through the kernel "
+                      "(CMA, ptrace) anyway. Connect only peers you trust as yourself "
+                      "(docs/SECURITY.md); ucx.rma=checked makes this process check every access.";
+    });
+  }
   return std::unique_ptr<UcxTransport>(
       new UcxTransport(std::move(worker).value(), std::move(description)));
 }

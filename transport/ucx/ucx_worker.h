@@ -93,7 +93,7 @@ class UcxWorker {
   struct RmaSlot {
     OpRecord* rec = nullptr;
     uint64_t generation = 0;
-    RouteKey route;          ///< the endpoint the reply must come from
+    RouteKey route;            ///< the endpoint the reply must come from
     uint8_t* local = nullptr;  ///< a get's destination
     size_t length = 0;
     ucp_mem_h memh = nullptr;  ///< the destination's registration (zero-copy receive)

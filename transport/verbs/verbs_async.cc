@@ -1,4 +1,5 @@
 #include "verbs/verbs_async.h"
+#include "verbs/verbs_status.h"
 
 #include <fcntl.h>
 #include <glog/logging.h>
@@ -45,7 +46,7 @@ void queueFor(Subscriber& s, const AsyncEvent& ev) {
   s.queue.push_back(ev);
   const uint64_t one = 1;
   if (s.wake_fd >= 0 && ::write(s.wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
-    LOG(WARNING) << "verbs: cannot wake a transport for an async event: " << std::strerror(errno);
+    LOG(WARNING) << "verbs: cannot wake a transport for an async event: " << errnoText(errno);
   }
 }
 
@@ -141,7 +142,7 @@ Status AsyncEventHub::subscribe(ibv_context* context, const void* key, uint8_t p
       ((flags & O_NONBLOCK) == 0 && fcntl(context->async_fd, F_SETFL, flags | O_NONBLOCK) < 0)) {
     return Status(StatusCode::kInternal,
                   std::string("cannot make the device's async event fd non-blocking (") +
-                      std::strerror(errno) + ")");
+                      errnoText(errno) + ")");
   }
   Subscriber& s = hub().contexts[context].subscribers[key];
   s.port = port;

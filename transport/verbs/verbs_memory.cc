@@ -1,5 +1,6 @@
 #include "verbs/verbs_memory.h"
 
+#include "verbs/verbs_status.h"
 #include "verbs/verbs_wire.h"
 
 #include <sys/resource.h>
@@ -57,8 +58,8 @@ Result<std::unique_ptr<VerbsMemory>> VerbsMemory::create(ibv_pd* pd, void* addre
   if (!mr) {
     const int err = errno;
     std::ostringstream msg;
-    msg << "ibv_reg_mr of " << length << " bytes at " << address << " failed (errno " << err << ": "
-        << std::strerror(err) << ")";
+    msg << "ibv_reg_mr of " << length << " bytes at " << address << " failed (" << errnoText(err)
+        << ")";
     if ((err == ENOMEM || err == EFAULT || err == EPERM) && memlockLimited()) {
       msg << "; " << memlockText()
           << ", which limits how much memory can be pinned: raise it (`ulimit -l unlimited`, "

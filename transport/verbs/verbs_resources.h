@@ -8,31 +8,32 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <memory>
+
+#include "verbs/verbs_status.h"
 
 namespace zcx::transport::verbs {
 
 struct PdDeleter {
   void operator()(ibv_pd* pd) const noexcept {
-    if (int rc = ibv_dealloc_pd(pd); rc != 0) LOG(WARNING) << "ibv_dealloc_pd: " << strerror(rc);
+    if (int rc = ibv_dealloc_pd(pd); rc != 0) LOG(WARNING) << "ibv_dealloc_pd: " << errnoText(rc);
   }
 };
 struct CqDeleter {
   void operator()(ibv_cq* cq) const noexcept {
-    if (int rc = ibv_destroy_cq(cq); rc != 0) LOG(WARNING) << "ibv_destroy_cq: " << strerror(rc);
+    if (int rc = ibv_destroy_cq(cq); rc != 0) LOG(WARNING) << "ibv_destroy_cq: " << errnoText(rc);
   }
 };
 struct CompChannelDeleter {
   void operator()(ibv_comp_channel* ch) const noexcept {
     if (int rc = ibv_destroy_comp_channel(ch); rc != 0) {
-      LOG(WARNING) << "ibv_destroy_comp_channel: " << strerror(rc);
+      LOG(WARNING) << "ibv_destroy_comp_channel: " << errnoText(rc);
     }
   }
 };
 struct MrDeleter {
   void operator()(ibv_mr* mr) const noexcept {
-    if (int rc = ibv_dereg_mr(mr); rc != 0) LOG(WARNING) << "ibv_dereg_mr: " << strerror(rc);
+    if (int rc = ibv_dereg_mr(mr); rc != 0) LOG(WARNING) << "ibv_dereg_mr: " << errnoText(rc);
   }
 };
 struct EventChannelDeleter {
@@ -43,7 +44,7 @@ struct EventChannelDeleter {
 struct CmIdDeleter {
   void operator()(rdma_cm_id* id) const noexcept {
     if (id->qp != nullptr) rdma_destroy_qp(id);
-    if (rdma_destroy_id(id) != 0) LOG(WARNING) << "rdma_destroy_id: " << strerror(errno);
+    if (rdma_destroy_id(id) != 0) LOG(WARNING) << "rdma_destroy_id: " << errnoText(errno);
   }
 };
 /// rdma_get_devices() list; the contexts in it belong to librdmacm and stay open.

@@ -12,8 +12,6 @@
 #include <cstring>
 #include <sstream>
 
-#include "verbs/factory.h"
-#include "verbs/testing.h"
 #include "verbs/verbs_async.h"
 #include "verbs/verbs_endpoint.h"
 #include "verbs/verbs_memory.h"
@@ -35,70 +33,18 @@ Status setNonBlocking(int fd, const char* what) {
   return Status();
 }
 
-Result<uint32_t> parseParam(const std::string& key, const std::string& value, uint32_t lo,
-                            uint32_t hi) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long v = std::strtoul(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || errno != 0 || v < lo || v > hi) {
-    return Status(StatusCode::kInvalidArgument, "transport parameter " + key + "='" + value +
-                                                    "' must be a number in [" + std::to_string(lo) +
-                                                    ", " + std::to_string(hi) + "]");
-  }
-  return static_cast<uint32_t>(v);
-}
-
 }  // namespace
 
-Result<std::unique_ptr<Transport>> create(const TransportConfig& config) {
-  auto r = VerbsTransport::create(config);
-  if (!r.ok()) return r.status();
-  return std::unique_ptr<Transport>(std::move(*r));
-}
-
-namespace testing {
-
-Status injectAsyncEvent(Transport* transport, Endpoint* endpoint, ibv_event_type type) {
-  auto* t = dynamic_cast<VerbsTransport*>(transport);
-  if (t == nullptr) return Status(StatusCode::kInvalidArgument, "not a verbs transport");
-  uint32_t qp_num = 0;
-  if (endpoint != nullptr) {
-    auto* ep = dynamic_cast<VerbsEndpoint*>(endpoint);
-    if (ep == nullptr || ep->qpNum() == 0) {
-      return Status(StatusCode::kInvalidArgument, "not a verbs endpoint with a QP");
-    }
-    qp_num = ep->qpNum();
-  }
-  AsyncEventHub::injectForTest(t->device().context, type, qp_num, t->device().port, t->cq());
-  return Status();
-}
-
-}  // namespace testing
-
 Result<std::unique_ptr<VerbsTransport>> VerbsTransport::create(const TransportConfig& config) {
-  VerbsOptions options;
-  for (const auto& [key, value] : config.params) {
-    if (key == "verbs.sq_depth") {
-      auto v = parseParam(key, value, 2, 1 << 16);
-      if (!v.ok()) return v.status();
-      options.sq_depth = *v;
-    } else if (key == "verbs.recv_depth") {
-      auto v = parseParam(key, value, 2, 1 << 16);
-      if (!v.ok()) return v.status();
-      options.recv_depth = *v;
-    } else {
-      return Status(StatusCode::kInvalidArgument,
-                    "unknown verbs transport parameter '" + key +
-                        "' (known: verbs.sq_depth, verbs.recv_depth)");
-    }
-  }
+  auto options = parseOptions(config);
+  if (!options.ok()) return options.status();
 
   auto dev = chooseDevice(config);
   if (!dev.ok()) return dev.status();
 
   std::unique_ptr<VerbsTransport> t(new VerbsTransport());
   t->device_ = *dev;
-  t->options_ = options;
+  t->options_ = *options;
   const DeviceChoice& d = t->device_;
 
   errno = 0;

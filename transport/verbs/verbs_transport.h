@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "verbs/verbs_device.h"
+#include "verbs/verbs_params.h"
 #include "verbs/verbs_resources.h"
 #include "verbs/verbs_wire.h"
 #include "zcx/transport/transport.h"
@@ -18,12 +19,6 @@
 namespace zcx::transport::verbs {
 
 class VerbsEndpoint;
-
-/// Tunables ("verbs.sq_depth", "verbs.recv_depth" params).
-struct VerbsOptions {
-  uint32_t sq_depth = 128;
-  uint32_t recv_depth = 0;  ///< 0 = derived from max_message_size
-};
 
 class VerbsTransport final : public Transport {
  public:

@@ -7,6 +7,7 @@
 #   3. one guest run: the rxe0 summary, then
 #        build/tests/transfer_test --gtest_filter='*verbs*'   (core suite on the verbs transport)
 #        build/tests/verbs_transport_test                    (the transport's own tests)
+#        build/tests/security_test --gtest_filter='*verbs*'  (forged/revoked accesses refused)
 #      each if built; then ib_write_bw (perftest) over rxe0 as a reference.
 # Fails (non-zero) if the build fails, if neither test binary exists, if a binary fails, runs
 # no test or skips any (nothing may be skipped where a device exists), or if perftest fails.
@@ -104,6 +105,8 @@ echo "RoCE v2 IPv4 GID index: $gid"
 built=0
 run_gtest transfer_test "$build/tests/transfer_test" --gtest_filter='*verbs*'; [ $? = 2 ] || built=$((built + 1))
 run_gtest verbs_transport_test "$build/tests/verbs_transport_test"; [ $? = 2 ] || built=$((built + 1))
+# The trust boundary on verbs: forged descriptors and revoked regions, refused by the NIC.
+run_gtest security_test "$build/tests/security_test" --gtest_filter='*verbs*'; [ $? = 2 ] || built=$((built + 1))
 [ "$built" -gt 0 ] || fail "neither build/tests/transfer_test nor build/tests/verbs_transport_test is built"
 run_perftest "$gid"
 

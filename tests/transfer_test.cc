@@ -408,7 +408,10 @@ TEST_P(TransferTest, ReadOfWrittenDataRoundTrips) {
   Buffer a = makeBuffer(*engine_, n, kLocalOnly), b = makeBuffer(*engine_, n, kLocalOnly);
   fillPattern(a.bytes.get(), n, 3);
   ASSERT_TRUE(conn_.write(a.region, 0, remote, 0, n).wait(30s).ok());
-  ASSERT_TRUE(conn_.read(b.region, 0, remote, 0, n).wait(30s).ok());
+  {
+    Status rs = conn_.read(b.region, 0, remote, 0, n).wait(30s);
+    ASSERT_TRUE(rs.ok()) << rs.toString();
+  }
   EXPECT_EQ(std::memcmp(a.bytes.get(), b.bytes.get(), n), 0);
 }
 

@@ -2,8 +2,8 @@
 // access table before touching memory (see ucx_access_table.h for why). The initiator posts one
 // kAmPut (header + data) or kAmGet (header) per op and counts the replies; the target answers
 // each with kAmRmaReply: a refusal, or done (a put's data is in its memory), with a read's data.
-// Large data moves by UCX rendezvous straight into the destination (ucp_am_recv_data_nbx), small
-// data is copied once out of UCX's receive buffer.
+// Data moves in eager messages of at most 128 KiB (UcxEndpoint::postChecked), copied once out of
+// UCX's receive buffer inside the callback, so no receive into user memory outlives a callback.
 #include <glog/logging.h>
 
 #include <cstring>
@@ -77,7 +77,9 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
     VLOG(1) << "ucx: dropping a remote write for unknown or closed connection " << h.token;
     return UCS_OK;
   }
-  if (length != h.length) {
+  // Our writes are eager (whole chunk in this callback); a rendezvous would leave a receive into
+  // user memory in flight that UCX 1.13 cannot cancel. Refused, and UCX drops its data.
+  if (length != h.length || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
     self->noteRefusal("write", h, AccessRefusal::kMalformed);
     self->sendRmaReply(route, h.op_id, AccessRefusal::kMalformed, nullptr, 0, nullptr, {});
     return UCS_OK;
@@ -88,54 +90,14 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
     self->sendRmaReply(route, h.op_id, c.refusal, nullptr, 0, nullptr, {});
     return UCS_OK;
   }
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
-    std::memcpy(c.ptr, data, length);
-    c.guard.release();
-    self->sendRmaReply(route, h.op_id, AccessRefusal::kNone, nullptr, 0, nullptr, {});
-    return UCS_OK;
-  }
-  auto* r = new PutRecv{self, route, h.op_id, std::move(c.guard)};
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  p.cb.recv_am = &onPutDataDone;
-  p.user_data = r;
-  if (c.memh != nullptr) {
-    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-    p.memh = c.memh;
-  }
-  ucs_status_ptr_t ptr = ucp_am_recv_data_nbx(self->worker(), data, c.ptr, length, &p);
-  if (UCS_PTR_IS_PTR(ptr)) {
-    self->put_recvs_.insert(r);
-    return UCS_INPROGRESS;
-  }
-  ucs_status_t st = UCS_PTR_STATUS(ptr);
-  r->guard.release();
-  self->sendRmaReply(route, h.op_id, st == UCS_OK ? AccessRefusal::kNone : AccessRefusal::kInternal,
-                     nullptr, 0, nullptr, {});
-  delete r;
-  return UCS_INPROGRESS;
+  std::memcpy(c.ptr, data, length);  // the guard keeps revocation waiting until this is done
+  c.guard.release();
+  self->sendRmaReply(route, h.op_id, AccessRefusal::kNone, nullptr, 0, nullptr, {});
+  return UCS_OK;
 } catch (const std::exception& e) {
   // An exception must not cross UCX's C frames; the initiator's op fails at its deadline.
   LOG(ERROR) << "ucx: remote write handler: " << e.what();
   return UCS_OK;
-}
-
-void UcxWorker::onPutDataDone(void* request, ucs_status_t status, size_t /*length*/,
-                              void* user_data) try {
-  auto* r = static_cast<PutRecv*>(user_data);
-  ucp_request_free(request);
-  UcxWorker* self = r->worker;
-  self->put_recvs_.erase(r);
-  r->guard.release();  // the data is in place: revocation may go ahead
-  if (status != UCS_OK && status != UCS_ERR_CANCELED) {
-    LOG(WARNING) << "ucx: receiving a remote write failed: " << ucs_status_string(status);
-  }
-  self->sendRmaReply(r->route, r->op_id,
-                     status == UCS_OK ? AccessRefusal::kNone : AccessRefusal::kInternal, nullptr, 0,
-                     nullptr, {});
-  delete r;
-} catch (const std::exception& e) {
-  LOG(ERROR) << "ucx: remote write completion: " << e.what();
 }
 
 ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_length, void* /*data*/,
@@ -201,6 +163,8 @@ void UcxWorker::sendRmaReply(RouteKey route, uint64_t op_id, AccessRefusal refus
     p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
     p.memh = memh;
   }
+  p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_AM_SEND_FLAG_EAGER;  // the initiator takes the data in its callback (see put)
   ucs_status_ptr_t ptr =
       ucp_am_send_nbx(ep->ucpEp(), kAmRmaReply, &r->header, sizeof(r->header), data, length, &p);
   if (UCS_PTR_IS_PTR(ptr)) {
@@ -270,25 +234,14 @@ ucs_status_t UcxWorker::onAmRmaReply(void* arg, const void* header, size_t heade
                              "the target answered a read of " + std::to_string(slot.length) +
                                  " bytes with " + std::to_string(length));
       }
-    } else if (!rndv) {
-      std::memcpy(slot.local, data, length);
+    } else if (rndv) {
+      if (rec->status.ok()) {
+        rec->status = Status(StatusCode::kProtocolError,
+                             "the target answered a read with a rendezvous (checked reads are "
+                             "eager)");
+      }
     } else {
-      ucp_request_param_t p{};
-      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-      p.cb.recv_am = &onReplyDataDone;
-      p.user_data = rec;
-      if (slot.memh != nullptr) {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-        p.memh = slot.memh;
-      }
-      ucs_status_ptr_t ptr = ucp_am_recv_data_nbx(self->worker(), data, slot.local, length, &p);
-      if (UCS_PTR_IS_PTR(ptr)) {
-        ++rec->pending;  // the record (and the memory it pins) waits for the data
-      } else if (UCS_PTR_STATUS(ptr) != UCS_OK && rec->status.ok()) {
-        rec->status = statusFromUcs(UCS_PTR_STATUS(ptr), "ucp_am_recv_data_nbx(read reply)");
-      }
-      if (rec->pending == 0 && rec->awaiting == 0) self->schedule(rec);
-      return UCS_INPROGRESS;
+      std::memcpy(slot.local, data, length);
     }
   } else if (length != 0 && rec->status.ok()) {
     rec->status = Status(StatusCode::kProtocolError, "the target answered a write with data");
@@ -298,15 +251,6 @@ ucs_status_t UcxWorker::onAmRmaReply(void* arg, const void* header, size_t heade
 } catch (const std::exception& e) {
   LOG(ERROR) << "ucx: remote-access reply handler: " << e.what();
   return UCS_OK;
-}
-
-void UcxWorker::onReplyDataDone(void* request, ucs_status_t status, size_t /*length*/,
-                                void* user_data) try {
-  auto* rec = static_cast<OpRecord*>(user_data);
-  ucp_request_free(request);
-  rec->worker->requestDone(rec, status);
-} catch (const std::exception& e) {
-  LOG(ERROR) << "ucx: read reply completion: " << e.what();
 }
 
 }  // namespace zcx::transport::ucx

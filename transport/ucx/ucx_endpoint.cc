@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <string>
 
 #include "ucx/ucx_key_format.h"
@@ -20,6 +21,8 @@ constexpr size_t kDefaultMaxMessage = size_t{1} << 30;
 constexpr uint64_t kMaxReorderSpan = 1u << 16;
 constexpr size_t kMaxReorderCount = 4096;
 constexpr size_t kMaxReorderBytes = size_t{256} << 20;
+// Checked RMA moves data in eager active messages of at most this size (see postChecked).
+constexpr size_t kCheckedChunk = 128 * 1024;
 // How long close() waits for a healthy endpoint's flush before it force-closes it.
 constexpr auto kCloseFlushLimit = std::chrono::milliseconds(500);
 
@@ -351,38 +354,54 @@ Status UcxEndpoint::postChecked(std::span<const RmaOp> ops, bool is_read,
   rec->phase = OpRecord::Phase::kFlush;  // requests in flight, replies awaited
   rec->has_notify = notify.has_value();
   rec->notify_value = notify.value_or(0);
-  rec->rma_headers.reserve(ops.size());  // UCX points into them until each send completes
+  // Every op goes in chunks of at most kCheckedChunk bytes, each an eager active message: UCX
+  // then hands the target (or, for a read, us) the whole chunk in one callback and nothing is
+  // left receiving into user memory after it returns. (A rendezvous receive into user memory
+  // cannot be cancelled in UCX 1.13 and, when its sender vanishes, can stay pending past the
+  // memory's revocation.)
+  size_t chunks = 0;
+  for (const RmaOp& op : ops) chunks += (op.length + kCheckedChunk - 1) / kCheckedChunk;
+  rec->rma_headers.reserve(chunks);  // UCX points into them until each send completes
   bool posted_any = false;
+  bool failed = false;
   for (const RmaOp& op : ops) {
-    if (op.length == 0) continue;
-    UcxWorker::RmaSlot slot;
-    slot.rec = rec;
-    slot.generation = rec->generation;
-    slot.route = key_;
-    slot.local = reinterpret_cast<uint8_t*>(op.local_addr);
-    slot.length = op.length;
-    slot.memh = static_cast<UcxMemory*>(op.local)->memh();
-    slot.is_read = is_read;
-    uint64_t op_id = worker_->addRmaSlot(slot);
-    if (rec->op_count == 0) rec->first_op = op_id;
-    ++rec->op_count;
-    const CheckedKey& key = static_cast<const UcxRemoteKey*>(op.remote)->checked();
-    RmaHeader& h = rec->rma_headers.emplace_back();
-    h.token = token_;
-    h.op_id = op_id;
-    h.key_id = key.id;
-    h.cookie = key.cookie;
-    h.remote_addr = op.remote_addr;
-    h.length = op.length;
-    h.role = role_;
-    ucp_request_param_t p = requestParam(rec, is_read ? nullptr : op.local);
-    ucs_status_ptr_t ptr =
-        is_read ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)
-                : ucp_am_send_nbx(ep_, kAmPut, &h, sizeof(h),
-                                  reinterpret_cast<const void*>(op.local_addr), op.length, &p);
-    if (!track(rec, ptr, is_read ? "ucp_am_send_nbx(get)" : "ucp_am_send_nbx(put)")) break;
-    ++rec->awaiting;
-    posted_any = true;
+    const CheckedKey& key =
+        op.length == 0 ? CheckedKey{} : static_cast<const UcxRemoteKey*>(op.remote)->checked();
+    for (size_t off = 0; off < op.length && !failed; off += kCheckedChunk) {
+      size_t len = std::min(kCheckedChunk, op.length - off);
+      UcxWorker::RmaSlot slot;
+      slot.rec = rec;
+      slot.generation = rec->generation;
+      slot.route = key_;
+      slot.local = reinterpret_cast<uint8_t*>(op.local_addr + off);
+      slot.length = len;
+      slot.is_read = is_read;
+      uint64_t op_id = worker_->addRmaSlot(slot);
+      if (rec->op_count == 0) rec->first_op = op_id;
+      ++rec->op_count;
+      RmaHeader& h = rec->rma_headers.emplace_back();
+      h.token = token_;
+      h.op_id = op_id;
+      h.key_id = key.id;
+      h.cookie = key.cookie;
+      h.remote_addr = op.remote_addr + off;
+      h.length = len;
+      h.role = role_;
+      ucp_request_param_t p = requestParam(rec, is_read ? nullptr : op.local);
+      p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+      p.flags = UCP_AM_SEND_FLAG_EAGER;
+      ucs_status_ptr_t ptr =
+          is_read ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)
+                  : ucp_am_send_nbx(ep_, kAmPut, &h, sizeof(h),
+                                    reinterpret_cast<const void*>(op.local_addr + off), len, &p);
+      if (!track(rec, ptr, is_read ? "ucp_am_send_nbx(get)" : "ucp_am_send_nbx(put)")) {
+        failed = true;
+        break;
+      }
+      ++rec->awaiting;
+      posted_any = true;
+    }
+    if (failed) break;
   }
   if (!posted_any) worker_->dropRmaSlots(rec);
   return finishPost(rec, posted_any);

@@ -75,7 +75,6 @@ UcxWorker::~UcxWorker() {
   }
   context_.reset();  // destroys the worker, then the context
   for (RndvRecv* r : rndv_) delete r;
-  for (PutRecv* r : put_recvs_) delete r;
   for (ReplySend* r : replies_) delete r;
 }
 

@@ -96,7 +96,6 @@ class UcxWorker {
     RouteKey route;            ///< the endpoint the reply must come from
     uint8_t* local = nullptr;  ///< a get's destination
     size_t length = 0;
-    ucp_mem_h memh = nullptr;  ///< the destination's registration (zero-copy receive)
     bool is_read = false;
   };
   uint64_t addRmaSlot(const RmaSlot& slot);
@@ -128,8 +127,6 @@ class UcxWorker {
                               size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t onAmRmaReply(void* arg, const void* header, size_t header_length, void* data,
                                    size_t length, const ucp_am_recv_param_t* param);
-  static void onPutDataDone(void* request, ucs_status_t status, size_t length, void* user_data);
-  static void onReplyDataDone(void* request, ucs_status_t status, size_t length, void* user_data);
   static void onReplySent(void* request, ucs_status_t status, void* user_data);
   /// The common part of every request callback on an OpRecord.
   void requestDone(OpRecord* rec, ucs_status_t status);
@@ -140,12 +137,6 @@ class UcxWorker {
   /// The target refused an access: logged here (rate-limited), answered by sendRmaReply.
   void noteRefusal(const char* what, const RmaHeader& h, AccessRefusal refusal);
 
-  struct PutRecv {  ///< a rendezvous put landing in our memory
-    UcxWorker* worker;
-    RouteKey route;
-    uint64_t op_id;
-    AccessGuard guard;
-  };
   struct ReplySend {  ///< a reply in flight (UCX keeps pointing at its header)
     UcxWorker* worker;
     RmaReplyHeader header;
@@ -187,7 +178,6 @@ class UcxWorker {
   UcxAccessTable access_;
   std::unordered_map<uint64_t, RmaSlot> rma_ops_;
   uint64_t next_op_id_ = 1;
-  std::unordered_set<PutRecv*> put_recvs_;
   std::unordered_set<ReplySend*> replies_;
   struct HeldReply {
     uint64_t op_id;

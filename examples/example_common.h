@@ -91,6 +91,7 @@ using Client = std::function<int(const std::string& address)>;
 /// runs the server in a child process listening on 127.0.0.1 (any free port) and the client in
 /// this one; it exits 0 only if both sides did. The fork happens before any engine exists.
 inline int run(int argc, char** argv, const Server& server, const Client& client) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // both processes' lines in the order printed
   if (argc == 3 && std::string(argv[1]) == "server") {
     return server(argv[2], [](std::string address) {
       std::printf("server: listening on %s\n", address.c_str());

@@ -53,7 +53,16 @@ struct Message {
 class Checksum {
  public:
   void update(const uint8_t* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
+    size_t i = 0;
+    if (count_ % 8 == 0) {  // whole words: the same result as the byte loop below, faster
+      for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        h_ = (h_ ^ w) * 0x100000001b3ULL;
+      }
+      count_ += i;
+    }
+    for (; i < n; ++i) {
       word_ |= static_cast<uint64_t>(p[i]) << (8 * (count_++ % 8));
       if (count_ % 8 == 0) {
         h_ = (h_ ^ word_) * 0x100000001b3ULL;

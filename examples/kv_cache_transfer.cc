@@ -1,13 +1,15 @@
 // LLM prefill -> decode: the KV cache of one request moves from the prefill process to the decode
 // process in ONE batch of one-sided writes with a notification.
 //
-// The decode side (server) owns a pool of fixed-size KV blocks, registered and exposed as
-// "kv_pool". For a request it picks free slots (scattered over the pool) and sends the prefill
-// side (client) a block table: slot of each block. The prefill side has its 256 blocks of
-// 16-256 KiB at non-contiguous places of its own memory (as a paged KV cache does) and writes
-// block i into slot table[i], all in one writeWithNotify; the notification tells decode that every
-// byte is there. Decode then checks every byte of every block and that nothing outside them was
-// touched, and prints the timeline it saw: request sent -> first byte -> last byte (notification).
+// The prefill side (client) has computed a request's KV cache: 256 blocks of 16-256 KiB at
+// non-contiguous places of its memory (as a paged KV cache keeps them). It tells the decode side
+// (server) that the request is ready (its id, which here also names the data). Decode owns a
+// pool of fixed-size KV blocks, registered and exposed as "kv_pool"; it picks free slots
+// (scattered over the pool) and answers with the block table: the slot of each block. Prefill
+// writes block i into slot table[i], all in one writeWithNotify; the notification tells decode
+// that every byte is there. Decode then checks every byte of every block and that nothing outside
+// them was touched, and prints the timeline it saw: request sent -> first byte -> last byte
+// (notification).
 //
 //   build/examples/kv_cache_transfer                       # both sides on this machine
 //   build/examples/kv_cache_transfer server 0.0.0.0:18610  # decode node
@@ -37,7 +39,7 @@ constexpr size_t kSlotSize = kMaxBlock;
 constexpr uint8_t kPoison = 0xA5;
 constexpr uint32_t kDoneNote = 0x4B56;  // "KV"
 
-// The block table decode sends: which request (its seed names the data) and a slot per block.
+// The block table decode sends: the request (its seed names the data) and a slot per block.
 struct BlockTable {
   uint64_t seed;
   uint32_t slot[kBlocks];
@@ -73,7 +75,10 @@ int decode(const std::string& listen, const std::function<void(std::string)>& re
   auto table_mr = (*engine)->allocate(sizeof(BlockTable), zcx::kLocalOnly);
   if (!table_mr.ok()) return example::fail("allocate", table_mr.status());
   auto* table = reinterpret_cast<BlockTable*>(table_mr->data());
-  table->seed = rng();
+  zcx::Request ready_msg = conn->recv(*table_mr, 0, sizeof(uint64_t));  // "request ready"
+  if (auto s = ready_msg.wait(60s); !s.ok()) return example::fail("receive the request", s);
+  if (ready_msg.bytes() != sizeof(uint64_t)) return std::fputs("error: bad request\n", stderr), 1;
+  std::memcpy(&table->seed, table_mr->data(), sizeof(uint64_t));
   std::copy_n(slots.begin(), kBlocks, table->slot);
 
   auto t_request = Clock::now();
@@ -160,27 +165,38 @@ int prefill(const std::string& address) {
   std::iota(places.begin(), places.end(), 0);
   std::shuffle(places.begin(), places.end(), std::mt19937_64(std::random_device{}()));
 
+  // "Prefill": the request's blocks, computed where this process keeps them.
+  uint64_t seed = std::random_device{}() * 0x100000001ULL + 1;
+  std::vector<size_t> local(kBlocks);
+  for (size_t i = 0; i < kBlocks; ++i) {
+    local[i] = places[i] * kPlaceSize + 64 * (1 + i % 63);
+    example::fillPattern(arena->data() + local[i], blockSize(seed, i), blockSeed(seed, i));
+  }
+
   auto conn = (*engine)->connect(address);
   if (!conn.ok()) return example::fail("connect", conn.status());
   auto pool = conn->remoteRegion("kv_pool");
   if (!pool.ok()) return example::fail("remoteRegion kv_pool", pool.status());
   auto table_mr = (*engine)->allocate(sizeof(BlockTable), zcx::kLocalOnly);
   if (!table_mr.ok()) return example::fail("allocate", table_mr.status());
-  zcx::Request got = conn->recv(*table_mr, 0, sizeof(BlockTable));
+  zcx::Request got = conn->recv(*table_mr, 0, sizeof(BlockTable));  // posted before asking
+  auto msg_mr = (*engine)->allocate(sizeof(seed), zcx::kLocalOnly);
+  if (!msg_mr.ok()) return example::fail("allocate", msg_mr.status());
+  std::memcpy(msg_mr->data(), &seed, sizeof(seed));
+  if (auto s = conn->send(*msg_mr, 0, sizeof(seed)).wait(30s); !s.ok())
+    return example::fail("send the request", s);
   if (auto s = got.wait(60s); !s.ok()) return example::fail("receive the block table", s);
   if (got.bytes() != sizeof(BlockTable)) return std::fputs("error: short block table\n", stderr), 1;
   BlockTable table;
   std::memcpy(&table, table_mr->data(), sizeof(table));
+  if (table.seed != seed) return std::fputs("error: block table for another request\n", stderr), 1;
 
-  // "Prefill": the blocks' contents, written where this process keeps them.
   std::vector<zcx::RmaOp> ops(kBlocks);
   size_t bytes = 0;
   for (size_t i = 0; i < kBlocks; ++i) {
     if (table.slot[i] >= kPoolSlots) return std::fputs("error: bad slot in table\n", stderr), 1;
-    size_t len = blockSize(table.seed, i);
-    size_t local = places[i] * kPlaceSize + 64 * (1 + i % 63);
-    example::fillPattern(arena->data() + local, len, blockSeed(table.seed, i));
-    ops[i] = zcx::RmaOp{&*arena, local, &*pool, table.slot[i] * kSlotSize, len};
+    size_t len = blockSize(seed, i);
+    ops[i] = zcx::RmaOp{&*arena, local[i], &*pool, table.slot[i] * kSlotSize, len};
     bytes += len;
   }
 

@@ -53,7 +53,7 @@ soname=$(readelf -d "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
 exported=$(nm -D --defined-only "$so" | c++filt)
 leaked=$(grep -v -E ' zcx::| (typeinfo|typeinfo name|vtable) for zcx::' <<<"$exported" |
   grep -v -E ' [A-Z] (_init|_fini)$' || true)
-internal=$(grep -E 'zcx::(detail|transport::(ucx|verbs))::' <<<"$exported" || true)
+internal=$(grep -E ' [A-Za-z] ((typeinfo|typeinfo name|vtable) for )?zcx::(detail|transport::(ucx|verbs))::' <<<"$exported" || true)
 [ -z "$leaked" ] || die "libzcx.so exports symbols outside zcx::
 $leaked"
 [ -z "$internal" ] || die "libzcx.so exports internal symbols:

@@ -28,7 +28,7 @@ struct Header {
 
 constexpr size_t kSizes[] = {64, 4096, 32768};  // payload bytes
 constexpr int kWarmup = 200;
-constexpr int kIters = 5000;
+constexpr int kIters = 2000;
 constexpr size_t kMaxPayload = 32768;
 constexpr size_t kMaxMessage = sizeof(Header) + kMaxPayload;
 

@@ -48,6 +48,6 @@ class ZCX_EXPORT Request {
 
 /// Waits for all requests, each within what is left of `timeout`; returns the first error.
 ZCX_EXPORT Status waitAll(std::span<Request> requests,
-               std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+                          std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
 
 }  // namespace zcx

@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # build
   g++ cmake ninja-build pkg-config clang-format
+  # scripts/quickstart.sh's summary table; scripts/test-package.sh's symbol checks (nm, readelf)
+  python3 binutils
   # the fuzz targets (scripts/fuzz.sh): clang and its libFuzzer runtime
   clang libclang-rt-14-dev
   libucx-dev ucx-utils libibverbs-dev librdmacm-dev ibverbs-providers rdma-core

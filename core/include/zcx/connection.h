@@ -21,7 +21,7 @@ struct RemoteKeyRef;
 }  // namespace detail
 
 /// A peer's region, imported on one connection (usable only on that connection).
-class RemoteRegion {
+class ZCX_EXPORT RemoteRegion {
  public:
   RemoteRegion() = default;
   const RegionDescriptor& descriptor() const { return descriptor_; }
@@ -42,7 +42,7 @@ struct RmaOp {
   size_t length = 0;
 };
 
-class Connection {
+class ZCX_EXPORT Connection {
  public:
   Connection() = default;
   explicit Connection(std::shared_ptr<detail::ConnectionImpl> impl) : impl_(std::move(impl)) {}

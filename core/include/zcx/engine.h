@@ -18,7 +18,7 @@ namespace detail {
 class EngineImpl;
 }
 
-class Engine {
+class ZCX_EXPORT Engine {
  public:
   /// Creates the transport (logging which and why), the listener and the progress thread.
   static Result<std::unique_ptr<Engine>> create(const EngineOptions& options);

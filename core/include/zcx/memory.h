@@ -23,7 +23,7 @@ enum Access : uint32_t {
 
 /// A portable description of a region: what a peer needs to read or write it. Encoded as
 /// compact, versioned, checksummed bytes that can travel through any channel.
-struct RegionDescriptor {
+struct ZCX_EXPORT RegionDescriptor {
   std::string transport;  ///< transport that registered it ("ucx", "verbs")
   uint64_t address = 0;   ///< virtual address in the owner's process
   uint64_t length = 0;
@@ -48,7 +48,7 @@ struct RegionState;
 /// recalled). The destructor returns once the transport no longer touches the memory, so user
 /// memory may be freed right after it (bounded by connect_timeout; past that it logs an error and
 /// the registration stays until the transport lets go).
-class MemoryRegion {
+class ZCX_EXPORT MemoryRegion {
  public:
   MemoryRegion() = default;
   explicit MemoryRegion(std::shared_ptr<detail::RegionState> state);

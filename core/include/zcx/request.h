@@ -16,7 +16,7 @@ namespace detail {
 class RequestState;
 }
 
-class Request {
+class ZCX_EXPORT Request {
  public:
   Request() = default;
   explicit Request(std::shared_ptr<detail::RequestState> state) : state_(std::move(state)) {}
@@ -47,7 +47,7 @@ class Request {
 };
 
 /// Waits for all requests, each within what is left of `timeout`; returns the first error.
-Status waitAll(std::span<Request> requests,
-               std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+ZCX_EXPORT Status waitAll(std::span<Request> requests,
+                          std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
 
 }  // namespace zcx

@@ -8,6 +8,8 @@
 #include <utility>
 #include <variant>
 
+#include "zcx/export.h"
+
 namespace zcx {
 
 /// Canonical error codes. Each message says what happened and what to do.
@@ -32,9 +34,9 @@ enum class StatusCode : uint8_t {
   kStillInFlight,
 };
 
-std::string_view statusCodeName(StatusCode code);
+ZCX_EXPORT std::string_view statusCodeName(StatusCode code);
 
-class [[nodiscard]] Status {
+class [[nodiscard]] ZCX_EXPORT Status {
  public:
   Status() = default;
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}

@@ -7,3 +7,4 @@
 #include "zcx/options.h"
 #include "zcx/request.h"
 #include "zcx/status.h"
+#include "zcx/version.h"

@@ -16,7 +16,7 @@ struct RegistryEntry {
   TransportFactory factory = nullptr;
 };
 
-class TransportRegistry {
+class ZCX_EXPORT TransportRegistry {
  public:
   /// The registry with every transport built into this library.
   static TransportRegistry& builtin();

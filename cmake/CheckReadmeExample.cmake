@@ -1,0 +1,21 @@
+# cmake -DREADME=README.md -DSOURCE=examples/readme_example.cc -P CheckReadmeExample.cmake
+# Fails unless the README's first ```cpp block is exactly the file SOURCE.
+file(READ ${README} readme)
+string(FIND "${readme}" "```cpp\n" begin)
+if(begin EQUAL -1)
+  message(FATAL_ERROR "${README} has no ```cpp block")
+endif()
+math(EXPR begin "${begin} + 7")
+string(SUBSTRING "${readme}" ${begin} -1 rest)
+string(FIND "${rest}" "```\n" end)
+if(end EQUAL -1)
+  message(FATAL_ERROR "${README}: the first ```cpp block is not closed")
+endif()
+string(SUBSTRING "${rest}" 0 ${end} block)
+file(READ ${SOURCE} source)
+if(NOT block STREQUAL source)
+  file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/readme_block.cc "${block}")
+  message(FATAL_ERROR "The README's first C++ block differs from ${SOURCE}; compare with "
+                      "diff ${SOURCE} ${CMAKE_CURRENT_BINARY_DIR}/readme_block.cc and make them equal")
+endif()
+message(STATUS "README's first C++ block == ${SOURCE}")

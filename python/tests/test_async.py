@@ -1,0 +1,98 @@
+"""`await request` in asyncio: completes from a zcx thread through call_soon_threadsafe, without
+blocking or busy-spinning the event loop."""
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+import zcx
+from common import pattern
+from conftest import Peer, assert_bytes
+
+
+@pytest.fixture
+def tcp_numpy_peer():
+    p = Peer("tcp", "numpy")
+    yield p
+    p.close()
+
+
+def test_await_write_and_recv(tcp_numpy_peer):
+    peer = tcp_numpy_peer
+    remote = peer.region("a", 100_000, zcx.Access.RemoteReadWrite)
+    peer.region("m", 1000, zcx.Access.LocalOnly)
+    peer.call(op="fill", name="m", off=0, len=1000, seed=5)
+    src = np.zeros(100_000, np.uint8)
+    src[:] = pattern(100_000, 4)
+    region = peer.engine.register(src)
+    inbox = np.zeros(1000, np.uint8)
+    inbox_region = peer.engine.register(inbox)
+
+    async def main():
+        n = await peer.conn.write(region, 0, remote, 0, 100_000)
+        assert n == 100_000
+        # A receive the peer answers 0.5 s later: the loop keeps running meanwhile.
+        recv = peer.conn.recv(inbox_region)
+        peer.start(op="send", name="m", off=0, len=1000, delay=0.5)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        got = await recv
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        t.cancel()
+        return got, ticks, cpu, wall
+
+    got, ticks, cpu, wall = asyncio.run(main())
+    peer.finish()
+    assert got == 1000
+    assert_bytes(inbox, pattern(1000, 5), "awaited recv")
+    assert_bytes(peer.dump("a"), pattern(100_000, 4), "awaited write")
+    assert wall >= 0.4 and ticks >= 10, (wall, ticks)  # the loop ran while we awaited
+    assert cpu < 0.6 * wall, (cpu, wall)  # and nobody spun the CPU for it
+
+
+def test_await_error_and_many(tcp_numpy_peer):
+    peer = tcp_numpy_peer
+    remote = peer.region("b", 64 * 1000, zcx.Access.RemoteWrite)
+    src = pattern(64 * 1000, 8)
+    region = peer.engine.register(src)
+
+    async def main():
+        # 64 writes in flight at once, gathered.
+        reqs = [peer.conn.write(region, i * 1000, remote, i * 1000, 1000) for i in range(64)]
+        done = await asyncio.gather(*reqs)
+        assert done == [1000] * 64
+        # A receive that fails: the error comes out of the await.
+        recv = peer.conn.recv(peer.engine.register(np.zeros(8, np.uint8)))
+        asyncio.get_running_loop().call_later(0.2, peer.conn.close)
+        with pytest.raises(zcx.Error) as e:
+            await recv
+        assert e.value.code == zcx.StatusCode.Cancelled
+        # Awaiting a request that is already complete returns at once.
+        assert await reqs[0] == 1000
+
+    asyncio.run(main())
+    assert_bytes(peer.dump("b"), src, "64 awaited writes")
+
+
+def test_await_with_timeout(tcp_numpy_peer):
+    peer = tcp_numpy_peer
+    recv = peer.conn.recv(peer.engine.register(np.zeros(8, np.uint8)))
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(recv, 0.2)  # cancels the await, not the operation
+
+    asyncio.run(main())
+    assert not recv.done()
+    peer.conn.close()
+    with pytest.raises(zcx.Error):
+        recv.wait(timeout=10)

@@ -164,16 +164,20 @@ struct PyEngine {
     if (!engine) raise(zcx::StatusCode::kCancelled, "this zcx.Engine was closed");
     return engine;
   }
-  void close() {
+  void close() {  // GIL held
     std::shared_ptr<zcx::Engine> e;
     {
       std::lock_guard<std::mutex> lock(mu);
       e.swap(engine);
     }
     e.reset();  // destroyEngine: without the GIL (if this was the last reference)
+    exposed.clear();
   }
   std::mutex mu;
   std::shared_ptr<zcx::Engine> engine;
+  // The Regions exposed by name, kept registered while exposed (until unexpose or close):
+  // engine.expose("x", engine.register(a)) must not lose the region at once. GIL-protected.
+  std::map<std::string, py::object> exposed;
 };
 
 void shutdownAll() {
@@ -861,20 +865,29 @@ PYBIND11_MODULE(_zcx, m) {
           "target of read/recv.")
       .def(
           "expose",
-          [](PyEngine& e, std::string name, PyRegion& region) {
+          [](PyEngine& e, std::string name, py::object region) {
             auto engine = e.get();
-            const zcx::MemoryRegion& r = region.get();
-            py::gil_scoped_release release;
-            check(engine->expose(std::move(name), r));
+            const zcx::MemoryRegion& r = regionArg(region, "region").get();
+            zcx::Status s;
+            {
+              py::gil_scoped_release release;
+              s = engine->expose(name, r);
+            }
+            check(s);
+            e.exposed[name] = region;
           },
           py::arg("name"), py::arg("region"),
-          "Publishes a region under `name` to current and future peers")
+          "Publishes a region under `name` to current and future peers; the engine keeps the "
+          "Region (registered) until unexpose(name) or close()")
       .def(
           "unexpose",
           [](PyEngine& e, std::string name) {
             auto engine = e.get();
-            py::gil_scoped_release release;
-            engine->unexpose(name);
+            {
+              py::gil_scoped_release release;
+              engine->unexpose(name);
+            }
+            e.exposed.erase(name);
           },
           py::arg("name"))
       .def(

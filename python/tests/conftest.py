@@ -20,9 +20,13 @@ class Peer:
 
     def __init__(self, transport, kind, connect=True):
         self.transport, self.kind = transport, kind
+        env = dict(os.environ)  # the peer imports the same zcx package as we do
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(zcx.__file__))), HERE]
+            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "peer.py"), transport, kind],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=HERE)
+                                     cwd=HERE, env=env)
         self.address = self._read()["addr"]
         self.engine = zcx.Engine(**engine_options(transport))
         self.conn = None
@@ -57,6 +61,8 @@ class Peer:
 
     def region(self, name, size, access):
         self.call(op="region", name=name, size=size, access=int(access))
+        if access == zcx.Access.LocalOnly:
+            return None  # peers cannot look a local-only region up
         return self.conn.remote_region(name)
 
     def dump(self, name):

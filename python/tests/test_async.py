@@ -96,3 +96,50 @@ def test_await_with_timeout(tcp_numpy_peer):
     peer.conn.close()
     with pytest.raises(zcx.Error):
         recv.wait(timeout=10)
+
+
+EXIT_SCRIPT = r"""
+import asyncio, sys
+import numpy as np
+import zcx
+server = zcx.Engine(listen_address="127.0.0.1:0", transport="ucx")
+client = zcx.Engine(transport="ucx", progress=sys.argv[1])
+conn = client.connect(server.listen_address)
+accepted = server.accept(timeout=10)
+inbox = np.zeros(64, np.uint8)
+pending = [conn.recv(client.register(inbox)) for _ in range(4)]
+async def main():
+    try:
+        await asyncio.wait_for(pending[0], 0.1)  # leaves a callback behind, its loop then closed
+    except asyncio.TimeoutError:
+        pass
+asyncio.run(main())
+print("exiting with", sum(not p.done() for p in pending), "receives in flight")
+# No close(): the atexit hook shuts both engines down before the interpreter finalizes.
+"""
+
+
+@pytest.mark.parametrize("progress", ["thread", "manual"])
+def test_interpreter_exit_with_operations_in_flight(progress):
+    import subprocess, sys, os
+    import zcx as _z
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(_z.__file__)))
+    r = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, progress], env=env, timeout=60,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exiting with 4 receives in flight" in r.stdout
+
+
+def test_manual_progress_mode(tcp_numpy_peer):
+    peer = tcp_numpy_peer
+    engine = zcx.Engine(progress="manual", transport="ucx",
+                        transport_params={"ucx.tls": "tcp,self", "ucx.net_devices": "lo"})
+    conn = engine.connect(peer.address)
+    peer.call(op="accept")
+    peer.region("mp", 5000, zcx.Access.RemoteWrite)
+    remote = conn.remote_region("mp")
+    src = pattern(5000, 12)
+    req = conn.write(engine.register(src), 0, remote, 0, 5000)
+    assert req.wait(timeout=20) == 5000  # wait() drives progress itself
+    assert_bytes(peer.dump("mp"), src, "written in manual progress mode")
+    engine.close()

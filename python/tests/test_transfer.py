@@ -91,20 +91,21 @@ def test_write_with_notify(peer, kind):
     peer.conn.write_with_notify(ops, 0xDEADBEEF).wait(timeout=20)
     r = peer.finish()
     assert r["value"] == 0xDEADBEEF
-    img = np.concatenate([src[half:], src[:half]])
+    img = np.concatenate([src[half:2 * half], src[:SIZE - half]])  # the two ops' destinations
     assert_bytes(decode(r["data"]), img, "visible at notification")
 
 
 def test_send_recv_both_ways(peer, kind):
     name = f"msg-{kind}"
-    peer.region(name, 65536, zcx.Access.LocalOnly)
-    obj, buf = local_buffer(kind, 65536)
-    region = peer.engine.register(obj)
     cap = peer.conn.max_message_size
+    size = cap + 16  # room for the largest message at an odd offset
+    peer.region(name, size, zcx.Access.LocalOnly)
+    obj, buf = local_buffer(kind, size)
+    region = peer.engine.register(obj)
     sizes = [1, 17, 4096, 30000, cap]
     for i, n in enumerate(sizes):  # to the peer: it posts one receive per message, in order
         buf[:n] = pattern(n, 40 + i)
-        peer.start(op="recv", name=name, off=5, cap=65536 - 5)
+        peer.start(op="recv", name=name, off=5, cap=size - 5)
         assert peer.conn.send(region, 0, n).wait(timeout=20) == n
         r = peer.finish()
         assert r["bytes"] == n
@@ -115,7 +116,7 @@ def test_send_recv_both_ways(peer, kind):
         req = peer.conn.recv(region, 3)
         peer.call(op="send", name=name, off=0, len=n)
         assert req.wait(timeout=20) == n and req.bytes == n
-        img = np.full(65536, POISON, np.uint8)
+        img = np.full(size, POISON, np.uint8)
         img[3:3 + n] = pattern(n, 60 + i)
         assert_bytes(buf, img, f"message {i} here")
 

@@ -175,6 +175,7 @@ struct PyEngine {
   }
   std::mutex mu;
   std::shared_ptr<zcx::Engine> engine;
+  bool manual = false;  // ProgressMode::kManual: the caller drives progress
   // The Regions exposed by name, kept registered while exposed (until unexpose or close):
   // engine.expose("x", engine.register(a)) must not lose the region at once. GIL-protected.
   std::map<std::string, py::object> exposed;
@@ -311,6 +312,7 @@ struct PyConnection {
   }
   zcx::Connection conn;
   py::object engine;  // the zcx.Engine: alive while a connection of it is
+  bool manual = false;
 };
 
 struct PyRemote {
@@ -320,6 +322,7 @@ struct PyRemote {
 
 struct PyRequest {
   zcx::Request req;
+  bool manual = false;  // its engine is in manual progress mode
   py::list keep;  // the regions, remote regions and connection it uses
 };
 
@@ -422,6 +425,7 @@ std::vector<zcx::RmaOp> parseOps(py::handle ops, PyRequest& out, bool into_local
 
 std::unique_ptr<PyRequest> startRequest(py::object self) {
   auto r = std::make_unique<PyRequest>();
+  r->manual = py::cast<PyConnection&>(self).manual;
   r->keep.append(self);
   return r;
 }
@@ -563,6 +567,7 @@ PYBIND11_MODULE(_zcx, m) {
           "for recv); raises zcx.Error (code StillInFlight if the wait ran out: the operation "
           "goes on and its buffers stay in use)")
       .def("done", [](const PyRequest& r) { return r.req.done(); })
+      .def_property_readonly("_manual_progress", [](const PyRequest& r) { return r.manual; })
       .def(
           "test",
           [](PyRequest& r) {
@@ -822,7 +827,9 @@ PYBIND11_MODULE(_zcx, m) {
                py::gil_scoped_release release;
                e = zcx::Engine::create(o);
              }
-             return std::make_unique<PyEngine>(take(std::move(e)));
+             auto p = std::make_unique<PyEngine>(take(std::move(e)));
+             p->manual = o.progress == zcx::ProgressMode::kManual;
+             return p;
            }),
            py::kw_only(), py::arg("transport") = d.transport, py::arg("device") = d.device,
            py::arg("device_port") = d.device_port, py::arg("gid_index") = d.gid_index,
@@ -902,6 +909,7 @@ PYBIND11_MODULE(_zcx, m) {
             auto p = std::make_unique<PyConnection>();
             p->conn = take(std::move(c));
             p->engine = self;
+            p->manual = py::cast<PyEngine&>(self).manual;
             return p;
           },
           py::arg("host_port"), "Connects to a listening engine at 'host:port'")
@@ -918,6 +926,7 @@ PYBIND11_MODULE(_zcx, m) {
             auto p = std::make_unique<PyConnection>();
             p->conn = take(std::move(c));
             p->engine = self;
+            p->manual = py::cast<PyEngine&>(self).manual;
             return p;
           },
           py::arg("timeout") = 60.0, "The next connection a peer made to our listener")

@@ -142,4 +142,8 @@ def test_manual_progress_mode(tcp_numpy_peer):
     req = conn.write(engine.register(src), 0, remote, 0, 5000)
     assert req.wait(timeout=20) == 5000  # wait() drives progress itself
     assert_bytes(peer.dump("mp"), src, "written in manual progress mode")
+    src2 = pattern(5000, 13)
+    req = conn.write(engine.register(src2), 0, remote, 0, 5000)
+    assert asyncio.run(asyncio.wait_for(req, 20)) == 5000  # await drives it too
+    assert_bytes(peer.dump("mp"), src2, "awaited in manual progress mode")
     engine.close()

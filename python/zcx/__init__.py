@@ -90,7 +90,12 @@ def _request_await(self):
     """``await request``: the bytes moved, or the zcx.Error. The event loop is not blocked: a zcx
     thread wakes it through loop.call_soon_threadsafe when the operation completes. Cancelling
     the awaiting task does not cancel the operation (a posted RDMA operation cannot be recalled)."""
-    if not self.done():
+    if self._manual_progress:
+        # Manual progress mode: nothing progresses unless we do. Poll (one round of progress per
+        # test()) with short sleeps in between, so other tasks run.
+        while not self.test():
+            yield from _asyncio.sleep(0.0005).__await__()
+    elif not self.done():
         loop = _asyncio.get_running_loop()
         future = loop.create_future()
         self._notify_loop(loop, _set_done, future)

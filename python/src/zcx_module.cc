@@ -196,43 +196,65 @@ void shutdownAll() {
 
 // ---------------------------------------------------------------- registered memory
 
-struct PyRegion {
-  ~PyRegion() { close(); }
-  void close() {  // GIL held
-    if (region.valid()) {
-      zcx::MemoryRegion r = std::move(region);
-      py::gil_scoped_release release;
-      r = zcx::MemoryRegion();  // cancels what still uses it, waits until the transport let go
-    }
-    if (has_view) {
-      PyBuffer_Release(&view);
-      has_view = false;
-    }
-    if (dl) {
-      if (dl->deleter) dl->deleter(dl);
-      dl = nullptr;
-    }
-    obj = py::none();
-  }
-  const zcx::MemoryRegion& get() const {
-    if (!region.valid())
-      raise(zcx::StatusCode::kInvalidArgument, "this zcx.Region was closed (deregistered)");
-    return region;
-  }
-
+// One registration: the zcx MemoryRegion and the Python object whose memory it is (with its
+// buffer export or DLPack hold). Shared by the zcx.Region and, for the length of a call, by the
+// calls that use it, so a close() from another thread never pulls memory from under a post.
+// The last holder deregisters first (without the GIL: it waits for the transport to let go) and
+// only then lets go of the object.
+struct Registration {
   zcx::MemoryRegion region;
-  py::object obj = py::none();  // the registered object, kept alive while registered
+  PyObject* obj = nullptr;  // a strong reference
   Py_buffer view{};
   bool has_view = false;
-  DLManagedTensor* dl = nullptr;  // a consumed DLPack capsule (its deleter frees our hold)
+  DLManagedTensor* dl = nullptr;  // a consumed DLPack capsule (its deleter ends our hold)
   bool writable = true;
+
+  void releasePython() {  // GIL held
+    if (has_view) PyBuffer_Release(&view);
+    has_view = false;
+    if (dl && dl->deleter) dl->deleter(dl);
+    dl = nullptr;
+    Py_CLEAR(obj);
+  }
+};
+
+void destroyRegistration(Registration* r) {
+  bool gil = Py_IsInitialized() && PyGILState_Check();
+  if (r->region.valid()) {
+    if (gil) {
+      py::gil_scoped_release release;
+      r->region = zcx::MemoryRegion();  // cancels what still uses it, waits for the transport
+    } else {
+      r->region = zcx::MemoryRegion();
+    }
+  }
+  if (gil) {
+    r->releasePython();
+  } else if (pythonUsable()) {
+    ++t_in_callback;
+    {
+      py::gil_scoped_acquire acquire;
+      if (pythonUsable()) r->releasePython();
+    }
+    --t_in_callback;
+  }  // else: the interpreter is going away; the object's memory stays as it is
+  delete r;
+}
+
+struct PyRegion {
+  void close() { reg.reset(); }  // GIL held (deleter: see destroyRegistration)
+  std::shared_ptr<Registration> get() const {
+    if (!reg) raise(zcx::StatusCode::kInvalidArgument, "this zcx.Region was closed (deregistered)");
+    return reg;
+  }
+  std::shared_ptr<Registration> reg;
 };
 
 // Where the memory of `obj` is: the buffer protocol (numpy, bytearray, memoryview, mmap...) or
 // DLPack (torch tensors: CPU only, contiguous).
-std::unique_ptr<PyRegion> exportMemory(py::handle obj, uint32_t access, void** data,
-                                       size_t* size) {
-  auto r = std::make_unique<PyRegion>();
+std::shared_ptr<Registration> exportMemory(py::handle obj, uint32_t access, void** data,
+                                           size_t* size) {
+  std::shared_ptr<Registration> r(new Registration, destroyRegistration);
   if (PyObject_CheckBuffer(obj.ptr())) {
     if (PyObject_GetBuffer(obj.ptr(), &r->view, PyBUF_ANY_CONTIGUOUS) != 0) {
       PyErr_Clear();
@@ -296,7 +318,7 @@ std::unique_ptr<PyRegion> exportMemory(py::handle obj, uint32_t access, void** d
           "register: a read-only buffer cannot be registered with RemoteWrite access (peers "
           "would write into it)");
   }
-  r->obj = py::reinterpret_borrow<py::object>(obj);
+  r->obj = py::reinterpret_borrow<py::object>(obj).release().ptr();
   return r;
 }
 
@@ -320,10 +342,21 @@ struct PyRemote {
   py::object connection;  // the zcx.Connection it was imported on
 };
 
+struct LoopWaker;
+// The awaits of one request: zcx runs one completion callback per request, so it is registered
+// once and wakes every event loop that awaits the request.
+struct Wakers {
+  std::mutex mu;
+  std::vector<std::shared_ptr<LoopWaker>> list;
+  bool registered = false;
+  bool fired = false;
+};
+
 struct PyRequest {
   zcx::Request req;
   bool manual = false;  // its engine is in manual progress mode
   py::list keep;  // the regions, remote regions and connection it uses
+  std::shared_ptr<Wakers> wakers = std::make_shared<Wakers>();
 };
 
 // The event-loop hand-off of `await request`: on completion, on a zcx thread, it calls
@@ -380,7 +413,7 @@ PyRemote& remoteArg(py::handle h, const char* what) {
     raise(zcx::StatusCode::kInvalidArgument, std::string(what) + " must be a zcx.RemoteRegion");
   }
 }
-void needWritable(const PyRegion& r, const char* op) {
+void needWritable(const Registration& r, const char* op) {
   if (!r.writable) {
     raise(zcx::StatusCode::kPermissionDenied,
           std::string(op) + " would write into a read-only buffer (registered from a read-only "
@@ -389,7 +422,8 @@ void needWritable(const PyRegion& r, const char* op) {
 }
 
 // (local, local_offset, remote, remote_offset, length) tuples (zcx.RmaOp is one) to zcx::RmaOp.
-std::vector<zcx::RmaOp> parseOps(py::handle ops, PyRequest& out, bool into_local) {
+std::vector<zcx::RmaOp> parseOps(py::handle ops, PyRequest& out, bool into_local,
+                                 std::vector<std::shared_ptr<Registration>>& held) {
   std::vector<zcx::RmaOp> v;
   py::sequence seq;
   try {
@@ -399,6 +433,7 @@ std::vector<zcx::RmaOp> parseOps(py::handle ops, PyRequest& out, bool into_local
     raise(zcx::StatusCode::kInvalidArgument, "ops must be a sequence of zcx.RmaOp");
   }
   v.reserve(seq.size());
+  held.reserve(seq.size());  // no reallocation: the ops point into it
   for (size_t i = 0; i < seq.size(); ++i) {
     py::object item = seq[i];
     if (!PySequence_Check(item.ptr()) || PySequence_Size(item.ptr()) != 5) {
@@ -409,9 +444,10 @@ std::vector<zcx::RmaOp> parseOps(py::handle ops, PyRequest& out, bool into_local
     py::sequence t = py::reinterpret_borrow<py::sequence>(item);
     PyRegion& local = regionArg(t[0], "RmaOp.local");
     PyRemote& remote = remoteArg(t[2], "RmaOp.remote");
-    if (into_local) needWritable(local, "read_batch");
+    if (held.empty() || held.back().get() != local.reg.get()) held.push_back(local.get());
+    if (into_local) needWritable(*held.back(), "read_batch");
     zcx::RmaOp op;
-    op.local = &local.get();
+    op.local = &held.back()->region;
     op.local_offset = py::cast<size_t>(t[1]);
     op.remote = &remote.remote;
     op.remote_offset = py::cast<size_t>(t[3]);
@@ -501,22 +537,25 @@ PYBIND11_MODULE(_zcx, m) {
 
   // ---------------------------------------------------------------- Region
   py::class_<PyRegion>(m, "Region", "Registered memory (Engine.register); deregistered by close()")
-      .def_property_readonly("size", [](const PyRegion& r) { return r.get().size(); })
-      .def_property_readonly("access",
-                             [](const PyRegion& r) { return zcx::Access(r.get().access()); })
+      .def_property_readonly("size", [](const PyRegion& r) { return r.get()->region.size(); })
+      .def_property_readonly(
+          "access", [](const PyRegion& r) { return zcx::Access(r.get()->region.access()); })
       .def_property_readonly("address", [](const PyRegion& r) {
-        return reinterpret_cast<uintptr_t>(r.get().data());
+        return reinterpret_cast<uintptr_t>(r.get()->region.data());
       })
-      .def_property_readonly("writable", [](const PyRegion& r) { return r.writable; })
-      .def_property_readonly("obj", [](const PyRegion& r) { return r.obj; },
-                             "The registered object (kept alive while registered)")
-      .def_property_readonly("closed", [](const PyRegion& r) { return !r.region.valid(); })
-      .def("descriptor",
-           [](const PyRegion& r) {
-             auto bytes = r.get().descriptor().encode();
-             return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-           },
-           "The encoded RegionDescriptor: give it to a peer (Connection.import_region)")
+      .def_property_readonly("writable", [](const PyRegion& r) { return r.get()->writable; })
+      .def_property_readonly(
+          "obj",
+          [](const PyRegion& r) { return py::reinterpret_borrow<py::object>(r.get()->obj); },
+          "The registered object (kept alive while registered)")
+      .def_property_readonly("closed", [](const PyRegion& r) { return r.reg == nullptr; })
+      .def(
+          "descriptor",
+          [](const PyRegion& r) {
+            auto bytes = r.get()->region.descriptor().encode();
+            return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+          },
+          "The encoded RegionDescriptor: give it to a peer (Connection.import_region)")
       .def("close", &PyRegion::close,
            "Deregisters now (operations still using it are cancelled first) and lets go of the "
            "object")
@@ -590,11 +629,32 @@ PYBIND11_MODULE(_zcx, m) {
             waker->loop = loop.release().ptr();
             waker->setter = setter.release().ptr();
             waker->future = future.release().ptr();
-            zcx::Request req = r.req;
-            py::gil_scoped_release release;
-            req.onComplete([waker](const zcx::Status&) { waker->fire(); });
+            std::shared_ptr<Wakers> w = r.wakers;
+            bool first;
+            {
+              std::lock_guard<std::mutex> lock(w->mu);
+              if (w->fired) return false;  // complete: the caller reads the result now
+              w->list.push_back(std::move(waker));
+              first = !w->registered;
+              w->registered = true;
+            }
+            if (first) {
+              zcx::Request req = r.req;
+              py::gil_scoped_release release;
+              req.onComplete([w](const zcx::Status&) {
+                std::vector<std::shared_ptr<LoopWaker>> list;
+                {
+                  std::lock_guard<std::mutex> lock(w->mu);
+                  w->fired = true;
+                  list.swap(w->list);
+                }
+                for (auto& k : list) k->fire();
+              });
+            }
+            return true;
           },
-          "On completion: loop.call_soon_threadsafe(setter, future), from a zcx thread");
+          "On completion: loop.call_soon_threadsafe(setter, future), from a zcx thread. False "
+          "if the request already completed (nothing will be called)");
 
   // ---------------------------------------------------------------- Connection
   py::class_<PyConnection>(m, "Connection", "A connection to one peer (Engine.connect / accept)")
@@ -643,9 +703,11 @@ PYBIND11_MODULE(_zcx, m) {
             auto req = startRequest(self);
             req->keep.append(local);
             req->keep.append(remote);
-            const zcx::MemoryRegion& lr = l.get();
-            py::gil_scoped_release release;
-            req->req = c.conn.write(lr, local_offset, rr.remote, remote_offset, length);
+            auto lr = l.get();
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.write(lr->region, local_offset, rr.remote, remote_offset, length);
+            }
             return req;
           },
           py::arg("local"), py::arg("local_offset"), py::arg("remote"), py::arg("remote_offset"),
@@ -657,13 +719,15 @@ PYBIND11_MODULE(_zcx, m) {
             auto& c = py::cast<PyConnection&>(self);
             auto& l = regionArg(local, "local");
             auto& rr = remoteArg(remote, "remote");
-            needWritable(l, "read");
+            auto lr = l.get();
+            needWritable(*lr, "read");
             auto req = startRequest(self);
             req->keep.append(local);
             req->keep.append(remote);
-            const zcx::MemoryRegion& lr = l.get();
-            py::gil_scoped_release release;
-            req->req = c.conn.read(lr, local_offset, rr.remote, remote_offset, length);
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.read(lr->region, local_offset, rr.remote, remote_offset, length);
+            }
             return req;
           },
           py::arg("local"), py::arg("local_offset"), py::arg("remote"), py::arg("remote_offset"),
@@ -673,9 +737,12 @@ PYBIND11_MODULE(_zcx, m) {
           [](py::object self, py::object ops) {
             auto& c = py::cast<PyConnection&>(self);
             auto req = startRequest(self);
-            auto v = parseOps(ops, *req, false);
-            py::gil_scoped_release release;
-            req->req = c.conn.writeBatch(v);
+            std::vector<std::shared_ptr<Registration>> held;
+            auto v = parseOps(ops, *req, false, held);
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.writeBatch(v);
+            }
             return req;
           },
           py::arg("ops"), "Many writes (a sequence of zcx.RmaOp), one completion")
@@ -684,9 +751,12 @@ PYBIND11_MODULE(_zcx, m) {
           [](py::object self, py::object ops) {
             auto& c = py::cast<PyConnection&>(self);
             auto req = startRequest(self);
-            auto v = parseOps(ops, *req, true);
-            py::gil_scoped_release release;
-            req->req = c.conn.readBatch(v);
+            std::vector<std::shared_ptr<Registration>> held;
+            auto v = parseOps(ops, *req, true, held);
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.readBatch(v);
+            }
             return req;
           },
           py::arg("ops"), "Many reads (a sequence of zcx.RmaOp), one completion")
@@ -695,9 +765,12 @@ PYBIND11_MODULE(_zcx, m) {
           [](py::object self, py::object ops, uint32_t value) {
             auto& c = py::cast<PyConnection&>(self);
             auto req = startRequest(self);
-            auto v = parseOps(ops, *req, false);
-            py::gil_scoped_release release;
-            req->req = c.conn.writeWithNotify(v, value);
+            std::vector<std::shared_ptr<Registration>> held;
+            auto v = parseOps(ops, *req, false, held);
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.writeWithNotify(v, value);
+            }
             return req;
           },
           py::arg("ops"), py::arg("value"),
@@ -708,12 +781,15 @@ PYBIND11_MODULE(_zcx, m) {
           [](py::object self, py::object local, size_t offset, py::handle length) {
             auto& c = py::cast<PyConnection&>(self);
             auto& l = regionArg(local, "local");
-            const zcx::MemoryRegion& lr = l.get();
-            size_t n = lengthOr(length, offset <= lr.size() ? lr.size() - offset : 0);
+            auto lr = l.get();
+            size_t size = lr->region.size();
+            size_t n = lengthOr(length, offset <= size ? size - offset : 0);
             auto req = startRequest(self);
             req->keep.append(local);
-            py::gil_scoped_release release;
-            req->req = c.conn.send(lr, offset, n);
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.send(lr->region, offset, n);
+            }
             return req;
           },
           py::arg("local"), py::arg("offset") = 0, py::arg("length") = py::none(),
@@ -723,13 +799,16 @@ PYBIND11_MODULE(_zcx, m) {
           [](py::object self, py::object local, size_t offset, py::handle capacity) {
             auto& c = py::cast<PyConnection&>(self);
             auto& l = regionArg(local, "local");
-            needWritable(l, "recv");
-            const zcx::MemoryRegion& lr = l.get();
-            size_t n = lengthOr(capacity, offset <= lr.size() ? lr.size() - offset : 0);
+            auto lr = l.get();
+            needWritable(*lr, "recv");
+            size_t size = lr->region.size();
+            size_t n = lengthOr(capacity, offset <= size ? size - offset : 0);
             auto req = startRequest(self);
             req->keep.append(local);
-            py::gil_scoped_release release;
-            req->req = c.conn.recv(lr, offset, n);
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.recv(lr->region, offset, n);
+            }
             return req;
           },
           py::arg("local"), py::arg("offset") = 0, py::arg("capacity") = py::none(),
@@ -863,7 +942,9 @@ PYBIND11_MODULE(_zcx, m) {
               mr = engine->registerMemory(data, size, access);
             }
             r->region = take(std::move(mr));
-            return r;
+            auto p = std::make_unique<PyRegion>();
+            p->reg = std::move(r);
+            return p;
           },
           py::arg("obj"), py::arg("access") = zcx::kLocalOnly,
           "Registers the memory of a buffer-protocol object (numpy array, bytearray, "
@@ -874,11 +955,11 @@ PYBIND11_MODULE(_zcx, m) {
           "expose",
           [](PyEngine& e, std::string name, py::object region) {
             auto engine = e.get();
-            const zcx::MemoryRegion& r = regionArg(region, "region").get();
+            auto r = regionArg(region, "region").get();
             zcx::Status s;
             {
               py::gil_scoped_release release;
-              s = engine->expose(name, r);
+              s = engine->expose(name, r->region);
             }
             check(s);
             e.exposed[name] = region;

@@ -70,6 +70,16 @@ def test_await_error_and_many(tcp_numpy_peer):
         reqs = [peer.conn.write(region, i * 1000, remote, i * 1000, 1000) for i in range(64)]
         done = await asyncio.gather(*reqs)
         assert done == [1000] * 64
+        # Two tasks awaiting the same receive: both wake when it completes.
+        peer.region("two", 100, zcx.Access.LocalOnly)
+        peer.call(op="fill", name="two", off=0, len=100, seed=21)
+        inbox = np.zeros(100, np.uint8)
+        twice = peer.conn.recv(peer.engine.register(inbox))
+        both = asyncio.gather(twice, twice)
+        await asyncio.sleep(0.05)
+        peer.call(op="send", name="two", off=0, len=100)
+        assert await asyncio.wait_for(both, 20) == [100, 100]
+        assert_bytes(inbox, pattern(100, 21), "received once, awaited twice")
         # A receive that fails: the error comes out of the await.
         recv = peer.conn.recv(peer.engine.register(np.zeros(8, np.uint8)))
         asyncio.get_running_loop().call_later(0.2, peer.conn.close)

@@ -98,8 +98,8 @@ def _request_await(self):
     elif not self.done():
         loop = _asyncio.get_running_loop()
         future = loop.create_future()
-        self._notify_loop(loop, _set_done, future)
-        yield from future.__await__()
+        if self._notify_loop(loop, _set_done, future):
+            yield from future.__await__()
     return self.wait(0)
 
 

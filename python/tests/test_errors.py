@@ -204,3 +204,26 @@ def test_engine_shutdown_cancels(tcp_peer):
     with pytest.raises(zcx.Error) as e:
         req.wait(timeout=10)
     assert e.value.code == zcx.StatusCode.Cancelled
+
+
+def test_the_gil_is_released_while_waiting(tcp_peer):
+    import threading
+    req = tcp_peer.conn.recv(tcp_peer.engine.register(np.zeros(64, np.uint8)))
+    count, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.05)
+        before = count[0]
+        with pytest.raises(zcx.StillInFlightError):
+            req.wait(timeout=0.5)  # blocks in zcx: the other thread must run meanwhile
+        during = count[0] - before
+    finally:
+        stop.set()
+        t.join()
+    assert during > 10_000, during

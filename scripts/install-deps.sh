@@ -19,7 +19,7 @@ PACKAGES=(
   # the Python package (python/): pybind11 extension, its pytest suite, examples/param_sync.py,
   # and `pip install --no-build-isolation ./python` (setuptools + pip, no downloads)
   python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-setuptools
-  python3-pip python3-venv
+  python3-pip
 )
 
 missing=()

@@ -19,6 +19,15 @@
 namespace zcx::test {
 namespace {
 
+// Completion callbacks run on a progress thread, possibly just after wait() returned: waits
+// (bounded) until `calls` reaches `n`, then a little longer so that an extra call would be seen.
+void waitForCalls(const std::atomic<int>& calls, int n) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (calls.load() < n && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
 using namespace std::chrono_literals;
 
 struct TransportParam {
@@ -359,7 +368,7 @@ TEST_P(TransferTest, BatchOf1000WritesCompletesOnce) {
   ASSERT_TRUE(r.wait(60s).ok());
   EXPECT_EQ(r.bytes(), each * n);
   EXPECT_EQ(cmd("check dst 32 " + std::to_string(each * n) + " 1000"), "ok");
-  std::this_thread::sleep_for(20ms);
+  waitForCalls(calls, 1);
   EXPECT_EQ(calls.load(), 1);
 }
 
@@ -664,7 +673,9 @@ TEST_P(TransferTest, CloseCancelsOutstandingOperationsExactlyOnce) {
     EXPECT_TRUE(s.ok() || s.code() == StatusCode::kCancelled) << s.toString();
   }
   EXPECT_EQ(pending_recv.wait(5s).code(), StatusCode::kCancelled);
-  std::this_thread::sleep_for(20ms);
+  // Callbacks run on the progress thread after close() returned (never inside it), so they may
+  // trail the waits: each must come, once.
+  waitForCalls(calls, 32);
   EXPECT_EQ(calls.load(), 32);
   EXPECT_EQ(conn_.write(src.region, 0, dst, 0, 8).wait(5s).code(), StatusCode::kCancelled);
 }
@@ -682,7 +693,7 @@ TEST_P(TransferTest, CompletionContractHoldsForSuccessAndError) {
   });
   ASSERT_TRUE(ok.wait(10s).ok());
   ASSERT_TRUE(ok.test().has_value());
-  std::this_thread::sleep_for(10ms);
+  waitForCalls(calls, 1);
   EXPECT_EQ(calls.load(), 1);
   // A callback attached after completion runs too, once, and also on a progress thread.
   std::atomic<int> late_calls{0};

@@ -889,6 +889,9 @@ void UcxTwoProcessChild::TestBody() {
   setup.events = &events;
   auto ep = (*t)->createEndpoint(setup);
   ASSERT_TRUE(ep.ok()) << ep.status().toString();
+  // Like the core's handshake: the passive endpoint exists before the active side posts (an
+  // access for a connection the target does not know is dropped).
+  ASSERT_TRUE(writeAll(out, "r", 1));
 
   std::deque<std::pair<std::vector<uint8_t>, std::unique_ptr<MemoryHandle>>> inflight;
   std::deque<std::unique_ptr<TestCompletion>> completions;
@@ -959,6 +962,8 @@ TEST_P(UcxTwoProcessTest, RmaMessagesAndPeerDeath) {
   uint64_t token = 0xfeedbeef;
   ASSERT_TRUE(writeBlob(to_child[1], tr.localAddress()));
   ASSERT_TRUE(writeAll(to_child[1], &token, 8));
+  char child_ready = 0;
+  ASSERT_TRUE(readAll(from_child[0], &child_ready, 1)) << "child did not create its endpoint";
 
   TestEvents events;
   EndpointSetup setup;

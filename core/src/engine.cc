@@ -252,6 +252,22 @@ void EngineImpl::kick() {
 
 bool EngineImpl::onProgressThread() { return tls_progress_thread; }
 
+void EngineImpl::retireRegion(RegionState& region) {
+  if (region.user_memory) {
+    std::lock_guard<std::mutex> lock(registrations_mu);
+    auto it = registrations.find(
+        std::make_tuple(reinterpret_cast<uintptr_t>(region.data), region.size, region.access));
+    if (it != registrations.end() && it->second.lock().get() == &region) registrations.erase(it);
+  }
+  {
+    std::lock_guard<std::mutex> lock(exposed_mu);
+    for (auto it = exposed.begin(); it != exposed.end();) {
+      it = it->second.first == &region ? exposed.erase(it) : std::next(it);
+    }
+  }
+  if (region.handle) region.handle->revokeRemoteAccess();
+}
+
 void EngineImpl::revokeRegion(RegionState& region) {
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -260,18 +276,26 @@ void EngineImpl::revokeRegion(RegionState& region) {
     }
   }
   kick();
+  // Peers lost access in retireRegion; accesses that passed the target's check before that are
+  // waited for like our own operations.
+  auto busy = [&] {
+    return region.inflight.load(std::memory_order_acquire) != 0 ||
+           (region.handle && region.handle->remoteAccessesInFlight() != 0);
+  };
   // The transport releases the memory from progress (UCX calls back for what it still held).
   auto until = Clock::now() + options.connect_timeout;
-  while (region.inflight.load(std::memory_order_acquire) != 0 && Clock::now() < until) {
+  while (busy() && Clock::now() < until) {
     if (manualProgress() || onProgressThread() || stopping_.load()) {
       progressOnce();
     } else {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
-  if (region.inflight.load() != 0) {
+  if (busy()) {
     LOG(ERROR) << "zcx: a MemoryRegion was destroyed while the transport still held "
-               << region.inflight.load() << " operation(s) on it after "
+               << region.inflight.load() << " operation(s) and "
+               << (region.handle ? region.handle->remoteAccessesInFlight() : 0)
+               << " remote access(es) on it after "
                << options.connect_timeout.count()
                << " ms; its registration stays until they are released. Do not free or reuse "
                   "the memory before they complete.";
@@ -781,9 +805,21 @@ Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32
   auto cached = [&]() -> std::shared_ptr<detail::RegionState> {
     std::lock_guard<std::mutex> cache_lock(impl_->registrations_mu);
     auto it = impl_->registrations.find(key);
-    return it == impl_->registrations.end() ? nullptr : it->second.lock();
+    auto live = it == impl_->registrations.end() ? nullptr : it->second.lock();
+    if (!live) return nullptr;
+    // A registration whose last MemoryRegion is going (retired) is not handed out again: take a
+    // handle only while others still hold one.
+    uint32_t h = live->handles.load(std::memory_order_acquire);
+    do {
+      if (h == 0) return nullptr;
+    } while (!live->handles.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel));
+    return live;
   };
-  if (auto live = cached()) return MemoryRegion(std::move(live));  // cache hit
+  if (auto live = cached()) {  // cache hit
+    MemoryRegion region(live);
+    live->handles.fetch_sub(1, std::memory_order_acq_rel);  // the one cached() took
+    return region;
+  }
   // No zcx lock held: pinning pages can take long, and transports make registration safe to
   // call concurrently with everything else (transport.h).
   auto h = impl_->transport->registerMemory(address, length, access);

@@ -113,6 +113,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// connections close: a posted RDMA operation cannot be recalled; posted receives complete
   /// kCancelled) and returns once the transport released the memory, or after a bounded wait.
   void revokeRegion(RegionState& region);
+  /// The last MemoryRegion of `region` is gone: unexposes it, takes it out of the registration
+  /// cache and revokes peers' access (the registration itself lives on while operations pin it).
+  void retireRegion(RegionState& region);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
 
   // ---- connections ----

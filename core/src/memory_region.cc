@@ -38,8 +38,12 @@ MemoryRegion& MemoryRegion::operator=(MemoryRegion&& other) noexcept {
 
 MemoryRegion::~MemoryRegion() {
   if (!state_) return;
-  if (state_->handles.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
-      state_->inflight.load(std::memory_order_acquire) != 0) {
+  if (state_->handles.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  // The last handle: peers lose the region now (names, cache, remote access), even while
+  // operations still pin the registration.
+  state_->engine->retireRegion(*state_);
+  if (state_->inflight.load(std::memory_order_acquire) != 0 ||
+      (state_->handle && state_->handle->remoteAccessesInFlight() != 0)) {
     state_->engine->revokeRegion(*state_);
   }
 }

@@ -36,7 +36,10 @@ Result<std::unique_ptr<UcxContext>> UcxContext::create(const UcxSettings& settin
   ucp_params_t params{};
   params.field_mask =
       UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  // Checked RMA leaves UCX's RMA out: without it the worker installs no handler for UCX's
+  // software put/get, which would write to or read from any address a peer names.
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  if (!settings.checked_rma) params.features |= UCP_FEATURE_RMA;
   // Context-level calls (ucp_mem_map/unmap, ucp_rkey_pack) then take the context's own lock, so
   // the core registers and deregisters memory without holding its engine lock (transport.h).
   params.mt_workers_shared = 1;
@@ -51,6 +54,7 @@ Result<std::unique_ptr<UcxContext>> UcxContext::create(const UcxSettings& settin
   }
   std::unique_ptr<UcxContext> self(new UcxContext());
   self->context_.reset(raw_context);
+  self->checked_rma_ = settings.checked_rma;
 
   ucp_worker_params_t wparams{};
   wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;

@@ -37,6 +37,8 @@ class UcxContext {
   /// The worker address bytes (ucp_worker_get_address), copied once.
   const std::vector<uint8_t>& address() const { return address_; }
   int eventFd() const { return event_fd_; }
+  /// Remote writes/reads go as target-checked active messages (UcxSettings::checked_rma).
+  bool checkedRma() const { return checked_rma_; }
 
  private:
   UcxContext() = default;
@@ -45,6 +47,7 @@ class UcxContext {
   UcpWorkerPtr worker_;
   std::vector<uint8_t> address_;
   int event_fd_ = -1;
+  bool checked_rma_ = true;
 };
 
 }  // namespace zcx::transport::ucx

@@ -103,7 +103,9 @@ void UcxEndpoint::connectToPeer() {
   if (!s.ok()) {
     state_ = EndpointState::kBroken;
     error_ = s;
+    return;
   }
+  worker_->sendHeldReplies(key_);
 }
 
 // ucp_ep_create returns before UCX has wired the endpoint up (over tcp: sockets connecting,
@@ -148,6 +150,21 @@ Status UcxEndpoint::checkUsable() const {
 
 Result<std::unique_ptr<RemoteKey>> UcxEndpoint::importKey(std::span<const uint8_t> packed_key) {
   ZCX_RETURN_IF_ERROR(checkUsable());
+  if (worker_->checkedRma() != looksLikeCheckedKey(packed_key)) {
+    return Status(StatusCode::kProtocolError,
+                  std::string("the peer's key is for ") +
+                      (worker_->checkedRma() ? "UCX RMA (ucx.rma=native)" : "checked RMA") +
+                      " but this engine uses " +
+                      (worker_->checkedRma() ? "checked RMA" : "UCX RMA") +
+                      "; give both sides the same ucx.rma (or ucx.tls)");
+  }
+  if (worker_->checkedRma()) {
+    auto checked = unframeCheckedKey(packed_key);
+    if (!checked.ok()) return checked.status();
+    auto key = std::make_unique<UcxRemoteKey>(this, *checked);
+    keys_.insert(key.get());
+    return std::unique_ptr<RemoteKey>(std::move(key));
+  }
   auto body = unframeKey(packed_key);
   if (!body.ok()) return body.status();
   ucp_rkey_h rkey = nullptr;
@@ -238,7 +255,7 @@ Status checkOps(std::span<const RmaOp> ops, const UcxEndpoint* self, const char*
                                                       " has no local memory handle or remote key");
     }
     const auto* key = static_cast<const UcxRemoteKey*>(op.remote);
-    if (key->owner() != self || key->rkey() == nullptr) {
+    if (key->owner() != self || !key->usable()) {
       return Status(StatusCode::kInvalidArgument,
                     std::string("ucx ") + what + ": op " + std::to_string(i) +
                         " uses a remote key imported on another endpoint");
@@ -254,6 +271,7 @@ Status UcxEndpoint::postWrite(std::span<const RmaOp> ops, std::optional<uint32_t
   ZCX_RETURN_IF_ERROR(checkUsable());
   if (done == nullptr) return Status(StatusCode::kInvalidArgument, "ucx write: no completion");
   ZCX_RETURN_IF_ERROR(checkOps(ops, this, "write"));
+  if (worker_->checkedRma()) return postChecked(ops, /*is_read=*/false, notify, done);
 
   OpRecord* rec = startRecord(OpRecord::Kind::kWrite, done);
   rec->phase = OpRecord::Phase::kFlush;  // the puts and their flush are in flight together
@@ -285,6 +303,7 @@ Status UcxEndpoint::postRead(std::span<const RmaOp> ops, Completion* done) {
   ZCX_RETURN_IF_ERROR(checkUsable());
   if (done == nullptr) return Status(StatusCode::kInvalidArgument, "ucx read: no completion");
   ZCX_RETURN_IF_ERROR(checkOps(ops, this, "read"));
+  if (worker_->checkedRma()) return postChecked(ops, /*is_read=*/true, std::nullopt, done);
 
   OpRecord* rec = startRecord(OpRecord::Kind::kRead, done);
   bool posted_any = false;
@@ -326,6 +345,49 @@ Status UcxEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t le
   return finishPost(rec, posted);
 }
 
+Status UcxEndpoint::postChecked(std::span<const RmaOp> ops, bool is_read,
+                                std::optional<uint32_t> notify, Completion* done) {
+  OpRecord* rec = startRecord(is_read ? OpRecord::Kind::kRead : OpRecord::Kind::kWrite, done);
+  rec->phase = OpRecord::Phase::kFlush;  // requests in flight, replies awaited
+  rec->has_notify = notify.has_value();
+  rec->notify_value = notify.value_or(0);
+  rec->rma_headers.reserve(ops.size());  // UCX points into them until each send completes
+  bool posted_any = false;
+  for (const RmaOp& op : ops) {
+    if (op.length == 0) continue;
+    UcxWorker::RmaSlot slot;
+    slot.rec = rec;
+    slot.generation = rec->generation;
+    slot.route = key_;
+    slot.local = reinterpret_cast<uint8_t*>(op.local_addr);
+    slot.length = op.length;
+    slot.memh = static_cast<UcxMemory*>(op.local)->memh();
+    slot.is_read = is_read;
+    uint64_t op_id = worker_->addRmaSlot(slot);
+    if (rec->op_count == 0) rec->first_op = op_id;
+    ++rec->op_count;
+    const CheckedKey& key = static_cast<const UcxRemoteKey*>(op.remote)->checked();
+    RmaHeader& h = rec->rma_headers.emplace_back();
+    h.token = token_;
+    h.op_id = op_id;
+    h.key_id = key.id;
+    h.cookie = key.cookie;
+    h.remote_addr = op.remote_addr;
+    h.length = op.length;
+    h.role = role_;
+    ucp_request_param_t p = requestParam(rec, is_read ? nullptr : op.local);
+    ucs_status_ptr_t ptr =
+        is_read ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)
+                : ucp_am_send_nbx(ep_, kAmPut, &h, sizeof(h),
+                                  reinterpret_cast<const void*>(op.local_addr), op.length, &p);
+    if (!track(rec, ptr, is_read ? "ucp_am_send_nbx(get)" : "ucp_am_send_nbx(put)")) break;
+    ++rec->awaiting;
+    posted_any = true;
+  }
+  if (!posted_any) worker_->dropRmaSlots(rec);
+  return finishPost(rec, posted_any);
+}
+
 void UcxEndpoint::postNotify(OpRecord* rec) {
   rec->header = AmHeader{};
   rec->header.token = token_;
@@ -340,7 +402,7 @@ void UcxEndpoint::postNotify(OpRecord* rec) {
 // Completion
 
 void UcxEndpoint::advance(OpRecord* rec) {
-  while (rec->pending == 0) {
+  while (rec->pending == 0 && rec->awaiting == 0) {
     if (rec->kind == OpRecord::Kind::kWireup && rec->status.ok() && !closed_ &&
         state_ == EndpointState::kConnecting && role_ == 0 &&
         rec->phase == OpRecord::Phase::kFlush) {
@@ -364,6 +426,7 @@ void UcxEndpoint::advance(OpRecord* rec) {
 
 void UcxEndpoint::finish(OpRecord* rec) {
   unlink(rec);
+  worker_->dropRmaSlots(rec);
   if (rec->kind == OpRecord::Kind::kWireup) {
     if (!closed_ && state_ == EndpointState::kConnecting) {
       if (rec->status.ok()) {
@@ -396,6 +459,7 @@ std::vector<OrphanRef> UcxEndpoint::failAll(const Status& why) {
   while (head_ != nullptr) {
     OpRecord* rec = head_;
     unlink(rec);
+    worker_->dropRmaSlots(rec);  // replies still to come are dropped
     Completion* done = rec->done;
     rec->endpoint = nullptr;
     if (done != nullptr && rec->pending != 0) {

@@ -75,6 +75,9 @@ class UcxEndpoint final : public Endpoint {
   /// Posts the flush whose completion means UCX wireup finished (see Kind::kWireup).
   Status startWireup();
   void postHello(OpRecord* rec);
+  /// Checked RMA (ucx_checked_rma.cc has the target side): one AM per op, answered by the target.
+  Status postChecked(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
+                     Completion* done);
   void postNotify(OpRecord* rec);
   void finish(OpRecord* rec);
   void unlink(OpRecord* rec);

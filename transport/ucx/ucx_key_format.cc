@@ -8,6 +8,7 @@ namespace {
 
 constexpr uint32_t kKeyMagic = 0x4b58435a;      // "ZCXK" little-endian
 constexpr uint32_t kAddressMagic = 0x4158435a;  // "ZCXA"
+constexpr uint32_t kCheckedKeyMagic = 0x4358435a;  // "ZCXC"
 constexpr size_t kHeaderSize = 16;
 
 uint64_t fnv1a(std::span<const uint8_t> bytes) {
@@ -66,6 +67,34 @@ std::vector<uint8_t> frameKey(std::span<const uint8_t> ucx_bytes) {
 
 Result<std::span<const uint8_t>> unframeKey(std::span<const uint8_t> framed) {
   return unframe(kKeyMagic, "ucx remote key", framed);
+}
+
+std::vector<uint8_t> frameCheckedKey(CheckedKey key) {
+  uint8_t body[16];
+  std::memcpy(body, &key.id, 8);
+  std::memcpy(body + 8, &key.cookie, 8);
+  return frame(kCheckedKeyMagic, body);
+}
+
+Result<CheckedKey> unframeCheckedKey(std::span<const uint8_t> framed) {
+  auto body = unframe(kCheckedKeyMagic, "ucx checked-RMA key", framed);
+  if (!body.ok()) return body.status();
+  if (body->size() != 16) {
+    return Status(StatusCode::kProtocolError, "ucx checked-RMA key of " +
+                                                  std::to_string(body->size()) +
+                                                  " bytes (expected 16)");
+  }
+  CheckedKey key;
+  std::memcpy(&key.id, body->data(), 8);
+  std::memcpy(&key.cookie, body->data() + 8, 8);
+  return key;
+}
+
+bool looksLikeCheckedKey(std::span<const uint8_t> framed) {
+  uint32_t magic = 0;
+  if (framed.size() < 4) return false;
+  std::memcpy(&magic, framed.data(), 4);
+  return magic == kCheckedKeyMagic;
 }
 
 std::vector<uint8_t> frameAddress(std::span<const uint8_t> ucx_bytes) {

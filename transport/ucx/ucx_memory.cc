@@ -15,6 +15,16 @@ void UcpMemDeleter::operator()(ucp_mem_h memh) const noexcept {
   if (st != UCS_OK) LOG(ERROR) << "ucp_mem_unmap: " << ucs_status_string(st);
 }
 
+UcxMemory::~UcxMemory() { revokeRemoteAccess(); }  // before memh_ unmaps the memory
+
+void UcxMemory::revokeRemoteAccess() {
+  if (grant_id_ != 0) worker_->access().revoke(grant_id_);
+}
+
+uint32_t UcxMemory::remoteAccessesInFlight() const {
+  return grant_ ? grant_->inflight.load(std::memory_order_acquire) : 0;
+}
+
 Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> worker, void* address,
                                                   size_t length, uint32_t access, bool allocate) {
   if (length == 0) {
@@ -29,7 +39,13 @@ Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> wor
   }
   ucp_mem_map_params_t p{};
   p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                 UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+                 UCP_MEM_MAP_PARAM_FIELD_FLAGS | UCP_MEM_MAP_PARAM_FIELD_PROT;
+  // Exactly the rights asked for (UCX's default is remote read|write). Transports that honour
+  // them refuse the rest; over shared memory the kernel lets same-user processes reach each
+  // other's memory anyway (see docs/SECURITY.md).
+  p.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE;
+  if ((access & kAccessRemoteRead) != 0) p.prot |= UCP_MEM_MAP_PROT_REMOTE_READ;
+  if ((access & kAccessRemoteWrite) != 0) p.prot |= UCP_MEM_MAP_PROT_REMOTE_WRITE;
   p.address = allocate ? nullptr : address;
   p.length = length;
   p.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
@@ -54,7 +70,15 @@ Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> wor
     }
     self->address_ = attr.address;
   }
-  if (access != kAccessLocal) {
+  if (access != kAccessLocal && self->worker_->ucx().checkedRma()) {
+    // Peers get a key to our access table, which every one of their accesses is checked
+    // against, not a UCX rkey.
+    auto grant = self->worker_->access().add(static_cast<uint8_t*>(self->address_), length, access,
+                                             raw);
+    self->grant_id_ = grant.id;
+    self->grant_ = std::move(grant.entry);
+    self->packed_ = frameCheckedKey(CheckedKey{grant.id, grant.cookie});
+  } else if (access != kAccessLocal) {
     void* buffer = nullptr;
     size_t size = 0;
     st = ucp_rkey_pack(self->worker_->context(), raw, &buffer, &size);

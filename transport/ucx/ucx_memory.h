@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "ucx/ucx_access_table.h"
 #include "ucx/ucx_worker.h"
 #include "zcx/transport/transport.h"
 
@@ -28,6 +29,9 @@ class UcxMemory final : public MemoryHandle {
   void* address() const override { return address_; }
   size_t length() const override { return length_; }
   std::vector<uint8_t> packedKey() const override { return packed_; }
+  void revokeRemoteAccess() override;
+  uint32_t remoteAccessesInFlight() const override;
+  ~UcxMemory() override;
 
   ucp_mem_h memh() const { return memh_.get(); }
 
@@ -39,6 +43,9 @@ class UcxMemory final : public MemoryHandle {
   void* address_ = nullptr;
   size_t length_ = 0;
   std::vector<uint8_t> packed_;
+  /// Checked RMA: this memory's entry in the worker's access table (0 = none).
+  uint64_t grant_id_ = 0;
+  std::shared_ptr<AccessEntry> grant_;
 };
 
 }  // namespace zcx::transport::ucx

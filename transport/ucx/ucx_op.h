@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "ucx/ucx_wire.h"
 #include "zcx/transport/transport.h"
@@ -35,6 +36,12 @@ struct OpRecord {
   bool user_done = false;  ///< `done` was called (or will be by whoever set this)
   uint32_t notify_value = 0;
   AmHeader header;  ///< AM header of a send or notify: must live until the send completes
+  // Checked RMA: one put/get request per op, each answered by the target.
+  uint32_t awaiting = 0;    ///< replies not received yet
+  uint64_t first_op = 0;    ///< op ids first_op .. first_op + op_count - 1 (UcxWorker::rma_ops_)
+  uint32_t op_count = 0;
+  std::vector<RmaHeader> rma_headers;  ///< must live until their sends complete (UCX 1.13 does
+                                       ///< not copy AM headers)
 
   // The endpoint's list of outstanding records.
   OpRecord* prev = nullptr;

@@ -39,6 +39,43 @@ bool mayUseMemoryMapper(std::string_view tls) {
   return false;
 }
 
+/// True unless the TLS list names transports and tcp is not among them (the tcp iface's variables
+/// may only be set when it can be opened: see mayUseMemoryMapper).
+bool mayUseTcp(std::string_view tls) {
+  if (tls.empty() || tls.front() == '^') return true;
+  size_t start = 0;
+  while (start <= tls.size()) {
+    size_t end = tls.find(',', start);
+    if (end == std::string_view::npos) end = tls.size();
+    std::string_view t = tls.substr(start, end - start);
+    if (t.starts_with('\\')) t.remove_prefix(1);
+    t = t.substr(0, t.find(':'));
+    if (t == "all" || t == "tcp") return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+/// True if the TLS list names only shared-memory transports (and self): no peer on another
+/// host can be reached with them.
+bool sharedMemoryOnly(std::string_view tls) {
+  if (tls.empty() || tls.front() == '^') return false;
+  size_t start = 0;
+  while (start <= tls.size()) {
+    size_t end = tls.find(',', start);
+    if (end == std::string_view::npos) end = tls.size();
+    std::string_view t = tls.substr(start, end - start);
+    if (t.starts_with('\\')) t.remove_prefix(1);
+    t = t.substr(0, t.find(':'));
+    if (!(t == "self" || t == "sm" || t == "shm" || t == "mm" || t == "posix" || t == "sysv" ||
+          t == "xpmem" || t == "cma" || t == "knem")) {
+      return false;
+    }
+    start = end + 1;
+  }
+  return true;
+}
+
 }  // namespace
 
 Result<UcxSettings> parseSettings(const TransportConfig& config) {
@@ -47,9 +84,16 @@ Result<UcxSettings> parseSettings(const TransportConfig& config) {
   // Inserted first so an explicit ucx.MM_ERROR_HANDLING overrides it.
   settings.vars.emplace_back("MM_ERROR_HANDLING", "y");
   bool have_devices = false;
+  std::string rma = "auto";
   for (const auto& [key, value] : config.params) {
     std::string_view k(key);
-    if (k == "ucx.tls") {
+    if (k == "ucx.rma") {
+      if (value != "auto" && value != "checked" && value != "native") {
+        return Status(StatusCode::kInvalidArgument,
+                      "ucx.rma must be checked, native or auto (got '" + value + "')");
+      }
+      rma = value;
+    } else if (k == "ucx.tls") {
       settings.tls = value;
       settings.vars.emplace_back("TLS", value);
     } else if (k == "ucx.net_devices") {
@@ -67,7 +111,7 @@ Result<UcxSettings> parseSettings(const TransportConfig& config) {
     } else {
       return Status(StatusCode::kInvalidArgument,
                     "unknown ucx transport parameter '" + key +
-                        "' (known: ucx.tls, ucx.net_devices, ucx.<UCX_VARIABLE> such as "
+                        "' (known: ucx.tls, ucx.net_devices, ucx.rma, ucx.<UCX_VARIABLE> such as "
                         "ucx.RNDV_THRESH)");
     }
   }
@@ -77,8 +121,15 @@ Result<UcxSettings> parseSettings(const TransportConfig& config) {
   }
   // Without ucx.tls, UCX takes the transports from the environment (ucp_config_read).
   const char* env_tls = settings.tls.empty() ? std::getenv("UCX_TLS") : nullptr;
-  if (!mayUseMemoryMapper(env_tls != nullptr ? env_tls : settings.tls)) {
+  std::string_view effective_tls = env_tls != nullptr ? env_tls : settings.tls;
+  if (!mayUseMemoryMapper(effective_tls)) {
     settings.vars.erase(settings.vars.begin());
+  }
+  settings.checked_rma = rma == "checked" || (rma == "auto" && !sharedMemoryOnly(effective_tls));
+  if (settings.checked_rma && mayUseTcp(effective_tls)) {
+    // Our worker address must not offer tcp put_zcopy: a peer's stock UCP would use it to write
+    // to any address of ours (uct_tcp handles PUT requests without consulting registrations).
+    settings.vars.emplace_back("PUT_ENABLE", "n");  // uct_tcp's UCX_TCP_PUT_ENABLE
   }
   return settings;
 }

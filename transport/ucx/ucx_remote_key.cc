@@ -13,6 +13,7 @@ void UcxRemoteKey::release() noexcept {
   if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
   rkey_ = nullptr;
   owner_ = nullptr;
+  has_checked_ = false;
 }
 
 }  // namespace zcx::transport::ucx

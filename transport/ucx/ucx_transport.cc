@@ -25,6 +25,7 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportConfig
   std::string description = std::string("ucx ") + ucp_get_version_string();
   description += " tls=" + (settings->tls.empty() ? std::string("default") : settings->tls);
   if (!settings->net_devices.empty()) description += " devices=" + settings->net_devices;
+  description += settings->checked_rma ? " rma=checked" : " rma=native";
   return std::unique_ptr<UcxTransport>(
       new UcxTransport(std::move(worker).value(), std::move(description)));
 }

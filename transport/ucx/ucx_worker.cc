@@ -39,9 +39,13 @@ struct InProgressScope {
 
 Result<std::shared_ptr<UcxWorker>> UcxWorker::create(std::unique_ptr<UcxContext> context) {
   std::shared_ptr<UcxWorker> self(new UcxWorker(std::move(context)));
-  for (auto [id, cb] : {std::pair<unsigned, ucp_am_recv_callback_t>{kAmMessage, &onAmMessage},
-                        std::pair<unsigned, ucp_am_recv_callback_t>{kAmNotify, &onAmNotify},
-                        std::pair<unsigned, ucp_am_recv_callback_t>{kAmHello, &onAmHello}}) {
+  std::vector<std::pair<unsigned, ucp_am_recv_callback_t>> handlers = {
+      {kAmMessage, &onAmMessage}, {kAmNotify, &onAmNotify}, {kAmHello, &onAmHello}};
+  if (self->checkedRma()) {
+    handlers.insert(handlers.end(),
+                    {{kAmPut, &onAmPut}, {kAmGet, &onAmGet}, {kAmRmaReply, &onAmRmaReply}});
+  }
+  for (auto [id, cb] : handlers) {
     ucp_am_handler_param_t p{};
     p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                    UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
@@ -71,6 +75,8 @@ UcxWorker::~UcxWorker() {
   }
   context_.reset();  // destroys the worker, then the context
   for (RndvRecv* r : rndv_) delete r;
+  for (PutRecv* r : put_recvs_) delete r;
+  for (ReplySend* r : replies_) delete r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -108,20 +114,23 @@ void UcxWorker::schedule(OpRecord* rec) {
 void UcxWorker::onRequestDone(void* request, ucs_status_t status, void* user_data) try {
   auto* rec = static_cast<OpRecord*>(user_data);
   ucp_request_free(request);
-  UcxWorker* self = rec->worker;
+  rec->worker->requestDone(rec, status);
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames.
+  LOG(ERROR) << "ucx: request callback: " << e.what();
+}
+
+void UcxWorker::requestDone(OpRecord* rec, ucs_status_t status) {
   if (rec->pending > 0) --rec->pending;
   if (status != UCS_OK && rec->status.ok() && !rec->user_done && rec->endpoint != nullptr) {
     rec->status = statusFromUcs(status, rec->callName());
   }
   if (rec->pending != 0) return;
   if (rec->user_done) {
-    self->releaseIfIdle(rec);
+    releaseIfIdle(rec);
   } else {
-    self->schedule(rec);
+    schedule(rec);
   }
-} catch (const std::exception& e) {
-  // An exception must not cross UCX's C frames.
-  LOG(ERROR) << "ucx: request callback: " << e.what();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,6 +149,7 @@ Status UcxWorker::addEndpoint(RouteKey key, UcxEndpoint* endpoint) {
 
 void UcxWorker::removeEndpoint(RouteKey key) {
   if (endpoints_.erase(key) != 0) retired_.insert(key);
+  held_replies_.erase(key);
   auto it = early_.find(key);
   if (it != early_.end()) {
     for (const auto& m : it->second) early_bytes_ -= m.data.size();
@@ -519,7 +529,7 @@ int UcxWorker::drainDeferred() {
         releaseIfIdle(rec);
         continue;
       }
-      if (rec->pending == 0) {
+      if (rec->pending == 0 && rec->awaiting == 0) {
         rec->endpoint->advance(rec);
         ++events;
       }

@@ -13,10 +13,12 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "ucx/ucx_access_table.h"
 #include "ucx/ucx_context.h"
 #include "ucx/ucx_op.h"
 #include "zcx/transport/transport.h"
@@ -83,6 +85,27 @@ class UcxWorker {
   /// Completes orphaned records whose ep UCX has destroyed (skips records completed or reused).
   void releaseOrphans(const std::vector<OrphanRef>& orphans);
 
+  // --- checked RMA (ucx_checked_rma.cc) ---
+  /// What this process exposed; every incoming put/get is checked against it.
+  UcxAccessTable& access() { return access_; }
+  bool checkedRma() const { return context_->checkedRma(); }
+  /// Initiator side: remembers op `slot` until its reply; returns the op id to send.
+  struct RmaSlot {
+    OpRecord* rec = nullptr;
+    uint64_t generation = 0;
+    RouteKey route;          ///< the endpoint the reply must come from
+    uint8_t* local = nullptr;  ///< a get's destination
+    size_t length = 0;
+    ucp_mem_h memh = nullptr;  ///< the destination's registration (zero-copy receive)
+    bool is_read = false;
+  };
+  uint64_t addRmaSlot(const RmaSlot& slot);
+  /// The passive endpoint at `route` has just created its ucp_ep: sends the replies that were
+  /// waiting for it (accesses that arrived between the peer's hello and our connect).
+  void sendHeldReplies(RouteKey route);
+  /// The record completes: replies still to come for its ops are dropped.
+  void dropRmaSlots(OpRecord* rec);
+
   // --- progress ---
   int progress();
   /// True when progress() has deferred work right now (the core must not sleep).
@@ -99,6 +122,35 @@ class UcxWorker {
   static ucs_status_t onAmNotify(void* arg, const void* header, size_t header_length, void* data,
                                  size_t length, const ucp_am_recv_param_t* param);
   static void onRndvDone(void* request, ucs_status_t status, size_t length, void* user_data);
+  static ucs_status_t onAmPut(void* arg, const void* header, size_t header_length, void* data,
+                              size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t onAmGet(void* arg, const void* header, size_t header_length, void* data,
+                              size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t onAmRmaReply(void* arg, const void* header, size_t header_length, void* data,
+                                   size_t length, const ucp_am_recv_param_t* param);
+  static void onPutDataDone(void* request, ucs_status_t status, size_t length, void* user_data);
+  static void onReplyDataDone(void* request, ucs_status_t status, size_t length, void* user_data);
+  static void onReplySent(void* request, ucs_status_t status, void* user_data);
+  /// The common part of every request callback on an OpRecord.
+  void requestDone(OpRecord* rec, ucs_status_t status);
+  /// Target side: answers op `op_id` of the connection at `route`; a granted get carries `data`
+  /// (read out of our memory while `guard` keeps the registration from being revoked under it).
+  void sendRmaReply(RouteKey route, uint64_t op_id, AccessRefusal refusal, const uint8_t* data,
+                    size_t length, ucp_mem_h memh, AccessGuard guard);
+  /// The target refused an access: logged here (rate-limited), answered by sendRmaReply.
+  void noteRefusal(const char* what, const RmaHeader& h, AccessRefusal refusal);
+
+  struct PutRecv {  ///< a rendezvous put landing in our memory
+    UcxWorker* worker;
+    RouteKey route;
+    uint64_t op_id;
+    AccessGuard guard;
+  };
+  struct ReplySend {  ///< a reply in flight (UCX keeps pointing at its header)
+    UcxWorker* worker;
+    RmaReplyHeader header;
+    AccessGuard guard;
+  };
 
   struct RndvRecv {
     UcxWorker* worker;
@@ -132,6 +184,20 @@ class UcxWorker {
   std::vector<RouteKey> connects_;
   std::vector<std::pair<RouteKey, ucs_status_t>> broken_;
   std::unordered_set<RndvRecv*> rndv_;
+  UcxAccessTable access_;
+  std::unordered_map<uint64_t, RmaSlot> rma_ops_;
+  uint64_t next_op_id_ = 1;
+  std::unordered_set<PutRecv*> put_recvs_;
+  std::unordered_set<ReplySend*> replies_;
+  struct HeldReply {
+    uint64_t op_id;
+    AccessRefusal refusal;
+    const uint8_t* data;
+    size_t length;
+    ucp_mem_h memh;
+    AccessGuard guard;
+  };
+  std::map<RouteKey, std::vector<HeldReply>> held_replies_;
   struct Closing {
     void* request;
     std::vector<OrphanRef> orphans;

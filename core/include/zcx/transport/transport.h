@@ -61,6 +61,14 @@ class MemoryHandle {
   /// Opaque bytes a peer needs to access this memory remotely (UCX packed rkey; verbs rkey).
   /// Empty for local-only registrations.
   virtual std::vector<uint8_t> packedKey() const = 0;
+  /// Stops peers' access to this memory before the core deregisters it. Transports whose
+  /// hardware enforces registrations (verbs) revoke by deregistering and need nothing here; a
+  /// transport that checks accesses itself (UCX checked RMA) refuses every later access at once.
+  /// Thread-safe, called without the core's lock.
+  virtual void revokeRemoteAccess() {}
+  /// Remote accesses that passed the target's check and still copy into or out of this memory;
+  /// the core deregisters only once this is 0. Thread-safe.
+  virtual uint32_t remoteAccessesInFlight() const { return 0; }
 };
 
 /// A peer's key, unpacked for one endpoint. Must be destroyed before its endpoint.

@@ -27,5 +27,17 @@ case " $* " in
   *) exclude+=(-LE known-ucx-bugs) ;;
 esac
 
-cd "$build"
-ctest --output-on-failure -j "${ZCX_TEST_JOBS:-1}" "${exclude[@]}" "$@"
+(cd "$build" && ctest --output-on-failure -j "${ZCX_TEST_JOBS:-1}" "${exclude[@]}" "$@")
+
+# The Python package's pytest suite (python/tests), against the build tree's package, with the
+# interpreter CMake built it for. Not in sanitizer builds (ZCX_PYTHON is off there: an instrumented
+# extension cannot be loaded into a plain interpreter), nor when ctest was given a selection.
+if [ -z "$sanitize" ] && [ $# -eq 0 ]; then
+  python=$(sed -n 's/^Python3_EXECUTABLE:[A-Z]*=//p' "$build/CMakeCache.txt")
+  if ! ls "$build"/python/zcx/_zcx*.so >/dev/null 2>&1 || [ -z "$python" ]; then
+    echo "test.sh: the Python package was not built ($build/python/zcx); pybind11 missing?" >&2
+    exit 1
+  fi
+  PYTHONPATH="$PWD/$build/python" PYTHONDONTWRITEBYTECODE=1 \
+    "$python" -m pytest -p no:cacheprovider -q python/tests
+fi

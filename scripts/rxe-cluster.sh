@@ -240,7 +240,7 @@ monitor() {
     my $out = (split /\(qemu\) /, $buf)[1];
     $out =~ s/\e\[[0-9;]*[A-Za-z]//g;
     $out =~ s/\r//g;
-    $out =~ s/^\Q$cmd\E//;   # the echo of the command
+    $out =~ s/^.*\Q$cmd\E//s;   # the echo of the command (readline redraws it as it comes)
     $out =~ s/^\s+|\s+$//g;
     $out =~ s/\n/; /g;
     print "$out\n" if length $out;
@@ -329,14 +329,14 @@ CTL_TAG=ctl
 # Boots node $1 in the background; sets NODE_PIDS[$1].
 start_node() {
   local n=$1 d=$RUN_DIR/node$1 r nics=()
-  local append="console=ttyS0 loglevel=3 panic=-1 mitigations=off nokaslr tsc=reliable"
+  local append="console=ttyS0 loglevel=3 panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check"
   [ "$VERBOSE" = 1 ] || append="quiet $append"
   for ((r = 0; r < RAILS; r++)); do
     nics+=(-netdev "socket,id=rail$r,mcast=${MCAST_GROUP}.$r:$((MCAST_PORT + r)),localaddr=127.0.0.1"
            -device "virtio-net-pci,netdev=rail$r,mac=$(node_mac "$n" "$r"),addr=$((16 + r))")
   done
-  # TCG only (KVM fails on these hosts); -erms,-fsrm as in rxe-vm.sh. The outer timeout is a
-  # backstop should this script itself be killed without running its trap.
+  # TCG only (KVM fails on these hosts); -erms,-fsrm and no_timer_check as in rxe-vm.sh. The
+  # outer timeout is a backstop should this script itself be killed without running its trap.
   (
     timeout -k 10 $((TIME_LIMIT + 60)) \
       qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max,-erms,-fsrm \

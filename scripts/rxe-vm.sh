@@ -146,13 +146,15 @@ cleanup() {
 
 # Boots the guest; returns QEMU's (or timeout's) exit status.
 run_qemu() {
-  local append="console=ttyS0 loglevel=3 panic=-1 mitigations=off nokaslr tsc=reliable"
+  local append="console=ttyS0 loglevel=3 panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check"
   [ "$VERBOSE" = 1 ] || append="quiet $append"
   # A backstop on the whole VM: the guest enforces TIME_LIMIT on CMD itself; this catches a
   # guest that hangs while booting or shutting down.
   local rc=0
   # TCG only (KVM fails on these hosts). -erms,-fsrm: TCG emulates "rep movsb" slowly, and
   # hiding ERMS makes the guest kernel copy with plain moves (~1.8x rxe bandwidth).
+  # no_timer_check: on a loaded host the kernel may otherwise panic under TCG ("IO-APIC + timer
+  # doesn't work", seen with three guests on two cores).
   timeout --foreground -k 10 $((TIME_LIMIT + 180)) \
     qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max,-erms,-fsrm \
       -m "$MEM" -smp "$VCPUS" -M pc -nodefaults -no-user-config -display none -no-reboot \

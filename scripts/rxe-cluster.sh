@@ -5,8 +5,9 @@
 # Like scripts/rxe-vm.sh (whose kernel cache and guest setup it shares: scripts/rxe-guest.sh),
 # each guest boots Debian's kernel and runs CMD as root chrooted into the *host's* root
 # filesystem, so host-built binaries work unchanged. Nothing leaves the host: each rail is one
-# Ethernet segment made of QEMU socket netdevs on a UDP multicast group of the loopback
-# interface (a fresh group and port per run). See docs/soft-roce.md.
+# Ethernet segment, a QEMU hub in node 0's QEMU with a TCP socket netdev on 127.0.0.1 to every
+# other node (TCP, not UDP multicast: a loaded host drops multicast datagrams, and soft-RoCE's
+# retransmission timeouts then cut the bandwidth tenfold). See docs/soft-roce.md.
 #
 # Usage: scripts/rxe-cluster.sh [options] -- CMD [ARG...]
 #   CMD is one shell command line (a single argument, run by /bin/sh), or a program and its
@@ -38,7 +39,8 @@
 #   ZCX_CLUSTER_CTL  a folder with the fault-injection helper, run as "$ZCX_CLUSTER_CTL/ctl ...":
 #       ctl link NODE RAIL down|up   cut or restore node NODE's NIC on rail RAIL (QEMU's
 #                                    "set_link": the guest sees its carrier drop)
-#       ctl kill NODE                stop node NODE's guest at once (QEMU "quit": a crashed host)
+#       ctl kill NODE                stop node NODE's guest at once (QEMU "quit": a crashed host);
+#                                    not node 0, which carries the rails' hubs
 #     It returns when the runner has done it (exit 0) or failed to (exit 1, with the reason).
 #   Every node's CMD starts once all nodes answer ping on every rail.
 # Output: each node's stdout and stderr (merged), line by line, prefixed "[node N] ", through a
@@ -48,7 +50,8 @@
 #   124 if the time limit was reached; 125 if the runner failed (usage, missing host tools,
 #   kernel download, a guest's boot, network or rxe setup), with a message; otherwise the exit
 #   status of the first node (lowest index) whose CMD failed. After a failure, the nodes still
-#   running are stopped after ZCX_CLUSTER_GRACE seconds.
+#   running are stopped after ZCX_CLUSTER_GRACE seconds. Node 0's QEMU (the rails' hubs) stays up
+#   after its CMD has ended until every node's has.
 set -euo pipefail
 
 readonly PROG=rxe-cluster
@@ -125,6 +128,48 @@ parse_args() {
 
 node_ip() { echo "10.20.$2.$(($1 + 1))"; }       # node_ip NODE RAIL
 node_mac() { printf '52:54:00:cc:%02x:%02x' "$2" "$1"; }   # node_mac NODE RAIL
+rail_port() { echo $((BASE_PORT + $2 * MAX_NODES + $1)); }   # rail_port NODE RAIL (node 0's hub)
+
+# Prints the TCP ports of 127.0.0.1/0.0.0.0 sockets in /proc/net/tcp; with "listen", only those
+# listening (state 0A).
+tcp_ports() {
+  local sl local_addr state
+  while read -r sl local_addr _ state _; do
+    [ "$sl" != sl ] || continue
+    [ "${1:-}" != listen ] || [ "$state" = 0A ] || continue
+    echo $((16#${local_addr#*:}))
+  done < /proc/net/tcp
+}
+
+# Picks BASE_PORT: a block of MAX_RAILS * MAX_NODES TCP ports nobody uses.
+pick_ports() {
+  local used p ok
+  used=$(tcp_ports)
+  for _ in $(seq 50); do
+    BASE_PORT=$((20000 + RANDOM % 40000))
+    ok=1
+    for ((p = BASE_PORT; p < BASE_PORT + MAX_RAILS * MAX_NODES; p++)); do
+      if grep -qx "$p" <<< "$used"; then ok=0; break; fi
+    done
+    [ "$ok" = 0 ] || return 0
+  done
+  die "found no free block of TCP ports on 127.0.0.1"
+}
+
+# Waits until node 0's QEMU listens on every hub port (the other nodes connect at start).
+wait_hub_ports() {
+  local want=$(( (NODES - 1) * RAILS )) have p
+  for _ in $(seq 300); do
+    have=0
+    for p in $(tcp_ports listen); do
+      [ "$p" -lt "$BASE_PORT" ] || [ "$p" -ge $((BASE_PORT + MAX_RAILS * MAX_NODES)) ] || have=$((have + 1))
+    done
+    [ "$have" -lt "$want" ] || return 0
+    kill -0 "${NODE_PIDS[0]}" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
 
 # ------------------------------------------------------------------------------ guest side
 # Stage 2 (host's /bin/sh, chrooted into the host root): NICs, rxe devices, a ping barrier
@@ -186,6 +231,9 @@ env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 rc=$?
 echo "END uptime=$(uptime_s)" >&4
 echo "RC=$rc" >&4
+# Node 0 carries the rails' hubs: its QEMU must stay until the other nodes are done (the runner
+# stops it).
+[ "$NODE" != 0 ] || [ "$NODES" = 1 ] || while :; do sleep 3600; done
 EOF
 }
 
@@ -272,6 +320,7 @@ handle_request() {
     kill/2)
       local n=${words[1]}
       if ! [[ $n =~ ^[0-9]+$ && $n -lt $NODES ]]; then answer="error no node $n"
+      elif [ "$n" = 0 ]; then answer="error node 0 carries the rails' hubs: kill another node"
       elif [ "${NODE_STATE[n]}" != running ]; then answer="error node $n is not running"
       else
         NODE_STATE[n]=killed
@@ -331,9 +380,20 @@ start_node() {
   local n=$1 d=$RUN_DIR/node$1 r nics=()
   local append="console=ttyS0 loglevel=3 panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check"
   [ "$VERBOSE" = 1 ] || append="quiet $append"
+  # Rail r: a hub in node 0's QEMU, its NIC on one port, and a TCP socket to every other node's
+  # NIC on the others. The guest sees one Ethernet segment; set_link cuts one node's NIC.
   for ((r = 0; r < RAILS; r++)); do
-    nics+=(-netdev "socket,id=rail$r,mcast=${MCAST_GROUP}.$r:$((MCAST_PORT + r)),localaddr=127.0.0.1"
-           -device "virtio-net-pci,netdev=rail$r,mac=$(node_mac "$n" "$r"),addr=$((16 + r))")
+    if [ "$n" = 0 ]; then
+      nics+=(-netdev "hubport,id=rail$r,hubid=$r")
+      local m
+      for ((m = 1; m < NODES; m++)); do
+        nics+=(-netdev "socket,id=r${r}to$m,listen=127.0.0.1:$(rail_port "$m" "$r")"
+               -netdev "hubport,id=r${r}hub$m,hubid=$r,netdev=r${r}to$m")
+      done
+    else
+      nics+=(-netdev "socket,id=rail$r,connect=127.0.0.1:$(rail_port "$n" "$r")")
+    fi
+    nics+=(-device "virtio-net-pci,netdev=rail$r,mac=$(node_mac "$n" "$r"),addr=$((16 + r))")
   done
   # TCG only (KVM fails on these hosts); -erms,-fsrm and no_timer_check as in rxe-vm.sh. The
   # outer timeout is a backstop should this script itself be killed without running its trap.
@@ -366,11 +426,14 @@ supervise() {
       [ -e "$req" ] && handle_request "$req"
     done
     running=0
-    for ((n = 0; n < NODES; n++)); do
+    for ((n = NODES - 1; n >= 0; n--)); do
       [ "${NODE_STATE[n]}" = running ] || continue
-      if kill -0 "${NODE_PIDS[n]}" 2>/dev/null; then
+      # Node 0 (the hubs) has ended when its status says so and no other node still runs.
+      if kill -0 "${NODE_PIDS[n]}" 2>/dev/null &&
+         { [ "$n" != 0 ] || [ "$running" -gt 0 ] || [ "$(node_rc 0)" = none ]; }; then
         running=$((running + 1))
       else
+        [ "$n" != 0 ] || kill_node 0
         wait "${NODE_PIDS[n]}" 2>/dev/null || true
         NODE_PIDS[n]=
         NODE_STATE[n]=finished
@@ -452,9 +515,7 @@ main() {
   RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/zcx-rxe-cluster.XXXXXX")
   trap cleanup EXIT
   trap 'exit 130' INT TERM
-  # A multicast group and port of this run only (239/8: administratively scoped).
-  MCAST_GROUP=239.$((RANDOM % 256)).$((RANDOM % 256))
-  MCAST_PORT=$((20000 + RANDOM % 40000))
+  pick_ports
   BARRIER_SECS=$(( TIME_LIMIT < 300 ? TIME_LIMIT : 300 ))
   mkdir -p "$RUN_DIR/ctl"
   write_ctl_helper > "$RUN_DIR/ctl/ctl"
@@ -465,8 +526,14 @@ main() {
     make_node_initrd "$n"
   done
   t0=$(now_ms)
-  log "$NODES nodes, $RAILS rail(s) (multicast ${MCAST_GROUP}.R:$MCAST_PORT+R on 127.0.0.1), ${VCPUS} vCPU and $MEM each, limit ${TIME_LIMIT}s"
-  for ((n = 0; n < NODES; n++)); do start_node "$n"; done
+  log "$NODES nodes, $RAILS rail(s) (hubs in node 0, TCP ports from $BASE_PORT on 127.0.0.1), ${VCPUS} vCPU and $MEM each, limit ${TIME_LIMIT}s"
+  start_node 0
+  if ! wait_hub_ports; then
+    log "error: node 0's QEMU does not listen on its hub ports"
+    cat "$RUN_DIR/node0/qemu.err" >&2
+    exit "$RC_INFRA"
+  fi
+  for ((n = 1; n < NODES; n++)); do start_node "$n"; done
   supervise
   rc=$(report)
   log "wall $(( ($(now_ms) - t0) / 1000 )) s; exit status $rc"

@@ -7,7 +7,7 @@
 #   2. one cluster run, every transfer over the verbs transport (rxe0, RC QPs), every byte checked:
 #      pairs       node 0 -> node 1: zcx_perf write_bw, read_bw, send_bw with --verify at several
 #                  sizes (each test's server process must end well too)
-#      transfer    the transfer suite (transfer_test, verbs cases) on node 0 with every peer process
+#      transfer    the transfer suite (transfer_test, verbs cases but the 64 MiB one) on node 0 with every peer process
 #                  on node 1 (ZCX_TEST_REMOTE_PEER, tests/peer_process.h)
 #      all-to-all  every node writes to and reads from every other node, verified; in each round
 #                  all nodes move data at once (node i to node i+k)
@@ -51,7 +51,7 @@ build=$1 logs=$2
 perf=$build/perf/zcx_perf
 me=$ZCX_NODE n=$ZCX_NODES
 read -r -a ips <<< "$ZCX_NODE_IPS"
-readonly LINK_BOUND=60 KILL_BOUND=40 WAIT=240
+readonly LINK_BOUND=60 KILL_BOUND=40 WAIT=300 BARRIER_WAIT=600
 failures=() summary=()
 fail() { echo "FAIL: $*"; failures+=("$*"); }
 ok() { echo "ok: $*"; summary+=("$*"); }
@@ -59,14 +59,14 @@ now() { date +%s; }
 
 # Every node (of those given, default all) reaches NAME; fails after WAIT seconds.
 barrier() {
-  local name=$1 t_end=$(( $(date +%s) + WAIT )) m
+  local name=$1 t_end=$(( $(date +%s) + BARRIER_WAIT )) m
   shift
   local nodes=("$@")
   [ ${#nodes[@]} -gt 0 ] || nodes=($(seq 0 $((n - 1))))
   touch "$logs/sync.$name.$me"
   for m in "${nodes[@]}"; do
     until [ -e "$logs/sync.$name.$m" ]; do
-      [ "$(now)" -lt "$t_end" ] || { fail "barrier $name: node $m did not come within ${WAIT}s"; return 1; }
+      [ "$(now)" -lt "$t_end" ] || { fail "barrier $name: node $m did not come within ${BARRIER_WAIT}s"; return 1; }
       sleep 0.2
     done
   done
@@ -127,10 +127,12 @@ client() {
 }
 
 # ------------------------------------------------------------------ pairs: node 0 -> node 1
+# write_bw --verify checks the last write of every slot (one per operation in flight): with
+# --iters equal to --depth every write has its own slot, so every byte written is checked.
 pair_tests=(
-  "write_bw --size=65536 --iters=400"
-  "write_bw --size=4093 --iters=400 --qps=2"
-  "write_bw --size=1048583 --iters=40"
+  "write_bw --size=65536 --depth=64 --iters=64"
+  "write_bw --size=4093 --qps=2 --depth=32 --iters=32"
+  "write_bw --size=1048583 --depth=8 --iters=8"
   "read_bw --size=65536 --iters=400"
   "read_bw --size=1048583 --iters=40"
   "send_bw --size=65536 --iters=400"
@@ -149,7 +151,10 @@ done
 barrier pairs
 
 # ------------------------------------------------------------------ transfer suite, peer on node 1
-echo "=== transfer suite (node 0, peers on node 1)"
+# HugeWriteAndReadBack64MiB is left to scripts/test-rxe.sh (one guest): 64 MiB within the suite's
+# 20 s operation deadline needs > 3.4 MB/s between guests, more than a loaded 2-core host gives.
+transfer_filter='*verbs*:-*HugeWriteAndReadBack64MiB*'
+echo "=== transfer suite (node 0, peers on node 1: $transfer_filter)"
 if [ "$me" = 1 ]; then
   "$build/tests/transfer_test" --zcx-peer-server="$RXE_IP:19500" > "$logs/transfer.peer-server.log" 2>&1 &
   peer_server=$!
@@ -158,7 +163,7 @@ if [ "$me" = 0 ]; then
   rc=0
   for _ in $(seq 100); do grep -q listening "$logs/transfer.peer-server.log" 2>/dev/null && break; sleep 0.2; done
   ZCX_TEST_REMOTE_PEER=${ips[1]}:19500 timeout -k 10 600 "$build/tests/transfer_test" \
-    --gtest_filter='*verbs*' --gtest_color=no > "$logs/transfer.log" 2>&1 || rc=$?
+    --gtest_filter="$transfer_filter" --gtest_color=no > "$logs/transfer.log" 2>&1 || rc=$?
   ran=$(sed -n 's/^\[==========\] \([0-9]*\) tests\{0,1\} from .* ran\..*/\1/p' "$logs/transfer.log" | tail -1)
   skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) tests\{0,1\}.*/\1/p' "$logs/transfer.log" | tail -1)
   if [ "$rc" != 0 ]; then fail "transfer_test with remote peers exited with status $rc: $(grep -E '^\[  FAILED' "$logs/transfer.log" | head -n 5 | tr '\n' ' ')"
@@ -179,7 +184,7 @@ for ((k = 1; k < n; k++)); do
     tag=a2a.k$k.$t port=$((19100 + 10 * k))
     # Every node serves the node k before it and is a client of the node k after it, at once.
     start_server "$tag.to$me" "$port"
-    client "$tag.to$to" "${ips[to]}" "$port" --test=$t --size=65536 --iters=300
+    client "$tag.to$to" "${ips[to]}" "$port" --test=$t --size=65536 --depth=32 --iters=32
     wait_server "$tag.to$me"
     barrier "$tag"
   done
@@ -254,7 +259,7 @@ if [ "$n" -ge 3 ]; then
     cpid=$!
     sleep 5
     kill -0 "$cpid" 2>/dev/null || fail "node kill: the client ended before the kill: $(tail -n 3 "$logs/kill.client.log" | tr '\n' ' ')"
-    until [ -e "$logs/node2.reported" ]; do sleep 0.2; done
+    for _ in $(seq 300); do [ -e "$logs/node2.reported" ] && break; sleep 0.2; done
     "$ZCX_CLUSTER_CTL/ctl" kill 2 || fail "node kill: could not stop node 2"
     t_kill=$(now) rc=0
     wait "$cpid" || rc=$?

@@ -133,9 +133,9 @@ pair_tests=(
   "write_bw --size=65536 --depth=64 --iters=64"
   "write_bw --size=4093 --qps=2 --depth=32 --iters=32"
   "write_bw --size=1048583 --depth=8 --iters=8"
-  "read_bw --size=65536 --iters=400"
-  "read_bw --size=1048583 --iters=40"
-  "send_bw --size=65536 --iters=400"
+  "read_bw --size=65536 --iters=200"
+  "read_bw --size=1048583 --iters=16"
+  "send_bw --size=65536 --iters=200"
   "send_bw --size=4093 --iters=400"
   "write_lat --size=8 --iters=200"
 )
@@ -233,7 +233,7 @@ if [ "$me" = 1 ]; then
   for _ in $(seq 100); do grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/state && break; sleep 0.1; done
   start_server relink 19201; wait_server relink
 fi
-if [ "$me" = 0 ]; then client relink "${ips[1]}" 19201 --test=write_bw --size=65536 --iters=300; fi
+if [ "$me" = 0 ]; then client relink "${ips[1]}" 19201 --test=write_bw --size=65536 --depth=32 --iters=32; fi
 barrier relinked
 
 # ------------------------------------------------------------------ node kill: node 0 -> node 2

@@ -35,19 +35,21 @@ out=$1 rounds=$2 iters=$3
 perf=build/perf/zcx_perf
 read -r -a ips <<< "$ZCX_NODE_IPS"
 TIMEFORMAT='%R %U %S'
-wait_file() { for _ in $(seq 1200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+wait_file() { for _ in $(seq 1200); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
 cpu() { awk '{ printf "%.0f", ($2 + $3) / $1 * 100 }' "$1"; }
 for ((i = 1; i <= rounds; i++)); do
   port=$((19400 + i))
   if [ "$ZCX_NODE" = 1 ]; then
     { time "$perf" --port=$port --ready_fd=3 3> "$out/zcx.$i.ready" > "$out/zcx.$i.server.log" 2>&1; } 2> "$out/zcx.$i.server.time"
     { time ib_write_bw -d rxe0 -x 1 -F -s 65536 -n "$iters" -p $port > "$out/raw.$i.server.log" 2>&1; } 2> "$out/raw.$i.server.time" &
+    # (perftest's "Waiting for client" sits in its stdout buffer: look at the socket instead)
+    for _ in $(seq 600); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.1; done
+    echo "$port" > "$out/raw.$i.listening"
     wait
   else
-    wait_file "$out/zcx.$i.ready" . || { echo "no zcx_perf server"; exit 1; }
+    wait_file "$out/zcx.$i.ready" || { echo "no zcx_perf server"; exit 1; }
     { time "$perf" --size=65536 --iters="$iters" --port=$port "${ips[1]}" > "$out/zcx.$i.client.log" 2>&1; } 2> "$out/zcx.$i.client.time"
-    wait_file "$out/raw.$i.server.log" "Waiting for client" || { echo "no ib_write_bw server"; exit 1; }
-    sleep 0.5
+    wait_file "$out/raw.$i.listening" || { echo "no ib_write_bw server"; exit 1; }
     { time ib_write_bw -d rxe0 -x 1 -F -s 65536 -n "$iters" -p $port "${ips[1]}" > "$out/raw.$i.client.log" 2>&1; } 2> "$out/raw.$i.client.time"
     z=$(awk '/^ *65536 / { print $4 }' "$out/zcx.$i.client.log")
     r=$(awk '/#bytes/ { h = 1; next } h && $1 == 65536 { printf "%.2f", $4 * 1048576 / 1e6; exit }' "$out/raw.$i.client.log")

@@ -68,5 +68,5 @@ awk '{ z[NR] = $4; r[NR] = $12 }
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
   END { n = NR; mz = med(z, n); mr = med(r, n)
-        printf "median of %d: zcx_perf %.2f MB/s, ib_write_bw %.2f MB/s, zcx/raw %.2f\n", n, mz, mr, mr > 0 ? mz / mr : 0 }' "$OUT/rounds.txt"
+        printf "median of %d: zcx_perf %.2f MB/s, ib_write_bw %.2f MB/s, zcx/raw %.2f\n", n, mz, mr, (mr > 0 ? mz / mr : 0) }' "$OUT/rounds.txt"
 exit "$rc"

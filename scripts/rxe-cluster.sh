@@ -489,14 +489,15 @@ report() {
       */[0-9]*) what="exit $rc"; [ "$rc" != "$RC_TIMEOUT" ] || what+=" (command timed out)"
                 [ -n "$first_fail" ] || first_fail=$rc ;;
       */setup:*) what="guest setup failed: ${rc#setup: }"; infra=1 ;;
-      stopped/*) what="stopped before its command ended" ;;
+      stopped/*) what="stopped before its command ended"
+                 if [ "$TIMED_OUT" = 1 ]; then what+=" (time limit)"; else what+=" (after another node failed)"; fi ;;
       *) what="the guest stopped without an exit status"; infra=1 ;;
     esac
     if [ -n "$start" ] && [ -n "$end" ]; then
       what+=" (boot+setup ${start}s, command $(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }')s)"
     fi
     log "node $n: $what"
-    if [ "$VERBOSE" = 1 ] || { [ "$rc" != 0 ] && [ "${NODE_STATE[n]}" != killed ] && [[ ! $rc =~ ^[0-9]+$ ]]; }; then
+    if [ "$VERBOSE" = 1 ] || { [ "$rc" != 0 ] && [ "${NODE_STATE[n]}" = finished ] && [[ ! $rc =~ ^[0-9]+$ ]]; }; then
       { echo "--- node $n: guest console (tail) ---"; tail -n 30 "$RUN_DIR/node$n/console.log" 2>/dev/null
         echo "--- node $n: qemu stderr ---"; cat "$RUN_DIR/node$n/qemu.err" 2>/dev/null; } >&2
     fi

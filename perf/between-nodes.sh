@@ -8,7 +8,8 @@
 #   -r ROUNDS  alternations (default 3)
 #   -n ITERS   operations per run, both tools (default 1000)
 # Prints one line per run (MB/s = 10^6 B/s for both; perftest prints MiB/s, converted here; CPU =
-# (user+sys)/wall of each process, in % of one vCPU), then the medians and their ratio.
+# (user+sys)/wall of each process, in % of one vCPU), then the medians and their ratio (a run that
+# failed or that perftest reports as 0.00 MB/s is left out of its median).
 # Needs build/perf/zcx_perf. Logs: perf/out-nodes/.
 set -euo pipefail
 
@@ -53,6 +54,8 @@ for ((i = 1; i <= rounds; i++)); do
     { time ib_write_bw -d rxe0 -x 1 -F -s 65536 -n "$iters" -p $port "${ips[1]}" > "$out/raw.$i.client.log" 2>&1; } 2> "$out/raw.$i.client.time"
     z=$(awk '/^ *65536 / { print $4 }' "$out/zcx.$i.client.log")
     r=$(awk '/#bytes/ { h = 1; next } h && $1 == 65536 { printf "%.2f", $4 * 1048576 / 1e6; exit }' "$out/raw.$i.client.log")
+    # (under TCG perftest sometimes reports 0.00 for a run that moved its data: not a figure)
+    [ "$r" != 0.00 ] || r=INVALID
     sleep 1   # (the server's time file)
     echo "round $i: zcx_perf ${z:-FAILED} MB/s (client CPU $(cpu "$out/zcx.$i.client.time")%, server $(cpu "$out/zcx.$i.server.time")%)  ib_write_bw ${r:-FAILED} MB/s (client CPU $(cpu "$out/raw.$i.client.time")%, server $(cpu "$out/raw.$i.server.time")%)" | tee -a "$out/rounds.txt"
   fi
@@ -64,9 +67,9 @@ cd "$REPO_ROOT"
 rc=0
 scripts/rxe-cluster.sh -n 2 -c 1 -t 3600 -- bash -c "$(guest)" between-nodes "$OUT" "$ROUNDS" "$ITERS" || rc=$?
 [ -f "$OUT/rounds.txt" ] || { echo "between-nodes: no results (rxe-cluster.sh exit $rc)" >&2; exit 1; }
-awk '{ z[NR] = $4; r[NR] = $12 }
+awk '$4 + 0 > 0 { z[++nz] = $4 } $12 + 0 > 0 { r[++nr] = $12 }
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  END { n = NR; mz = med(z, n); mr = med(r, n)
-        printf "median of %d: zcx_perf %.2f MB/s, ib_write_bw %.2f MB/s, zcx/raw %.2f\n", n, mz, mr, (mr > 0 ? mz / mr : 0) }' "$OUT/rounds.txt"
+  END { mz = med(z, nz); mr = med(r, nr)
+        printf "medians: zcx_perf %.2f MB/s (%d runs), ib_write_bw %.2f MB/s (%d valid runs), zcx/raw %.2f\n", mz, nz, mr, nr, (mr > 0 ? mz / mr : 0) }' "$OUT/rounds.txt"
 exit "$rc"

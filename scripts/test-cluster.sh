@@ -2,7 +2,7 @@
 # test-cluster.sh - zcx between soft-RoCE nodes: a multi-node suite on three QEMU guests joined by
 # one emulated Ethernet rail (scripts/rxe-cluster.sh -n 3), for CI and for hosts without RDMA.
 # Steps:
-#   1. build zcx_perf and transfer_test into build/ (configures build/ like scripts/test-rxe.sh if
+#   1. scripts/install-deps.sh, then build zcx_perf and transfer_test into build/ (configures build/ like scripts/test-rxe.sh if
 #      it is not configured yet)
 #   2. one cluster run, every transfer over the verbs transport (rxe0, RC QPs), every byte checked:
 #      pairs       node 0 -> node 1: zcx_perf write_bw, read_bw, send_bw with --verify at several
@@ -284,6 +284,8 @@ main() {
   cd "$REPO_ROOT"
   local t0 t1 rc=0 logs=$BUILD_DIR/cluster-logs
   t0=$(date +%s)
+  step "install-deps"
+  scripts/install-deps.sh
   step "build ($BUILD_DIR)"
   build
   rm -rf "$logs" && mkdir -p "$logs"

@@ -1,14 +1,21 @@
 // Test helpers: a forked peer process with a line-based command pipe, seeded data, poison checks.
+// Peers may also run on another machine (ZCX_TEST_REMOTE_PEER, see PeerProcess).
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -55,6 +62,13 @@ inline std::string checkPoison(const uint8_t* p, size_t n, size_t base = 0) {
       return "byte " + std::to_string(base + i) + " outside the target range was overwritten";
   }
   return "";
+}
+
+inline std::vector<std::string> words(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<std::string> w;
+  for (std::string s; in >> s;) w.push_back(s);
+  return w;
 }
 
 /// Line-oriented messages over a socketpair, every read with a timeout.
@@ -129,7 +143,38 @@ inline int runPeerIfAsked(int argc, char** argv) {
   return it->second(pipe, args);
 }
 
+/// "host:port" of a peer server on another machine (ZCX_TEST_REMOTE_PEER), or "".
+inline std::string remotePeerServer() {
+  const char* v = std::getenv("ZCX_TEST_REMOTE_PEER");
+  return v ? v : "";
+}
+
+/// A TCP connection to IPv4 "a.b.c.d:port", or -1.
+inline int tcpConnect(const std::string& hostport) {
+  auto colon = hostport.rfind(':');
+  if (colon == std::string::npos) return -1;
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(std::atoi(hostport.c_str() + colon + 1)));
+  if (::inet_pton(AF_INET, hostport.substr(0, colon).c_str(), &sa.sin_addr) != 1) return -1;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}
+
 /// A peer process; killed (SIGKILL) if still running when destroyed.
+///
+/// With ZCX_TEST_REMOTE_PEER=HOST:PORT in the environment, peers run on another machine: a peer
+/// server there (the same test binary started as `BINARY --zcx-peer-server=ADDR:PORT`, see
+/// runPeerServerIfAsked) starts each one, and the pipe is a TCP connection. kill() and join()
+/// then go through the peer server, so tests that stop or kill their peer work unchanged. Peer
+/// arguments must not contain blanks. A peer started with a `prefix` always runs here.
 class PeerProcess {
  public:
   /// `prefix`, if given, is a command that runs the test binary, e.g. {"ip", "netns", "exec",
@@ -137,6 +182,10 @@ class PeerProcess {
   /// process, which execs the binary: the same pid).
   PeerProcess(const std::string& name, const std::vector<std::string>& args,
               const std::vector<std::string>& prefix = {}) {
+    if (prefix.empty() && !remotePeerServer().empty()) {
+      startRemote(name, args);
+      return;
+    }
     std::string exe = "/proc/self/exe";
     if (!prefix.empty()) {  // another program resolves /proc/self/exe to itself
       char path[4096];
@@ -162,11 +211,13 @@ class PeerProcess {
     pipe_ = Pipe(sv[0]);
   }
   ~PeerProcess() {
-    if (pid_ > 0 && !reaped_) {
+    if (remote_) {
+      if (pid_ > 0 && !reaped_) remoteKill(SIGKILL);
+    } else if (pid_ > 0 && !reaped_) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
     }
-    ::close(pipe_.fd());
+    if (pipe_.fd() >= 0) ::close(pipe_.fd());
   }
   PeerProcess(const PeerProcess&) = delete;
   PeerProcess& operator=(const PeerProcess&) = delete;
@@ -174,6 +225,7 @@ class PeerProcess {
   pid_t pid() const { return pid_; }
   /// The exit code, or -1 if it had to be killed after `timeout`.
   int join(std::chrono::milliseconds timeout = std::chrono::milliseconds(60000)) {
+    if (remote_) return remoteJoin(timeout);
     auto until = std::chrono::steady_clock::now() + timeout;
     for (;;) {
       int st = 0;
@@ -191,19 +243,143 @@ class PeerProcess {
       ::usleep(2000);
     }
   }
-  void kill(int sig = SIGKILL) { ::kill(pid_, sig); }
+  void kill(int sig = SIGKILL) {
+    if (remote_)
+      remoteKill(sig);
+    else
+      ::kill(pid_, sig);
+  }
 
  private:
+  // Remote peers: the peer server answers "spawn NAME ARGS..." with "zcx-peer-pid PID", then the
+  // connection is the peer's pipe, and "zcx-peer-exit CODE" follows the peer's last line.
+  void startRemote(const std::string& name, const std::vector<std::string>& args) {
+    remote_ = true;
+    pipe_ = Pipe(tcpConnect(remotePeerServer()));
+    if (pipe_.fd() < 0) {
+      std::fprintf(stderr, "[remote peer %s: cannot reach the peer server %s]\n", name.c_str(),
+                   remotePeerServer().c_str());
+      return;
+    }
+    std::string line = "spawn " + name;
+    for (const auto& a : args) line += " " + a;
+    pipe_.send(line);
+    auto hello = pipe_.recv(std::chrono::milliseconds(30000));
+    if (hello && hello->rfind("zcx-peer-pid ", 0) == 0) pid_ = std::atoi(hello->c_str() + 13);
+    std::fprintf(stderr, "[remote peer %s on %s, pid %d]\n", name.c_str(),
+                 remotePeerServer().c_str(), static_cast<int>(pid_));
+  }
+  void remoteKill(int sig) {
+    if (pid_ <= 0) return;
+    Pipe p(tcpConnect(remotePeerServer()));
+    if (p.fd() < 0) return;
+    p.send("kill " + std::to_string(pid_) + " " + std::to_string(sig));
+    p.recv(std::chrono::milliseconds(10000));
+    ::close(p.fd());
+  }
+  int remoteJoin(std::chrono::milliseconds timeout) {
+    auto until = std::chrono::steady_clock::now() + timeout;
+    bool killed = false;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        if (killed) return -1;  // the peer server is gone too
+        remoteKill(SIGKILL);
+        killed = true;
+        until = std::chrono::steady_clock::now() + std::chrono::milliseconds(10000);
+        continue;
+      }
+      auto line = pipe_.recv(left);
+      if (!line) {
+        if (std::chrono::steady_clock::now() < until) return -1;  // connection lost
+        continue;
+      }
+      if (line->rfind("zcx-peer-exit ", 0) == 0) {
+        reaped_ = true;
+        return killed ? -1 : std::atoi(line->c_str() + 14);
+      }
+    }
+  }
+
   pid_t pid_ = -1;
   bool reaped_ = false;
+  bool remote_ = false;
   Pipe pipe_;
 };
 
-inline std::vector<std::string> words(const std::string& line) {
-  std::istringstream in(line);
-  std::vector<std::string> w;
-  for (std::string s; in >> s;) w.push_back(s);
-  return w;
+/// In main(), before runPeerIfAsked: "--zcx-peer-server=ADDR:PORT" makes this process a peer
+/// server for tests running on another machine with ZCX_TEST_REMOTE_PEER=ADDR:PORT. It serves
+/// until killed; each connection either spawns a peer (this binary, "--zcx-peer NAME FD ARGS",
+/// FD being the connection) or sends a signal to one. Returns -1 if not asked.
+inline int runPeerServerIfAsked(int argc, char** argv) {
+  const std::string flag = "--zcx-peer-server=";
+  if (argc < 2 || std::string(argv[1]).rfind(flag, 0) != 0) return -1;
+  std::string addr = std::string(argv[1]).substr(flag.size());
+  auto colon = addr.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(std::atoi(addr.c_str() + colon + 1)));
+  int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  ::setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (colon == std::string::npos ||
+      ::inet_pton(AF_INET, addr.substr(0, colon).c_str(), &sa.sin_addr) != 1 ||
+      ::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(lfd, 64) != 0) {
+    std::fprintf(stderr, "zcx peer server: cannot listen on %s: %s\n", addr.c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
+  std::printf("zcx peer server listening on %s\n", addr.c_str());
+  std::fflush(stdout);
+  ::signal(SIGCHLD, SIG_IGN);  // connection handlers are reaped by the kernel
+  for (;;) {
+    int c = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return 1;
+    }
+    if (::fork() != 0) {  // (a failed fork drops this connection)
+      ::close(c);
+      continue;
+    }
+    // Connection handler.
+    ::close(lfd);
+    ::signal(SIGCHLD, SIG_DFL);  // it waits for its peer
+    Pipe pipe(c);
+    auto first = pipe.recv(std::chrono::milliseconds(30000));
+    std::vector<std::string> w = first ? words(*first) : std::vector<std::string>{};
+    if (w.size() == 3 && w[0] == "kill") {
+      int rc = ::kill(std::atoi(w[1].c_str()), std::atoi(w[2].c_str()));
+      pipe.send(rc == 0 ? "ok" : std::string("error ") + std::strerror(errno));
+      ::_exit(0);
+    }
+    if (w.size() < 2 || w[0] != "spawn") {
+      pipe.send("error unknown request");
+      ::_exit(1);
+    }
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      pipe.send("zcx-peer-pid " + std::to_string(::getpid()));  // before the peer's first line
+      int fd = ::dup(c);  // without CLOEXEC: the exec'd peer keeps it
+      char path[4096];
+      ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+      path[n > 0 ? n : 0] = 0;
+      std::vector<std::string> argv_s = {path, "--zcx-peer", w[1], std::to_string(fd)};
+      argv_s.insert(argv_s.end(), w.begin() + 2, w.end());
+      std::vector<char*> args;
+      for (auto& a : argv_s) args.push_back(a.data());
+      args.push_back(nullptr);
+      ::execv(path, args.data());
+      ::_exit(97);
+    }
+    int st = 0;
+    int code = 96;
+    if (pid > 0 && ::waitpid(pid, &st, 0) == pid)
+      code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    pipe.send("zcx-peer-exit " + std::to_string(code));
+    ::_exit(0);
+  }
 }
 
 }  // namespace zcx::test

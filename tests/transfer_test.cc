@@ -969,6 +969,8 @@ INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::ValuesIn(transport
 }  // namespace zcx::test
 
 int main(int argc, char** argv) {
+  int server = zcx::test::runPeerServerIfAsked(argc, argv);  // peers for another machine's tests
+  if (server >= 0) return server;
   int peer = zcx::test::runPeerIfAsked(argc, argv);
   if (peer >= 0) return peer;
   ::testing::InitGoogleTest(&argc, argv);

@@ -400,6 +400,13 @@ int VerbsTransport::processCmEvents() {
       continue;
     }
     const auto serial = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(id->context));
+    if (type == RDMA_CM_EVENT_DISCONNECTED) {
+      // Completions already in the CQ happened before the peer disconnected (its last SEND
+      // arrived, our last SEND was acknowledged): deliver them before breaking the connection,
+      // or a message that did arrive is reported lost. Seen between two guests: a client's final
+      // message reported failed though the server had received it and closed.
+      n += pollCq();
+    }
     auto it = serial != 0 ? endpoints_.find(serial) : endpoints_.end();
     if (it != endpoints_.end()) {
       it->second->onCmEvent(type, status, pdata);

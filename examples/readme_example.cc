@@ -10,7 +10,7 @@ using namespace std::chrono_literals;
 // Server: register a buffer peers may write, publish it by name, wait for a peer's notification.
 int serve(const std::string& address, std::vector<char>& inbox) {
   zcx::EngineOptions options;        // transport "auto": verbs if an RDMA port is up, else UCX
-  options.listen_address = address;  // e.g. "0.0.0.0:18600"
+  options.listen_address = address;  // e.g. "10.0.0.5:18600"; see Authentication below
   auto engine = zcx::Engine::create(options);
   if (!engine.ok()) return std::puts(engine.status().toString().c_str()), 1;
   auto region = (*engine)->registerMemory(inbox.data(), inbox.size(), zcx::kRemoteWrite);

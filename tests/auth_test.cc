@@ -259,8 +259,8 @@ class ControlProxy {
   detail::FrameType target_;
   int listener_ = -1;
   uint16_t port_ = 0;
-  int client_ = -1;
-  int server_ = -1;
+  std::atomic<int> client_{-1};
+  std::atomic<int> server_{-1};
   std::atomic<bool> stop_{false};
   std::atomic<bool> tampered_{false};
   std::mutex mu_;

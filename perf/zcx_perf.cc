@@ -154,9 +154,8 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
 std::string listenAddress(int default_port) {
   const std::string& l = FLAGS_listen;
   const auto colon = l.rfind(':');
-  const bool has_port = l.front() == '['
-                            ? l.find("]:") != std::string::npos
-                            : colon != std::string::npos && l.find(':') == colon;
+  const bool has_port = l.front() == '[' ? l.find("]:") != std::string::npos
+                                         : colon != std::string::npos && l.find(':') == colon;
   if (has_port) return l;
   const bool bare_v6 = l.front() != '[' && l.find(':') != std::string::npos;
   return (bare_v6 ? "[" + l + "]" : l) + ":" + std::to_string(default_port);
@@ -1069,18 +1068,17 @@ int runLoopback(const ClientConfig& cfg) {
     std::perror("zcx_perf: pipe");
     return kExitFail;
   }
-  std::vector<std::string> args = {
-      "/proc/self/exe",
-      "--transport=" + FLAGS_transport,
-      "--device=" + FLAGS_device,
-      "--gid_index=" + std::to_string(FLAGS_gid_index),
-      "--ucx_tls=" + FLAGS_ucx_tls,
-      "--ucx_net_devices=" + FLAGS_ucx_net_devices,
-      "--mem=" + FLAGS_mem,
-      std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
-      "--auth-secret-file=" + FLAGS_auth_secret_file,
-      "--listen=" + loopbackHost() + ":0",
-      "--ready_fd=" + std::to_string(fds[1])};
+  std::vector<std::string> args = {"/proc/self/exe",
+                                   "--transport=" + FLAGS_transport,
+                                   "--device=" + FLAGS_device,
+                                   "--gid_index=" + std::to_string(FLAGS_gid_index),
+                                   "--ucx_tls=" + FLAGS_ucx_tls,
+                                   "--ucx_net_devices=" + FLAGS_ucx_net_devices,
+                                   "--mem=" + FLAGS_mem,
+                                   std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
+                                   "--auth-secret-file=" + FLAGS_auth_secret_file,
+                                   "--listen=" + loopbackHost() + ":0",
+                                   "--ready_fd=" + std::to_string(fds[1])};
   std::string connect_host = loopbackHost();
   if (connect_host == "0.0.0.0") connect_host = "127.0.0.1";
   if (connect_host == "[::]") connect_host = "[::1]";

@@ -291,8 +291,7 @@ class AuthTest : public ::testing::Test {
     EXPECT_EQ(c.status().code(), StatusCode::kPermissionDenied) << c.status().toString();
     EXPECT_EQ(c.status().message().rfind("authentication failed: ", 0), 0u)
         << c.status().toString();
-    EXPECT_NE(c.status().message().find("auth_secret"), std::string::npos)
-        << c.status().toString();
+    EXPECT_NE(c.status().message().find("auth_secret"), std::string::npos) << c.status().toString();
     EXPECT_LT(msSince(started), 2000) << "refused only at a timeout";
     for (const auto& s : secrets_) EXPECT_EQ(c.status().message().find(s), std::string::npos);
   }
@@ -520,8 +519,8 @@ TEST_F(AuthTest, ClientWithoutSecretIsRefusedAndLearnsNothing) {
   detail::AuthInit init;
   init.nonce.fill(1);
   auto deadline = detail::Clock::now() + 3s;
-  ASSERT_TRUE(detail::writeFrame(fd, detail::FrameType::kAuthInit, detail::encode(init), deadline)
-                  .ok());
+  ASSERT_TRUE(
+      detail::writeFrame(fd, detail::FrameType::kAuthInit, detail::encode(init), deadline).ok());
   auto challenge = detail::readFrame(fd, deadline);
   ASSERT_TRUE(challenge.ok()) << challenge.status().toString();
   EXPECT_EQ(challenge->type, detail::FrameType::kAuthChallenge);
@@ -596,8 +595,8 @@ TEST_F(AuthTest, TamperedHelloAfterAuthenticationIsRejected) {
   auto server = make(options(true, secret));
   ASSERT_TRUE(server);
   const uint16_t port = portOf(server->listenAddress());
-  detail::SecretBytes key(std::span<const uint8_t>(
-      reinterpret_cast<const uint8_t*>(secret.data()), secret.size()));
+  detail::SecretBytes key(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()));
   detail::Hello h;
   h.name = "raw";
   h.transport = "verbs";  // verified and decoded, an untampered HELLO is refused for this
@@ -617,9 +616,10 @@ TEST_F(AuthTest, TamperedHelloAfterAuthenticationIsRejected) {
     Bytes body = detail::encode(h);
     EXPECT_TRUE(macs->send.seal(detail::FrameType::kHello, body).ok());
     if (flip) body[10] ^= 0x10;  // inside the name field
-    Status sent = detail::writeAll(fd, detail::frameBytes(detail::FrameType::kHello, body),
-                                   deadline);
-    auto f = sent.ok() ? detail::readFrame(fd, deadline, &macs->receive) : Result<detail::Frame>(sent);
+    Status sent =
+        detail::writeAll(fd, detail::frameBytes(detail::FrameType::kHello, body), deadline);
+    auto f =
+        sent.ok() ? detail::readFrame(fd, deadline, &macs->receive) : Result<detail::Frame>(sent);
     bool closed = false;
     if (f.ok()) readUntilClosed(fd, 2s, &closed);
     ::close(fd);
@@ -657,8 +657,7 @@ struct Interference {
   bool detected;
 };
 
-class AuthInterferenceTest : public AuthTest,
-                             public ::testing::WithParamInterface<Interference> {};
+class AuthInterferenceTest : public AuthTest, public ::testing::WithParamInterface<Interference> {};
 
 TEST_P(AuthInterferenceTest, OnTheControlChannel) {
   const Interference p = GetParam();
@@ -783,8 +782,7 @@ TEST_F(AuthTest, ListenersNameTheirHostAndWarnOnceWithoutASecretBeyondLoopback) 
   o.listen_address = ":0";
   auto e = Engine::create(o);
   EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(e.status().message().find("names no host"), std::string::npos)
-      << e.status().toString();
+  EXPECT_NE(e.status().message().find("names no host"), std::string::npos) << e.status().toString();
 
   const std::string_view warning = "without an auth_secret";
   auto loopback = make(options(true));

@@ -17,9 +17,8 @@ namespace {
 constexpr uint32_t kAuthMagic = 0x4158435a;  // "ZCXA"
 
 Status cryptoFailure(const char* what) {
-  return Status(StatusCode::kInternal,
-                std::string("OpenSSL libcrypto failed to ") + what +
-                    "; is libcrypto (libssl3) installed and working?");
+  return Status(StatusCode::kInternal, std::string("OpenSSL libcrypto failed to ") + what +
+                                           "; is libcrypto (libssl3) installed and working?");
 }
 
 // HMAC-SHA256 over the concatenation of `parts`.
@@ -29,7 +28,7 @@ Result<AuthMac> hmac(std::span<const uint8_t> key,
   static EVP_MAC* const algorithm = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
   if (algorithm == nullptr) return cryptoFailure("provide HMAC");
   std::unique_ptr<EVP_MAC_CTX, decltype(&EVP_MAC_CTX_free)> ctx(EVP_MAC_CTX_new(algorithm),
-                                                                 EVP_MAC_CTX_free);
+                                                                EVP_MAC_CTX_free);
   if (!ctx) return cryptoFailure("allocate an HMAC context");
   char digest[] = "SHA256";
   OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
@@ -154,8 +153,9 @@ Status FrameMac::seal(FrameType type, std::vector<uint8_t>& body) {
 Status FrameMac::open(FrameType type, std::vector<uint8_t>& body) {
   if (body.size() < kMacSize) {
     return Status(StatusCode::kPermissionDenied,
-                  std::string("authentication failed: ") + frameTypeName(static_cast<uint8_t>(type)) +
-                      " control frame " + std::to_string(sequence_) +
+                  std::string("authentication failed: ") +
+                      frameTypeName(static_cast<uint8_t>(type)) + " control frame " +
+                      std::to_string(sequence_) +
                       " from peer carries no MAC; the connection is closed");
   }
   const size_t n = body.size() - kMacSize;
@@ -165,8 +165,9 @@ Status FrameMac::open(FrameType type, std::vector<uint8_t>& body) {
   if (!want.ok()) return want.status();
   if (!sameMac(got, *want)) {
     return Status(StatusCode::kPermissionDenied,
-                  std::string("authentication failed: ") + frameTypeName(static_cast<uint8_t>(type)) +
-                      " control frame " + std::to_string(sequence_) +
+                  std::string("authentication failed: ") +
+                      frameTypeName(static_cast<uint8_t>(type)) + " control frame " +
+                      std::to_string(sequence_) +
                       " from peer does not verify under the session key (altered, replayed, "
                       "reordered or injected in transit); the connection is closed");
   }

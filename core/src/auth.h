@@ -4,7 +4,8 @@
 //   client                                          server
 //   AUTH_INIT(version, nonce_c)              ->
 //                                            <-     AUTH_CHALLENGE(nonce_s,
-//                                                     HMAC(secret, "zcx server" | nonce_c | nonce_s))
+//                                                     HMAC(secret, "zcx server" | nonce_c |
+//                                                     nonce_s))
 //   (client checks the server's proof)
 //   AUTH_PROOF(HMAC(secret, "zcx client" | nonce_c | nonce_s)) ->
 //   session key = HMAC(secret, "zcx session" | nonce_c | nonce_s) on both sides

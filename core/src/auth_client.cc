@@ -16,9 +16,8 @@ Result<ChannelMacs> authenticateAsClient(int fd, const SecretBytes& secret,
                                          Clock::time_point deadline) {
   auto client_nonce = randomNonce();
   if (!client_nonce.ok()) return client_nonce.status();
-  ZCX_RETURN_IF_ERROR(
-      writeFrame(fd, FrameType::kAuthInit, encode(AuthInit{kProtocolVersion, *client_nonce}),
-                 deadline));
+  ZCX_RETURN_IF_ERROR(writeFrame(fd, FrameType::kAuthInit,
+                                 encode(AuthInit{kProtocolVersion, *client_nonce}), deadline));
   auto f = readFrame(fd, deadline);
   if (!f.ok()) {
     if (f.status().code() == StatusCode::kConnectionBroken) {

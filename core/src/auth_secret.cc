@@ -3,8 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glog/logging.h>
-#include <sys/stat.h>
 #include <openssl/crypto.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>

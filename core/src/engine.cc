@@ -485,8 +485,7 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
   FrameMac* open = macs ? &macs->receive : nullptr;
   Hello mine = localHello();
   mine.token = randomToken();
-  ZCX_RETURN_IF_ERROR(
-      writeFrame(fd.get(), FrameType::kHello, encodeBounded(mine), deadline, seal));
+  ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encodeBounded(mine), deadline, seal));
   auto f = readFrame(fd.get(), deadline, open);
   if (!f.ok()) {
     if (f.status().code() == StatusCode::kPermissionDenied) return f.status();

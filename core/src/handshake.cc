@@ -93,7 +93,8 @@ void PassiveHandshake::readFrames() {
     auto f = in_.read(fd());
     if (!f.ok()) {
       const StatusCode code = f.status().code();
-      if (opening && (code == StatusCode::kProtocolError || code == StatusCode::kPermissionDenied)) {
+      if (opening &&
+          (code == StatusCode::kProtocolError || code == StatusCode::kPermissionDenied)) {
         reject(f.status());
       } else if (phase_ == Phase::kProof && code == StatusCode::kConnectionBroken) {
         // A client that cannot verify our proof says so in a REJECT; one that just hangs up
@@ -178,7 +179,8 @@ void PassiveHandshake::onAuthInit(Frame f) {
     fail(proof.status());
     return;
   }
-  if (Status s = out_.queue(FrameType::kAuthChallenge, encode(AuthChallenge{server_nonce_, *proof}));
+  if (Status s =
+          out_.queue(FrameType::kAuthChallenge, encode(AuthChallenge{server_nonce_, *proof}));
       !s.ok()) {
     fail(s);
     return;

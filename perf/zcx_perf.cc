@@ -1055,8 +1055,9 @@ int runClient(const ClientConfig& cfg, const std::string& server) {
   return 0;
 }
 
-/// The host part of --listen (the forked server listens there on a free port).
-std::string loopbackHost() {
+/// The host part of --listen (the --loopback server and the --mpi ranks listen there on a free
+/// port).
+std::string listenHost() {
   std::string host = listenAddress(0);
   host.resize(host.rfind(':'));
   return host;
@@ -1077,9 +1078,9 @@ int runLoopback(const ClientConfig& cfg) {
                                    "--mem=" + FLAGS_mem,
                                    std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
                                    "--auth-secret-file=" + FLAGS_auth_secret_file,
-                                   "--listen=" + loopbackHost() + ":0",
+                                   "--listen=" + listenHost() + ":0",
                                    "--ready_fd=" + std::to_string(fds[1])};
-  std::string connect_host = loopbackHost();
+  std::string connect_host = listenHost();
   if (connect_host == "0.0.0.0") connect_host = "127.0.0.1";
   if (connect_host == "[::]") connect_host = "[::1]";
   pid_t pid = fork();
@@ -1168,7 +1169,7 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
   // Each rank listens on a free port and publishes "host:port" through MPI.
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  const std::string listen = listenAddress(0);
+  const std::string listen = listenHost() + ":0";
   auto eng = makeEngine(listen, ProgressMode::kThread);
   if (!eng.ok()) return fail(eng.status().toString());
   Engine& e = **eng;

@@ -87,4 +87,10 @@ Result<SecretBytes> loadAuthSecret(const EngineOptions& options) {
   return secret;
 }
 
+void forgetAuthSecret(EngineOptions& options) {
+  if (options.auth_secret.empty()) return;
+  OPENSSL_cleanse(options.auth_secret.data(), options.auth_secret.size());
+  options.auth_secret.clear();
+}
+
 }  // namespace zcx::detail

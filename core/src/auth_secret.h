@@ -12,5 +12,7 @@ namespace zcx::detail {
 /// wrong: both options set, a file that cannot be read, an empty secret. Logs a warning (without
 /// the secret) for a file the group or others can read, and for a secret shorter than 16 bytes.
 Result<SecretBytes> loadAuthSecret(const EngineOptions& options);
+/// Wipes and clears options.auth_secret (the engine keeps its secret in a SecretBytes only).
+void forgetAuthSecret(EngineOptions& options);
 
 }  // namespace zcx::detail

@@ -798,7 +798,9 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
       options.transport, detail::makeTransportConfig(options), &why);
   if (!t.ok()) return t.status();
   LOG(INFO) << "zcx: transport " << (*t)->name() << " (" << (*t)->description() << "): " << why;
-  auto impl = std::make_shared<detail::EngineImpl>(options, std::move(*t));
+  EngineOptions kept = options;
+  detail::forgetAuthSecret(kept);  // the engine's copy lives in auth_secret only
+  auto impl = std::make_shared<detail::EngineImpl>(std::move(kept), std::move(*t));
   impl->auth_secret = std::move(*secret);
   ZCX_RETURN_IF_ERROR(impl->start());
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));

@@ -144,7 +144,7 @@ Status authRequired() {
 }  // namespace
 
 bool PassiveHandshake::refuseUnauthenticatedHello() {
-  // Its header is enough: the body (up to 1 MiB) is neither needed nor read.
+  // Its header is enough: the body (up to 1 MiB) is not waited for.
   if (phase_ != Phase::kAuth || in_.pendingType() != FrameType::kHello) return false;
   reject(authRequired());
   return true;

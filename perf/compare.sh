@@ -130,7 +130,7 @@ measure() {
     next_port
     logf=$OUT/$part.$name.zcx.$r.log
     # shellcheck disable=SC2086
-    if run_pair "$logf" $ZCX --bind "$SERVER_IP" --port "$PORT" $ZCX_SERVER_ARGS -- \
+    if run_pair "$logf" $ZCX --listen "$SERVER_IP" --port "$PORT" $ZCX_SERVER_ARGS -- \
                  $ZCX $zargs --port "$PORT" --json "$SERVER_IP"; then
       v=$(parse_zcx "$kind" "$logf") && zs+=("$v")
       grep '^{' "$logf" | sed "s/^{/{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"zcx\",/" >>"$OUT/results.jsonl" || true

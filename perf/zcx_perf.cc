@@ -1,7 +1,7 @@
 // zcx_perf: perftest-style bandwidth and latency tool for zcx.
 //
-//   server:  zcx_perf [options]
-//   client:  zcx_perf [options] SERVER
+//   server:  zcx_perf --listen HOST[:PORT] [--auth-secret-file PATH] [options]
+//   client:  zcx_perf [--auth-secret-file PATH] [options] SERVER
 //   both:    zcx_perf --loopback [options]      (forks its own server on 127.0.0.1)
 //   MPI:     mpirun -np N zcx_perf --mpi [options]
 //
@@ -47,7 +47,14 @@ DEFINE_string(transport, "auto", "auto|ucx|verbs");
 DEFINE_string(device, "", "RDMA device (verbs), e.g. rxe0");
 DEFINE_int32(gid_index, -1, "GID index (verbs; -1: automatic)");
 DEFINE_int32(port, 18515, "TCP port of the zcx control listener");
-DEFINE_string(bind, "0.0.0.0", "server: address to listen on");
+DEFINE_string(listen, "127.0.0.1",
+              "server and --mpi ranks: HOST or HOST:PORT to listen on (PORT: --port; [v6]:PORT "
+              "for IPv6). The default serves this machine only: to serve other nodes give this "
+              "node's address (or 0.0.0.0 for every interface) together with --auth-secret-file");
+DEFINE_string(auth_secret_file, "",
+              "--auth-secret-file PATH: shared secret peers must prove they know (the same file "
+              "content on every side; chmod 600). Without it anyone who reaches the port may "
+              "connect");
 DEFINE_bool(verify, false, "check the bytes that arrived (slows the run)");
 DEFINE_bool(json, false, "print one JSON object per result line instead of the table");
 DEFINE_bool(loopback, false, "start a server process on 127.0.0.1 and run the client against it");
@@ -134,12 +141,24 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   if (!FLAGS_ucx_tls.empty()) o.transport_params["ucx.tls"] = FLAGS_ucx_tls;
   if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;
   o.listen_address = listen;
+  o.auth_secret_file = FLAGS_auth_secret_file;
   o.name = "zcx_perf";
   o.progress = mode;
   o.connect_timeout = 20s;
   o.operation_timeout = 120s;
   o.max_message_size = kMaxMessage;
   return Engine::create(o);
+}
+
+/// --listen as "host:port": a bare host (or bracketed IPv6 address) gets `default_port`.
+std::string listenAddress(int default_port) {
+  const std::string& l = FLAGS_listen;
+  const auto colon = l.rfind(':');
+  const bool has_port = l.front() == '[' ? l.find("]:") != std::string::npos
+                                         : colon != std::string::npos && l.find(':') == colon;
+  if (has_port) return l;
+  const bool bare_v6 = l.front() != '[' && l.find(':') != std::string::npos;
+  return (bare_v6 ? "[" + l + "]" : l) + ":" + std::to_string(default_port);
 }
 
 /// Memory for the test: Engine::allocate (default: what ucx_perftest uses too) or user memory.
@@ -496,8 +515,7 @@ class Server {
 };
 
 int runServer() {
-  std::string listen = FLAGS_bind + ":" + std::to_string(FLAGS_port);
-  auto eng = makeEngine(listen, ProgressMode::kManual);
+  auto eng = makeEngine(listenAddress(FLAGS_port), ProgressMode::kManual);
   if (!eng.ok()) {
     std::fprintf(stderr, "zcx_perf: cannot start the server engine: %s\n",
                  eng.status().toString().c_str());
@@ -951,6 +969,11 @@ Status validate(ClientConfig* cfg) {
   }
   if (FLAGS_port < 0 || FLAGS_port > 65535)
     return err(StatusCode::kInvalidArgument, "--port must be 0..65535");
+  if (FLAGS_listen.empty() || FLAGS_listen.front() == ':') {
+    return err(StatusCode::kInvalidArgument,
+               "--listen needs a host: 127.0.0.1 (this machine only), this node's address, or "
+               "0.0.0.0 (every interface)");
+  }
   if (FLAGS_mem != "alloc" && FLAGS_mem != "user") {
     return err(StatusCode::kInvalidArgument, "--mem must be alloc or user");
   }
@@ -1032,27 +1055,34 @@ int runClient(const ClientConfig& cfg, const std::string& server) {
   return 0;
 }
 
+/// The host part of --listen (the --loopback server and the --mpi ranks listen there on a free
+/// port).
+std::string listenHost() {
+  std::string host = listenAddress(0);
+  host.resize(host.rfind(':'));
+  return host;
+}
+
 int runLoopback(const ClientConfig& cfg) {
   int fds[2];
   if (pipe(fds) != 0) {
     std::perror("zcx_perf: pipe");
     return kExitFail;
   }
-  std::vector<std::string> args = {
-      "/proc/self/exe",
-      "--transport=" + FLAGS_transport,
-      "--device=" + FLAGS_device,
-      "--gid_index=" + std::to_string(FLAGS_gid_index),
-      "--ucx_tls=" + FLAGS_ucx_tls,
-      "--ucx_net_devices=" + FLAGS_ucx_net_devices,
-      "--mem=" + FLAGS_mem,
-      std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
-      "--bind=" + (gflags::GetCommandLineFlagInfoOrDie("bind").is_default ? std::string("127.0.0.1")
-                                                                          : FLAGS_bind),
-      "--port=0",
-      "--ready_fd=" + std::to_string(fds[1])};
-  std::string connect_host = args[8].substr(7);
+  std::vector<std::string> args = {"/proc/self/exe",
+                                   "--transport=" + FLAGS_transport,
+                                   "--device=" + FLAGS_device,
+                                   "--gid_index=" + std::to_string(FLAGS_gid_index),
+                                   "--ucx_tls=" + FLAGS_ucx_tls,
+                                   "--ucx_net_devices=" + FLAGS_ucx_net_devices,
+                                   "--mem=" + FLAGS_mem,
+                                   std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
+                                   "--auth-secret-file=" + FLAGS_auth_secret_file,
+                                   "--listen=" + listenHost() + ":0",
+                                   "--ready_fd=" + std::to_string(fds[1])};
+  std::string connect_host = listenHost();
   if (connect_host == "0.0.0.0") connect_host = "127.0.0.1";
+  if (connect_host == "[::]") connect_host = "[::1]";
   pid_t pid = fork();
   if (pid < 0) {
     std::perror("zcx_perf: fork");
@@ -1139,9 +1169,8 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
   // Each rank listens on a free port and publishes "host:port" through MPI.
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  std::string bind =
-      gflags::GetCommandLineFlagInfoOrDie("bind").is_default ? "127.0.0.1" : FLAGS_bind;
-  auto eng = makeEngine(bind + ":0", ProgressMode::kThread);
+  const std::string listen = listenHost() + ":0";
+  auto eng = makeEngine(listen, ProgressMode::kThread);
   if (!eng.ok()) return fail(eng.status().toString());
   Engine& e = **eng;
   Buffer buf;
@@ -1150,7 +1179,8 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
   s = e.expose("zcx_perf", buf.region);
   if (!s.ok()) return fail(s.toString());
   std::string addr = e.listenAddress();
-  if (bind == "0.0.0.0") addr = std::string(host) + addr.substr(addr.rfind(':'));
+  if (listen.rfind("0.0.0.0:", 0) == 0 || listen.rfind("[::]:", 0) == 0)
+    addr = std::string(host) + addr.substr(addr.rfind(':'));
   constexpr int kAddr = 256;
   std::vector<char> all(size_t(kAddr) * n, 0);
   char mine[kAddr] = {};
@@ -1256,8 +1286,8 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
 int main(int argc, char** argv) {
   gflags::SetUsageMessage(
       "perftest-style benchmark for zcx.\n"
-      "  server:   zcx_perf [options]\n"
-      "  client:   zcx_perf [options] SERVER\n"
+      "  server:   zcx_perf --listen HOST[:PORT] [--auth-secret-file PATH] [options]\n"
+      "  client:   zcx_perf [--auth-secret-file PATH] [options] SERVER\n"
       "  loopback: zcx_perf --loopback [options]\n"
       "  MPI:      mpirun -np N zcx_perf --mpi [options]");
   gflags::ParseCommandLineFlags(&argc, &argv, true);

@@ -5,6 +5,8 @@
 #   scripts/fuzz.sh 20         # 20 s per target
 #   scripts/fuzz.sh -runs=N    # N executions per target
 # Fails on the first crash, leak or broken property; the input is kept in build-fuzz/crashes/.
+# Targets: one per folder of tests/fuzz/corpus/ (control_frame, hello, reject, lookup, lookup_reply,
+# descriptor, ucx_frame, verbs_wire, auth_frames: the authentication frames and the frame MAC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

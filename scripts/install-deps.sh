@@ -12,6 +12,8 @@ PACKAGES=(
   clang libclang-rt-14-dev
   libucx-dev ucx-utils libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
   libgflags-dev libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # HMAC-SHA256 authentication of the control channel (OpenSSL libcrypto)
+  libssl-dev
   # reference tools compared against, and the many-node perf run
   perftest ibverbs-utils rdmacm-utils openmpi-bin libopenmpi-dev python3-matplotlib
   # the soft-RoCE guest (scripts/rxe-vm.sh)

@@ -170,10 +170,15 @@ bool ConnectionImpl::onControlReadable() {
     auto f = control_in_.read(control_.get());
     Status end;
     if (!f.ok()) {
-      end = f.status().code() == StatusCode::kProtocolError
-                ? f.status().withContext("control channel of " + peer_name)
-                : Status(StatusCode::kConnectionBroken,
-                         "peer " + peer_name + " is gone (" + f.status().message() + ")");
+      const StatusCode code = f.status().code();
+      if (code == StatusCode::kProtocolError || code == StatusCode::kPermissionDenied) {
+        // A frame that breaks the protocol or fails its MAC: someone else is on the channel.
+        end = f.status().withContext("control channel of " + peer_name);
+        LOG(WARNING) << "zcx: closing the connection to " << peer_name << ": " << end.toString();
+      } else {
+        end = Status(StatusCode::kConnectionBroken,
+                     "peer " + peer_name + " is gone (" + f.status().message() + ")");
+      }
     } else if (!f->has_value()) {
       return true;
     } else {
@@ -266,6 +271,14 @@ bool ConnectionImpl::controlWritePending() {
 void ConnectionImpl::adoptControlOutput(FrameWriter out) {
   std::lock_guard<std::mutex> lock(control_write_mu_);
   control_out_ = std::move(out);
+}
+
+void ConnectionImpl::authenticateControl(ChannelMacs macs) {
+  {
+    std::lock_guard<std::mutex> lock(control_write_mu_);
+    control_out_.authenticate(std::move(macs.send));
+  }
+  control_in_.authenticate(std::move(macs.receive));  // before the control loop watches it
 }
 
 Status ConnectionImpl::queueControlFrame(FrameType type, const std::vector<uint8_t>& body) {

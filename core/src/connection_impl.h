@@ -93,6 +93,10 @@ class ConnectionImpl final : public transport::EndpointEvents,
   bool controlWritePending();
   /// Frames the handshake queued but the socket had no room for yet.
   void adoptControlOutput(FrameWriter out);
+  /// The handshake's reader (between frames), with the MAC state of an authenticated channel.
+  void adoptControlInput(FrameReader in) { control_in_ = std::move(in); }
+  /// The active side's authenticated channel: every later control frame is sealed and checked.
+  void authenticateControl(ChannelMacs macs);
 
   const uint64_t id;
   const std::string peer_name;

@@ -1,5 +1,6 @@
 #include "control_protocol.h"
 
+#include "auth.h"
 #include "wire.h"
 
 namespace zcx::detail {
@@ -142,6 +143,9 @@ std::optional<size_t> maxFrameBody(uint8_t type) {
     case FrameType::kLookupReply: return kMaxLookupReplyBody;
     case FrameType::kBye: return 0;
     case FrameType::kCredit: return 8;
+    case FrameType::kAuthInit:
+    case FrameType::kAuthChallenge:
+    case FrameType::kAuthProof: return kMaxAuthBody;
     case FrameType::kUnexpose: return kMaxNameLength;
   }
   return std::nullopt;
@@ -156,18 +160,22 @@ const char* frameTypeName(uint8_t type) {
     case FrameType::kLookupReply: return "LOOKUP_REPLY";
     case FrameType::kBye: return "BYE";
     case FrameType::kCredit: return "CREDIT";
+    case FrameType::kAuthInit: return "AUTH_INIT";
+    case FrameType::kAuthChallenge: return "AUTH_CHALLENGE";
+    case FrameType::kAuthProof: return "AUTH_PROOF";
     case FrameType::kUnexpose: return "UNEXPOSE";
   }
   return "unknown";
 }
 
-Status checkFrameHeader(uint32_t length, uint8_t type) {
+Status checkFrameHeader(uint32_t length, uint8_t type, size_t trailer) {
   auto limit = maxFrameBody(type);
   if (!limit) {
     return Status(StatusCode::kProtocolError,
                   "control frame of unknown type " + std::to_string(type) +
                       " from peer; is it a zcx engine of the same version?");
   }
+  if (limit) *limit += trailer;
   if (length == 0 || length - 1 > *limit) {
     return Status(StatusCode::kProtocolError,
                   std::string(frameTypeName(type)) + " frame announces " +
@@ -190,28 +198,33 @@ std::vector<uint8_t> frameBytes(FrameType type, const std::vector<uint8_t>& body
   return out;
 }
 
-Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header) {
+Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header,
+                                      size_t trailer) {
   WireReader r(header);
   uint32_t len = r.u32();
   uint8_t type = r.u8();
-  ZCX_RETURN_IF_ERROR(checkFrameHeader(len, type));
+  ZCX_RETURN_IF_ERROR(checkFrameHeader(len, type, trailer));
   return FrameHeader{static_cast<FrameType>(type), len - 1};
 }
 
 Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
-                  Clock::time_point deadline) {
-  return writeAll(fd, frameBytes(type, body), deadline);
+                  Clock::time_point deadline, FrameMac* mac) {
+  if (mac == nullptr) return writeAll(fd, frameBytes(type, body), deadline);
+  std::vector<uint8_t> sealed = body;
+  ZCX_RETURN_IF_ERROR(mac->seal(type, sealed));
+  return writeAll(fd, frameBytes(type, sealed), deadline);
 }
 
-Result<Frame> readFrame(int fd, Clock::time_point deadline) {
+Result<Frame> readFrame(int fd, Clock::time_point deadline, FrameMac* mac) {
   uint8_t header[kFrameHeaderSize];
   ZCX_RETURN_IF_ERROR(readAll(fd, header, deadline));
-  auto h = decodeFrameHeader(header);
+  auto h = decodeFrameHeader(header, mac ? kFrameMacSize : 0);
   if (!h.ok()) return h.status();
   Frame f;
   f.type = h->type;
   f.body.resize(h->body_size);
   ZCX_RETURN_IF_ERROR(readAll(fd, f.body, deadline));
+  if (mac) ZCX_RETURN_IF_ERROR(mac->open(f.type, f.body));
   return f;
 }
 

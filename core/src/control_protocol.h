@@ -28,6 +28,8 @@ constexpr uint32_t kHelloMagic = 0x4858435a;  // "ZCXH"
 constexpr size_t kMaxNameLength = 256;        ///< engine, transport and region names
 
 /// kCredit: the receiver's grant of two-sided messages (send/recv flow control).
+/// kAuth*: the challenge-response of engines with an auth_secret (auth.h), before HELLO; only
+/// such engines send them, so peers without a secret speak the protocol as before.
 /// kUnexpose: the sender no longer exposes the named region; drop what the handshake carried.
 enum class FrameType : uint8_t {
   kHello = 1,
@@ -37,6 +39,9 @@ enum class FrameType : uint8_t {
   kLookupReply,
   kBye,
   kCredit,
+  kAuthInit,
+  kAuthChallenge,
+  kAuthProof,
   kUnexpose
 };
 
@@ -58,11 +63,17 @@ constexpr size_t kMaxLookupBody = 4 * 1024 + kMaxNameLength;
 constexpr size_t kMaxLookupReplyBody = 16 * 1024;
 constexpr size_t kMaxRejectReason = 4096;
 
-/// The largest body a frame of `type` may carry; nullopt for an unknown type.
+constexpr size_t kMaxAuthBody = 64;  ///< AUTH_INIT, AUTH_CHALLENGE, AUTH_PROOF
+/// On an authenticated channel every body ends with a MAC of this many bytes (auth.h), on top of
+/// its type's limit.
+constexpr size_t kFrameMacSize = 32;
+
+/// The largest body a frame of `type` may carry (without a MAC); nullopt for an unknown type.
 std::optional<size_t> maxFrameBody(uint8_t type);
 const char* frameTypeName(uint8_t type);
-/// Checks a received header: a known type whose announced body fits that type's limit.
-Status checkFrameHeader(uint32_t length, uint8_t type);
+/// Checks a received header: a known type whose announced body fits that type's limit plus
+/// `trailer` bytes (kFrameMacSize on an authenticated channel).
+Status checkFrameHeader(uint32_t length, uint8_t type, size_t trailer = 0);
 /// Header + body, ready to be sent.
 std::vector<uint8_t> frameBytes(FrameType type, const std::vector<uint8_t>& body);
 
@@ -113,10 +124,14 @@ Result<LookupReply> decodeLookupReply(const std::vector<uint8_t>& body);
 
 std::vector<uint8_t> encodeFrameHeader(FrameType type, size_t body_size);
 /// Validates a received header (length bound, known type) before any body is allocated.
-Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header);
+Result<FrameHeader> decodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> header,
+                                      size_t trailer = 0);
 
+class FrameMac;
+/// Blocking frame I/O (the active side's handshake). With `mac`, the frame is sealed/opened
+/// with it (an authenticated channel).
 Status writeFrame(int fd, FrameType type, const std::vector<uint8_t>& body,
-                  Clock::time_point deadline);
-Result<Frame> readFrame(int fd, Clock::time_point deadline);
+                  Clock::time_point deadline, FrameMac* mac = nullptr);
+Result<Frame> readFrame(int fd, Clock::time_point deadline, FrameMac* mac = nullptr);
 
 }  // namespace zcx::detail

@@ -16,6 +16,8 @@
 
 #include <cstring>
 
+#include "auth_client.h"
+#include "auth_secret.h"
 #include "connection_impl.h"
 #include "control_protocol.h"
 #include "engine_impl.h"
@@ -97,7 +99,18 @@ Status validate(const EngineOptions& o) {
     return Status(StatusCode::kInvalidArgument,
                   "max_message_size must be between 1 byte and 1 GiB");
   }
-  if (!o.listen_address.empty()) ZCX_RETURN_IF_ERROR(parseHostPort(o.listen_address).status());
+  if (!o.listen_address.empty()) {
+    auto hp = parseHostPort(o.listen_address);
+    if (!hp.ok()) return hp.status();
+    if (hp->host.empty()) {
+      // No implicit wildcard: which interfaces serve peers is the caller's explicit choice.
+      return Status(StatusCode::kInvalidArgument,
+                    "listen_address '" + o.listen_address +
+                        "' names no host; write 127.0.0.1:PORT to serve this machine only, the "
+                        "address of one interface, or 0.0.0.0:PORT for every interface (then "
+                        "set auth_secret)");
+    }
+  }
   return Status::Ok();
 }
 
@@ -141,8 +154,14 @@ Status EngineImpl::start() {
     auto l = listenTcp(*hp);
     if (!l.ok()) return l.status();
     listener_ = std::move(l->first);
-    listen_address =
-        (hp->host.empty() ? std::string("0.0.0.0") : hp->host) + ":" + std::to_string(l->second);
+    listen_address = hp->host + ":" + std::to_string(l->second);
+    if (auth_secret.empty() && !isLoopbackSocket(listener_.get())) {
+      LOG(WARNING) << "zcx: listening on " << listen_address
+                   << " without an auth_secret: anyone who reaches this port can connect, look "
+                      "up every exposed region and learn the transport address. Set "
+                      "EngineOptions::auth_secret or auth_secret_file (zcx_perf "
+                      "--auth-secret-file) on every peer, or listen on 127.0.0.1";
+    }
     listener_key_ = loop_.add(listener_.get(), EPOLLIN, [this](uint32_t) { onListenerReadable(); });
     if (listener_key_ == 0)
       return Status(StatusCode::kInternal, "cannot watch the listening socket");
@@ -499,16 +518,30 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::makeConnection(Fd fd, Hello 
 // The active side blocks on the caller's thread, bounded by the deadline.
 Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
                                                                     Clock::time_point deadline) {
+  // With a secret, nothing but a nonce leaves before the server has proven it knows it; from
+  // then on every frame both ways carries a MAC.
+  std::optional<ChannelMacs> macs;
+  if (!auth_secret.empty()) {
+    auto m = authenticateAsClient(fd.get(), auth_secret, deadline);
+    if (!m.ok()) return m.status();
+    macs.emplace(std::move(*m));
+  }
+  FrameMac* seal = macs ? &macs->send : nullptr;
+  FrameMac* open = macs ? &macs->receive : nullptr;
   Hello mine = localHello();
   mine.token = randomToken();
-  ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encodeBounded(mine), deadline));
-  auto f = readFrame(fd.get(), deadline);
-  if (!f.ok()) return f.status().withContext("handshake");
+  ZCX_RETURN_IF_ERROR(writeFrame(fd.get(), FrameType::kHello, encodeBounded(mine), deadline, seal));
+  auto f = readFrame(fd.get(), deadline, open);
+  if (!f.ok()) {
+    if (f.status().code() == StatusCode::kPermissionDenied) return f.status();
+    return f.status().withContext("handshake");
+  }
   if (f->type == FrameType::kReject) {
     auto rej = decodeReject(f->body);
     if (!rej.ok()) return rej.status();
-    return Status(static_cast<StatusCode>(rej->code),
-                  "peer rejected the connection: " + rej->reason);
+    const auto code = static_cast<StatusCode>(rej->code);
+    if (code == StatusCode::kPermissionDenied) return Status(code, rej->reason);
+    return Status(code, "peer rejected the connection: " + rej->reason);
   }
   if (f->type != FrameType::kHello) {
     return Status(StatusCode::kProtocolError,
@@ -523,10 +556,10 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
   if (!made.ok()) return made.status();
   auto conn = std::move(*made);
   Status ready = conn->waitReady(deadline);
-  if (ready.ok()) ready = writeFrame(conn->controlFd(), FrameType::kReady, {}, deadline);
+  if (ready.ok()) ready = writeFrame(conn->controlFd(), FrameType::kReady, {}, deadline, seal);
   if (ready.ok()) ready = waitReadableWithProgress(conn->controlFd(), deadline);
   if (ready.ok()) {
-    auto r = readFrame(conn->controlFd(), deadline);
+    auto r = readFrame(conn->controlFd(), deadline, open);
     if (!r.ok())
       ready = r.status();
     else if (r->type != FrameType::kReady)
@@ -536,6 +569,7 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
     conn->close(ready, false);
     return ready.withContext("connection setup with " + conn->peer_name);
   }
+  if (macs) conn->authenticateControl(std::move(*macs));
   {
     std::lock_guard<std::mutex> lock(conn_mu_);
     connections_[conn->id] = conn;
@@ -552,7 +586,15 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& h
   if (!fd.ok()) return fd.status();
   ZCX_RETURN_IF_ERROR(setPeerTimeout(fd->get(), options.peer_timeout));
   auto conn = activeHandshake(std::move(*fd), deadline);
-  if (!conn.ok()) return conn.status().withContext("connect to " + host_port);
+  if (!conn.ok()) {
+    const Status& s = conn.status();
+    constexpr std::string_view kAuthFailed = "authentication failed: ";
+    if (s.code() == StatusCode::kPermissionDenied && s.message().rfind(kAuthFailed, 0) == 0) {
+      // Says first what failed, then where.
+      return Status(s.code(), s.message() + " (connecting to " + host_port + ")");
+    }
+    return s.withContext("connect to " + host_port);
+  }
   LOG(INFO) << "zcx: connected to " << (*conn)->peer_name << " at " << host_port << " over "
             << transport->name();
   return conn;
@@ -691,6 +733,7 @@ void EngineImpl::settleHandshake(ControlLoop::Key key) {
   if (done->phase() != PassiveHandshake::Phase::kDone) return;  // logged by the handshake
   auto conn = done->connection();
   conn->adoptControlOutput(done->takeOutput());
+  conn->adoptControlInput(done->takeInput());
   {
     std::lock_guard<std::mutex> lock(conn_mu_);
     connections_[conn->id] = conn;
@@ -793,12 +836,17 @@ void EngineImpl::controlLoop() {
 
 Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   ZCX_RETURN_IF_ERROR(detail::validateOptions(options));
+  auto secret = detail::loadAuthSecret(options);
+  if (!secret.ok()) return secret.status();
   std::string why;
   auto t = transport::TransportRegistry::builtin().create(
       options.transport, detail::makeTransportConfig(options), &why);
   if (!t.ok()) return t.status();
   LOG(INFO) << "zcx: transport " << (*t)->name() << " (" << (*t)->description() << "): " << why;
-  auto impl = std::make_shared<detail::EngineImpl>(options, std::move(*t));
+  EngineOptions kept = options;
+  detail::forgetAuthSecret(kept);  // the engine's copy lives in auth_secret only
+  auto impl = std::make_shared<detail::EngineImpl>(std::move(kept), std::move(*t));
+  impl->auth_secret = std::move(*secret);
   ZCX_RETURN_IF_ERROR(impl->start());
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "auth.h"
 #include "control_loop.h"
 #include "control_protocol.h"
 #include "socket.h"
@@ -142,6 +143,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   const EngineOptions options;
   std::unique_ptr<transport::Transport> transport;
   std::string name;
+  /// From auth_secret or auth_secret_file (set before start()); empty: no authentication.
+  SecretBytes auth_secret;
 
   std::mutex mu;                      ///< the engine lock
   std::condition_variable event;      ///< notified (under mu) when notifications/messages arrive

@@ -45,7 +45,7 @@ Result<std::optional<Frame>> FrameReader::read(int fd) {
       WireReader r(std::span<const uint8_t>(header_, kFrameHeaderSize));
       uint32_t len = r.u32();
       type_ = r.u8();
-      ZCX_RETURN_IF_ERROR(checkFrameHeader(len, type_));
+      ZCX_RETURN_IF_ERROR(checkFrameHeader(len, type_, mac_ ? kFrameMacSize : 0));
       body_.resize(len - 1);  // within the type's limit
     }
     if (have_ - kFrameHeaderSize == body_.size()) {
@@ -54,13 +54,15 @@ Result<std::optional<Frame>> FrameReader::read(int fd) {
       f.body = std::move(body_);
       body_ = {};
       have_ = 0;
+      if (mac_) ZCX_RETURN_IF_ERROR(mac_->open(f.type, f.body));
       return std::optional<Frame>(std::move(f));
     }
   }
 }
 
 Status FrameWriter::queue(FrameType type, const std::vector<uint8_t>& body) {
-  if (out_.size() - sent_ + kFrameHeaderSize + body.size() > kMaxQueued) {
+  const size_t trailer = mac_ ? kFrameMacSize : 0;
+  if (out_.size() - sent_ + kFrameHeaderSize + body.size() + trailer > kMaxQueued) {
     return Status(StatusCode::kResourceExhausted,
                   "the peer does not read its control channel (more than " +
                       std::to_string(kMaxQueued) + " bytes queued)");
@@ -69,7 +71,14 @@ Status FrameWriter::queue(FrameType type, const std::vector<uint8_t>& body) {
     out_.clear();
     sent_ = 0;
   }
-  auto bytes = frameBytes(type, body);
+  if (!mac_) {
+    auto bytes = frameBytes(type, body);
+    out_.insert(out_.end(), bytes.begin(), bytes.end());
+    return Status::Ok();
+  }
+  std::vector<uint8_t> sealed = body;
+  ZCX_RETURN_IF_ERROR(mac_->seal(type, sealed));
+  auto bytes = frameBytes(type, sealed);
   out_.insert(out_.end(), bytes.begin(), bytes.end());
   return Status::Ok();
 }

@@ -39,7 +39,9 @@ std::string peerAddress(int fd) {
 }  // namespace
 
 PassiveHandshake::PassiveHandshake(EngineImpl& engine, Fd fd, Clock::time_point deadline)
-    : engine_(engine), fd_(std::move(fd)), peer_(peerAddress(fd_.get())), deadline_(deadline) {}
+    : engine_(engine), fd_(std::move(fd)), peer_(peerAddress(fd_.get())), deadline_(deadline) {
+  if (!engine_.auth_secret.empty()) phase_ = Phase::kAuth;
+}
 
 PassiveHandshake::~PassiveHandshake() {
   // A connection that never got established is closed here, after the control loop has
@@ -86,12 +88,22 @@ void PassiveHandshake::readFrames() {
     }
   }
   for (int i = 0; i < kFramesPerEvent && !finished() && phase_ != Phase::kLinger; ++i) {
+    const bool opening =
+        phase_ == Phase::kAuth || phase_ == Phase::kProof || phase_ == Phase::kHello;
     auto f = in_.read(fd());
     if (!f.ok()) {
-      if (f.status().code() == StatusCode::kProtocolError && phase_ == Phase::kHello) {
+      const StatusCode code = f.status().code();
+      if (opening &&
+          (code == StatusCode::kProtocolError || code == StatusCode::kPermissionDenied)) {
         reject(f.status());
-      } else if (phase_ == Phase::kHello && !in_.partial() &&
-                 f.status().code() == StatusCode::kConnectionBroken) {
+      } else if (phase_ == Phase::kProof && code == StatusCode::kConnectionBroken) {
+        // A client that cannot verify our proof says so in a REJECT; one that just hangs up
+        // here most likely has another secret.
+        fail(Status(StatusCode::kPermissionDenied,
+                    "authentication failed: the client hung up after the server's challenge "
+                    "instead of proving it knows the secret; " +
+                        std::string(kAuthAdvice)));
+      } else if (opening && !in_.partial() && code == StatusCode::kConnectionBroken) {
         // Closed before saying anything (a port probe, a health check): not worth a warning.
         LOG(INFO) << "zcx: " << peer_ << " closed its connection before the handshake";
         phase_ = Phase::kFailed;
@@ -100,8 +112,15 @@ void PassiveHandshake::readFrames() {
       }
       return;
     }
-    if (!f->has_value()) return;
-    if (phase_ == Phase::kHello) {
+    if (!f->has_value()) {
+      refuseUnauthenticatedHello();
+      return;
+    }
+    if (phase_ == Phase::kAuth) {
+      onAuthInit(std::move(**f));
+    } else if (phase_ == Phase::kProof) {
+      onAuthProof(std::move(**f));
+    } else if (phase_ == Phase::kHello) {
       onHello(std::move(**f));
     } else if ((*f)->type == FrameType::kReady && !peer_ready_) {
       peer_ready_ = true;
@@ -115,7 +134,111 @@ void PassiveHandshake::readFrames() {
   }
 }
 
+namespace {
+Status authRequired() {
+  return Status(StatusCode::kPermissionDenied,
+                "authentication failed: the server requires authentication and the client sent "
+                "none (it has no auth_secret); " +
+                    std::string(kAuthAdvice));
+}
+}  // namespace
+
+bool PassiveHandshake::refuseUnauthenticatedHello() {
+  // Its header is enough: the body (up to 1 MiB) is not waited for.
+  if (phase_ != Phase::kAuth || in_.pendingType() != FrameType::kHello) return false;
+  reject(authRequired());
+  return true;
+}
+
+void PassiveHandshake::onAuthInit(Frame f) {
+  if (f.type == FrameType::kHello) {
+    reject(authRequired());
+    return;
+  }
+  if (f.type != FrameType::kAuthInit) {
+    reject(Status(StatusCode::kProtocolError,
+                  "this engine requires authentication: the first frame must be AUTH_INIT, got " +
+                      std::string(frameTypeName(static_cast<uint8_t>(f.type))) +
+                      "; is the peer a zcx engine?"));
+    return;
+  }
+  auto init = decodeAuthInit(f.body);
+  if (!init.ok()) {
+    reject(init.status());
+    return;
+  }
+  auto nonce = randomNonce();
+  if (!nonce.ok()) {
+    fail(nonce.status());
+    return;
+  }
+  client_nonce_ = init->nonce;
+  server_nonce_ = *nonce;
+  auto proof = serverProof(engine_.auth_secret, client_nonce_, server_nonce_);
+  if (!proof.ok()) {
+    fail(proof.status());
+    return;
+  }
+  if (Status s =
+          out_.queue(FrameType::kAuthChallenge, encode(AuthChallenge{server_nonce_, *proof}));
+      !s.ok()) {
+    fail(s);
+    return;
+  }
+  phase_ = Phase::kProof;
+  flush();
+}
+
+void PassiveHandshake::onAuthProof(Frame f) {
+  if (f.type == FrameType::kReject) {
+    // The client could not verify our proof: its secret is not ours.
+    auto rej = decodeReject(f.body);
+    fail(Status(StatusCode::kPermissionDenied,
+                "authentication failed: the client refused the server's proof" +
+                    (rej.ok() ? " (" + rej->reason + ")" : std::string()) + "; " + kAuthAdvice));
+    return;
+  }
+  if (f.type != FrameType::kAuthProof) {
+    reject(Status(StatusCode::kProtocolError,
+                  "expected AUTH_PROOF, got " +
+                      std::string(frameTypeName(static_cast<uint8_t>(f.type))) +
+                      "; is the peer a zcx engine?"));
+    return;
+  }
+  auto proof = decodeAuthProof(f.body);
+  if (!proof.ok()) {
+    reject(proof.status());
+    return;
+  }
+  auto want = clientProof(engine_.auth_secret, client_nonce_, server_nonce_);
+  auto key = sessionKey(engine_.auth_secret, client_nonce_, server_nonce_);
+  if (!want.ok() || !key.ok()) {
+    fail(!want.ok() ? want.status() : key.status());
+    return;
+  }
+  // Sealed from here on, the REJECT of a wrong proof included: the session key does not depend
+  // on the client's proof, and a client that verified our proof shares it.
+  ChannelMacs macs = channelMacs(*key, /*client=*/false);
+  out_.authenticate(std::move(macs.send));
+  in_.authenticate(std::move(macs.receive));
+  if (!sameMac(proof->proof, *want)) {
+    reject(Status(StatusCode::kPermissionDenied,
+                  "authentication failed: the client's proof does not match the server's "
+                  "auth_secret; " +
+                      std::string(kAuthAdvice)));
+    return;
+  }
+  phase_ = Phase::kHello;
+}
+
 void PassiveHandshake::onHello(Frame f) {
+  if (f.type == FrameType::kAuthInit) {
+    reject(Status(StatusCode::kPermissionDenied,
+                  "authentication failed: the client authenticates with an auth_secret but the "
+                  "server has none; " +
+                      std::string(kAuthAdvice)));
+    return;
+  }
   if (f.type != FrameType::kHello) {
     reject(Status(StatusCode::kProtocolError,
                   "the first frame must be HELLO, got " +

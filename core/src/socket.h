@@ -44,6 +44,8 @@ Result<HostPort> parseHostPort(std::string_view text);
 
 /// Binds and listens (non-blocking); returns the socket and the port actually bound.
 Result<std::pair<Fd, uint16_t>> listenTcp(const HostPort& where);
+/// Whether a bound socket's local address is a loopback one (127.0.0.0/8, ::1, ::ffff:127.x).
+bool isLoopbackSocket(int fd);
 /// Connects within the deadline: refused, unknown host and timeout are distinct errors.
 Result<Fd> connectTcp(const HostPort& to, Clock::time_point deadline);
 

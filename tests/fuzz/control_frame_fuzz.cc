@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "auth.h"
 #include "control_protocol.h"
 #include "fuzz_check.h"
 
@@ -30,6 +31,9 @@ void decodeBody(const Frame& f) {
     case FrameType::kReady:
     case FrameType::kBye: break;
     case FrameType::kCredit: (void)decodeCredit(f.body); break;
+    case FrameType::kAuthInit: (void)decodeAuthInit(f.body); break;
+    case FrameType::kAuthChallenge: (void)decodeAuthChallenge(f.body); break;
+    case FrameType::kAuthProof: (void)decodeAuthProof(f.body); break;
   }
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "auth.h"
 #include "control_protocol.h"
 #include "ucx/ucx_key_format.h"
 #include "verbs/verbs_wire.h"
@@ -91,6 +92,33 @@ int main(int argc, char** argv) {
       cat(cat(frame(FrameType::kLookup, encode(Lookup{1, "buf"})),
               frame(FrameType::kLookupReply, encode(LookupReply{1, true, ucx_desc.encode()}))),
           frame(FrameType::kBye, {})));
+
+  // auth_frames: a type byte, then the body (auth_frames_fuzz.cc).
+  AuthNonce nonce_c{}, nonce_s{};
+  for (size_t i = 0; i < nonce_c.size(); ++i) {
+    nonce_c[i] = static_cast<uint8_t>(i);
+    nonce_s[i] = static_cast<uint8_t>(0xff - i);
+  }
+  const SecretBytes secret(Bytes{'s', 'e', 'e', 'd', '-', 's', 'e', 'c', 'r', 'e', 't'});
+  const AuthMac server_proof = *serverProof(secret, nonce_c, nonce_s);
+  const AuthMac client_proof = *clientProof(secret, nonce_c, nonce_s);
+  auto typed = [](FrameType t, Bytes body) {
+    body.insert(body.begin(), static_cast<uint8_t>(static_cast<uint8_t>(t) - 1));
+    return body;
+  };
+  const Bytes init = encode(AuthInit{kProtocolVersion, nonce_c});
+  const Bytes challenge = encode(AuthChallenge{nonce_s, server_proof});
+  const Bytes proof = encode(AuthProof{client_proof});
+  put("auth_frames", "init", typed(FrameType::kAuthInit, init));
+  put("auth_frames", "challenge", typed(FrameType::kAuthChallenge, challenge));
+  put("auth_frames", "proof", typed(FrameType::kAuthProof, proof));
+  FrameMac fuzz_mac(SecretBytes(Bytes(32, 0x5a)), AuthDirection::kClientToServer);
+  Bytes sealed_lookup = encode(Lookup{1, "buf"});
+  (void)fuzz_mac.seal(FrameType::kLookup, sealed_lookup);
+  put("auth_frames", "sealed_lookup", typed(FrameType::kLookup, sealed_lookup));
+  put("control_frame", "auth",
+      cat(cat(frame(FrameType::kAuthInit, init), frame(FrameType::kAuthChallenge, challenge)),
+          frame(FrameType::kAuthProof, proof)));
 
   const Bytes ucx_key{0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80};
   const Bytes ucx_addr(40, 0xa5);

@@ -27,8 +27,23 @@ struct EngineOptions {
   std::map<std::string, std::string> transport_params;
 
   /// "host:port" to accept connections on (port 0 picks a free one; see Engine::listenAddress()).
-  /// Empty: this engine only connects out.
+  /// The host is explicit: "127.0.0.1:0" serves this machine only, "0.0.0.0:18515" every
+  /// interface (then set an auth_secret: the engine warns otherwise). Empty: this engine only
+  /// connects out.
   std::string listen_address;
+
+  /// Shared secret that peers must prove they know before anything else is exchanged (mutual
+  /// HMAC-SHA256 challenge-response; then every control frame carries a MAC under a session
+  /// key). Both sides need the same secret; a peer with another secret, or none, is refused with
+  /// kPermissionDenied ("authentication failed: ..."). Any bytes; use at least 16 random ones
+  /// (e.g. `head -c 32 /dev/urandom`). Empty: no authentication (anyone who reaches the port
+  /// may connect, look regions up and learn the transport address).
+  std::string auth_secret;
+  /// Or a file holding it, read once by Engine::create (one trailing newline is ignored, so
+  /// `openssl rand -hex 32 > FILE` works). Keep it private to the user (chmod 600): the engine
+  /// warns if the group or others can read it. Unreadable or empty: Engine::create fails.
+  /// Set at most one of auth_secret and auth_secret_file.
+  std::string auth_secret_file;
   /// A name peers see in logs and errors (default: hostname:pid).
   std::string name;
 

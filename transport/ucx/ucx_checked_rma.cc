@@ -49,8 +49,20 @@ uint64_t UcxWorker::addRmaSlot(const RmaSlot& slot) {
   return id;
 }
 
+void UcxWorker::markRmaSent(uint64_t op_id) {
+  auto it = rma_ops_.find(op_id);
+  if (it != rma_ops_.end()) it->second.sent = true;
+}
+
 void UcxWorker::dropRmaSlots(OpRecord* rec) {
-  for (uint32_t i = 0; i < rec->op_count; ++i) rma_ops_.erase(rec->first_op + i);
+  for (uint32_t i = 0; i < rec->op_count; ++i) {
+    auto it = rma_ops_.find(rec->first_op + i);
+    if (it == rma_ops_.end()) continue;
+    if (it->second.sent) {
+      if (UcxEndpoint* ep = find(it->second.route)) ep->chunkAnswered(/*pump=*/false);
+    }
+    rma_ops_.erase(it);
+  }
   rec->op_count = 0;
   rec->awaiting = 0;
 }
@@ -213,6 +225,15 @@ ucs_status_t UcxWorker::onAmRmaReply(void* arg, const void* header, size_t heade
   }
   RmaSlot slot = it->second;
   self->rma_ops_.erase(it);
+  // The window: this chunk is answered; more of the waiting ones go once the record is updated.
+  UcxEndpoint* from_ep = self->find(from);
+  if (from_ep != nullptr && slot.sent) from_ep->chunkAnswered(/*pump=*/false);
+  struct Pump {
+    UcxEndpoint* ep;
+    ~Pump() {
+      if (ep != nullptr) ep->pumpAfterReply();
+    }
+  } pump{slot.sent ? from_ep : nullptr};
   OpRecord* rec = slot.rec;
   if (rec->generation != slot.generation || rec->user_done || rec->awaiting == 0) return UCS_OK;
   --rec->awaiting;

@@ -21,8 +21,12 @@ constexpr size_t kDefaultMaxMessage = size_t{1} << 30;
 constexpr uint64_t kMaxReorderSpan = 1u << 16;
 constexpr size_t kMaxReorderCount = 4096;
 constexpr size_t kMaxReorderBytes = size_t{256} << 20;
-// Checked RMA moves data in eager active messages of at most this size (see postChecked).
+// Checked RMA moves data in eager active messages of at most this size (see postChecked), at
+// most kCheckedWindow of them unanswered per endpoint: the rest wait here rather than in UCX's
+// pending queues (UCX 1.13 asserted on requests left there when a stalled peer's endpoint was
+// force-closed: "stubs.c Assertion `0'" in uct_tcp progress).
 constexpr size_t kCheckedChunk = 128 * 1024;
+constexpr uint32_t kCheckedWindow = 8;
 // How long close() waits for a healthy endpoint's flush before it force-closes it.
 constexpr auto kCloseFlushLimit = std::chrono::milliseconds(500);
 
@@ -362,12 +366,10 @@ Status UcxEndpoint::postChecked(std::span<const RmaOp> ops, bool is_read,
   size_t chunks = 0;
   for (const RmaOp& op : ops) chunks += (op.length + kCheckedChunk - 1) / kCheckedChunk;
   rec->rma_headers.reserve(chunks);  // UCX points into them until each send completes
-  bool posted_any = false;
-  bool failed = false;
   for (const RmaOp& op : ops) {
     const CheckedKey& key =
         op.length == 0 ? CheckedKey{} : static_cast<const UcxRemoteKey*>(op.remote)->checked();
-    for (size_t off = 0; off < op.length && !failed; off += kCheckedChunk) {
+    for (size_t off = 0; off < op.length; off += kCheckedChunk) {
       size_t len = std::min(kCheckedChunk, op.length - off);
       UcxWorker::RmaSlot slot;
       slot.rec = rec;
@@ -387,24 +389,54 @@ Status UcxEndpoint::postChecked(std::span<const RmaOp> ops, bool is_read,
       h.remote_addr = op.remote_addr + off;
       h.length = len;
       h.role = role_;
-      ucp_request_param_t p = requestParam(rec, is_read ? nullptr : op.local);
-      p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
-      p.flags = UCP_AM_SEND_FLAG_EAGER;
-      ucs_status_ptr_t ptr =
-          is_read ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)
-                  : ucp_am_send_nbx(ep_, kAmPut, &h, sizeof(h),
-                                    reinterpret_cast<const void*>(op.local_addr + off), len, &p);
-      if (!track(rec, ptr, is_read ? "ucp_am_send_nbx(get)" : "ucp_am_send_nbx(put)")) {
-        failed = true;
-        break;
-      }
+      unsent_.push_back({rec, rec->generation, static_cast<uint32_t>(rec->rma_headers.size() - 1),
+                         op.local, reinterpret_cast<const void*>(op.local_addr + off), len,
+                         is_read});
       ++rec->awaiting;
-      posted_any = true;
     }
-    if (failed) break;
   }
-  if (!posted_any) worker_->dropRmaSlots(rec);
+  pumpChunks();
+  // Chunks not sent yet are this record's too: it is posted unless the first sends failed.
+  bool posted_any = chunks > 0 && (rec->awaiting > 0 || rec->pending > 0);
+  if (!posted_any && chunks > 0) {
+    worker_->dropRmaSlots(rec);
+    return finishPost(rec, false);
+  }
   return finishPost(rec, posted_any);
+}
+
+void UcxEndpoint::pumpChunks() {
+  while (chunks_in_flight_ < kCheckedWindow && !unsent_.empty() && ep_ != nullptr && !closed_) {
+    UnsentChunk c = unsent_.front();
+    unsent_.pop_front();
+    OpRecord* rec = c.rec;
+    bool ours = rec->generation == c.generation && !rec->user_done && rec->endpoint == this;
+    if (!ours) continue;      // completed or failed meanwhile: its slots are gone
+    if (!rec->status.ok()) {  // refused or failed: the rest of it is not sent
+      if (rec->awaiting > 0) --rec->awaiting;
+      if (rec->pending == 0 && rec->awaiting == 0) worker_->schedule(rec);
+      continue;
+    }
+    RmaHeader& h = rec->rma_headers[c.index];
+    ucp_request_param_t p = requestParam(rec, c.is_read ? nullptr : c.local);
+    p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    ucs_status_ptr_t ptr = c.is_read
+                               ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)
+                               : ucp_am_send_nbx(ep_, kAmPut, &h, sizeof(h), c.data, c.length, &p);
+    if (!track(rec, ptr, c.is_read ? "ucp_am_send_nbx(get)" : "ucp_am_send_nbx(put)")) {
+      if (rec->awaiting > 0) --rec->awaiting;  // no reply will come for it
+      if (rec->pending == 0 && rec->awaiting == 0) worker_->schedule(rec);
+      continue;
+    }
+    worker_->markRmaSent(h.op_id);
+    ++chunks_in_flight_;
+  }
+}
+
+void UcxEndpoint::chunkAnswered(bool pump) {
+  if (chunks_in_flight_ > 0) --chunks_in_flight_;
+  if (pump) pumpChunks();
 }
 
 void UcxEndpoint::postNotify(OpRecord* rec) {
@@ -610,6 +642,7 @@ void UcxEndpoint::close(Status why) {
   reorder_.clear();
   reorder_bytes_ = 0;
   early_notifies_.clear();
+  unsent_.clear();
 
   std::vector<OrphanRef> orphans = failAll(reason);
   orphans.insert(orphans.end(), orphans_.begin(), orphans_.end());

@@ -5,6 +5,7 @@
 #include <ucp/api/ucp.h>
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <unordered_set>
@@ -54,6 +55,10 @@ class UcxEndpoint final : public Endpoint {
   /// Marks the endpoint broken with `why` from inside a UCX callback (see protocolViolation).
   void failFromCallback(Status why);
   size_t maxMessageSize() const { return max_message_size_; }
+  /// Checked RMA: a chunk sent on this endpoint was answered (pump: send more of the waiting
+  /// ones) or dropped with its record.
+  void chunkAnswered(bool pump);
+  void pumpAfterReply() { pumpChunks(); }
   /// Deferred part of a peer failure: fails outstanding ops, then calls onError.
   void reportBroken();
 
@@ -78,6 +83,8 @@ class UcxEndpoint final : public Endpoint {
   /// Checked RMA (ucx_checked_rma.cc has the target side): one AM per op, answered by the target.
   Status postChecked(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
                      Completion* done);
+  /// Sends waiting chunks while fewer than kCheckedWindow are unanswered.
+  void pumpChunks();
   void postNotify(OpRecord* rec);
   void finish(OpRecord* rec);
   void unlink(OpRecord* rec);
@@ -107,6 +114,18 @@ class UcxEndpoint final : public Endpoint {
   std::map<uint64_t, BufferedMessage> reorder_;
   size_t reorder_bytes_ = 0;
   std::vector<uint32_t> early_notifies_;
+
+  struct UnsentChunk {
+    OpRecord* rec;
+    uint64_t generation;
+    uint32_t index;  ///< into rec->rma_headers
+    MemoryHandle* local;
+    const void* data;
+    size_t length;
+    bool is_read;
+  };
+  std::deque<UnsentChunk> unsent_;
+  uint32_t chunks_in_flight_ = 0;
 };
 
 }  // namespace zcx::transport::ucx

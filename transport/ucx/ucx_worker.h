@@ -97,8 +97,10 @@ class UcxWorker {
     uint8_t* local = nullptr;  ///< a get's destination
     size_t length = 0;
     bool is_read = false;
+    bool sent = false;  ///< counted in its endpoint's window until answered or dropped
   };
   uint64_t addRmaSlot(const RmaSlot& slot);
+  void markRmaSent(uint64_t op_id);
   /// The passive endpoint at `route` has just created its ucp_ep: sends the replies that were
   /// waiting for it (accesses that arrived between the peer's hello and our connect).
   void sendHeldReplies(RouteKey route);

@@ -28,12 +28,20 @@ std::string peerAddress(int fd) {
     auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
     ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
     port = ntohs(a->sin6_port);
-    return "[" + std::string(host) + "]:" + std::to_string(port);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
   }
-  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-  ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-  port = ntohs(a->sin_port);
-  return std::string(host) + ":" + std::to_string(port);
+  // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict on "[" + std::string(...).
+  std::string out;
+  const bool v6 = ss.ss_family == AF_INET6;
+  if (v6) out.push_back('[');
+  out.append(host);
+  if (v6) out.push_back(']');
+  out.push_back(':');
+  out.append(std::to_string(port));
+  return out;
 }
 
 }  // namespace

@@ -121,7 +121,9 @@ Result<UcxSettings> parseSettings(const TransportConfig& config) {
   }
   // Without ucx.tls, UCX takes the transports from the environment (ucp_config_read).
   const char* env_tls = settings.tls.empty() ? std::getenv("UCX_TLS") : nullptr;
-  std::string_view effective_tls = env_tls != nullptr ? env_tls : settings.tls;
+  // Not `cond ? env_tls : settings.tls`: that makes a temporary std::string the view outlives.
+  std::string_view effective_tls =
+      env_tls != nullptr ? std::string_view(env_tls) : std::string_view(settings.tls);
   if (!mayUseMemoryMapper(effective_tls)) {
     settings.vars.erase(settings.vars.begin());
   }

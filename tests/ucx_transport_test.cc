@@ -320,6 +320,33 @@ TEST_P(UcxTcpTransportTest, PeerDeathBreaksTheEndpoint) {
 
 // MM_ERROR_HANDLING=y only where a memory-mapper transport (posix, sysv, xpmem) may be used:
 // only their ifaces take it, and UCX warns "invalid configuration" about a variable none took.
+TEST(UcxSettings, RmaIsCheckedUnlessEveryTransportIsSharedMemory) {
+  auto parse = [](std::map<std::string, std::string> params) {
+    TransportConfig config;
+    config.params = std::move(params);
+    return ucx::parseSettings(config);
+  };
+  auto checked = [&](std::map<std::string, std::string> params) {
+    auto s = parse(std::move(params));
+    EXPECT_TRUE(s.ok()) << s.status().toString();
+    return s.ok() && s->checked_rma;
+  };
+  for (const char* tls : {"tcp", "tcp,self", "posix,tcp", "all", "^posix", "rc,ud"})
+    EXPECT_TRUE(checked({{"ucx.tls", tls}})) << tls;
+  for (const char* tls : {"posix,cma,self", "sysv,cma", "\\posix,cma", "self", "shm"})
+    EXPECT_FALSE(checked({{"ucx.tls", tls}})) << tls;
+  EXPECT_TRUE(checked({{"ucx.tls", "posix,cma,self"}, {"ucx.rma", "checked"}}));
+  EXPECT_FALSE(checked({{"ucx.tls", "tcp"}, {"ucx.rma", "native"}}));
+  auto bad = parse({{"ucx.rma", "sometimes"}});
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  // Checked over tcp: the tcp transport must not offer put_zcopy to peers.
+  auto tcp = parse({{"ucx.tls", "tcp"}});
+  ASSERT_TRUE(tcp.ok());
+  bool put_disabled = false;
+  for (const auto& [name, value] : tcp->vars) put_disabled |= name == "PUT_ENABLE" && value == "n";
+  EXPECT_TRUE(put_disabled);
+}
+
 TEST(UcxSettings, MmErrorHandlingOnlyWhereAMemoryMapperMayBeUsed) {
   auto setsMmErrorHandling = [](std::map<std::string, std::string> params) {
     TransportConfig config;

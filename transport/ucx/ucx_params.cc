@@ -17,63 +17,52 @@ bool isUcxVarName(std::string_view name) {
   return true;
 }
 
+/// True if `tls` is an explicit list ("a,b", not empty, not "^exclusions") and `pred` holds for
+/// any of its transports (every one, if `all`). Names are compared without a leading '\'
+/// ("\posix": the name without aliasing) and without a ":suffix" ("posix:aux").
+template <typename Pred>
+bool explicitListMatches(std::string_view tls, bool all, Pred pred) {
+  size_t start = 0;
+  while (start <= tls.size()) {
+    size_t end = tls.find(',', start);
+    if (end == std::string_view::npos) end = tls.size();
+    std::string_view t = tls.substr(start, end - start);
+    if (t.starts_with('\\')) t.remove_prefix(1);
+    t = t.substr(0, t.find(':'));
+    if (pred(t) != all) return !all;
+    start = end + 1;
+  }
+  return all;
+}
+
+bool isExplicitList(std::string_view tls) { return !tls.empty() && tls.front() != '^'; }
+
 /// True unless the TLS list names transports and none of them is a UCX memory mapper (posix,
 /// sysv, xpmem, or an alias of them): only their iface configuration has MM_ERROR_HANDLING (UCX
 /// 1.13 src/uct/sm/mm/base/mm_iface.c), and a cached variable no opened iface takes makes
 /// ucp_worker_create warn "invalid configuration: MM_ERROR_HANDLING=y" (cma and knem lack it).
 bool mayUseMemoryMapper(std::string_view tls) {
-  if (tls.empty() || tls.front() == '^') return true;
-  size_t start = 0;
-  while (start <= tls.size()) {
-    size_t end = tls.find(',', start);
-    if (end == std::string_view::npos) end = tls.size();
-    std::string_view t = tls.substr(start, end - start);
-    if (t.starts_with('\\')) t.remove_prefix(1);  // "\posix": the name without aliasing
-    t = t.substr(0, t.find(':'));                 // "posix:aux"
-    if (t == "all" || t == "mm" || t == "sm" || t == "shm" || t == "posix" || t == "sysv" ||
-        t == "xpmem") {
-      return true;
-    }
-    start = end + 1;
-  }
-  return false;
+  return !isExplicitList(tls) || explicitListMatches(tls, false, [](std::string_view t) {
+    return t == "all" || t == "mm" || t == "sm" || t == "shm" || t == "posix" || t == "sysv" ||
+           t == "xpmem";
+  });
 }
 
 /// True unless the TLS list names transports and tcp is not among them (the tcp iface's variables
 /// may only be set when it can be opened: see mayUseMemoryMapper).
 bool mayUseTcp(std::string_view tls) {
-  if (tls.empty() || tls.front() == '^') return true;
-  size_t start = 0;
-  while (start <= tls.size()) {
-    size_t end = tls.find(',', start);
-    if (end == std::string_view::npos) end = tls.size();
-    std::string_view t = tls.substr(start, end - start);
-    if (t.starts_with('\\')) t.remove_prefix(1);
-    t = t.substr(0, t.find(':'));
-    if (t == "all" || t == "tcp") return true;
-    start = end + 1;
-  }
-  return false;
+  return !isExplicitList(tls) || explicitListMatches(tls, false, [](std::string_view t) {
+    return t == "all" || t == "tcp";
+  });
 }
 
 /// True if the TLS list names only shared-memory transports (and self): no peer on another
 /// host can be reached with them.
 bool sharedMemoryOnly(std::string_view tls) {
-  if (tls.empty() || tls.front() == '^') return false;
-  size_t start = 0;
-  while (start <= tls.size()) {
-    size_t end = tls.find(',', start);
-    if (end == std::string_view::npos) end = tls.size();
-    std::string_view t = tls.substr(start, end - start);
-    if (t.starts_with('\\')) t.remove_prefix(1);
-    t = t.substr(0, t.find(':'));
-    if (!(t == "self" || t == "sm" || t == "shm" || t == "mm" || t == "posix" || t == "sysv" ||
-          t == "xpmem" || t == "cma" || t == "knem")) {
-      return false;
-    }
-    start = end + 1;
-  }
-  return true;
+  return isExplicitList(tls) && explicitListMatches(tls, true, [](std::string_view t) {
+           return t == "self" || t == "sm" || t == "shm" || t == "mm" || t == "posix" ||
+                  t == "sysv" || t == "xpmem" || t == "cma" || t == "knem";
+         });
 }
 
 }  // namespace

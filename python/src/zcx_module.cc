@@ -355,7 +355,7 @@ struct Wakers {
 struct PyRequest {
   zcx::Request req;
   bool manual = false;  // its engine is in manual progress mode
-  py::list keep;  // the regions, remote regions and connection it uses
+  py::list keep;        // the regions, remote regions and connection it uses
   std::shared_ptr<Wakers> wakers = std::make_shared<Wakers>();
 };
 
@@ -416,8 +416,9 @@ PyRemote& remoteArg(py::handle h, const char* what) {
 void needWritable(const Registration& r, const char* op) {
   if (!r.writable) {
     raise(zcx::StatusCode::kPermissionDenied,
-          std::string(op) + " would write into a read-only buffer (registered from a read-only "
-                            "object)");
+          std::string(op) +
+              " would write into a read-only buffer (registered from a read-only "
+              "object)");
   }
 }
 
@@ -478,9 +479,8 @@ PYBIND11_MODULE(_zcx, m) {
       if (p) std::rethrow_exception(p);
     } catch (const StatusError& e) {
       if (g_error_factory != nullptr) {
-        PyObject* exc = PyObject_CallFunction(g_error_factory, "is",
-                                              static_cast<int>(e.status.code()),
-                                              e.status.message().c_str());
+        PyObject* exc = PyObject_CallFunction(
+            g_error_factory, "is", static_cast<int>(e.status.code()), e.status.message().c_str());
         if (exc != nullptr) {
           PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
           Py_DECREF(exc);
@@ -540,13 +540,12 @@ PYBIND11_MODULE(_zcx, m) {
       .def_property_readonly("size", [](const PyRegion& r) { return r.get()->region.size(); })
       .def_property_readonly(
           "access", [](const PyRegion& r) { return zcx::Access(r.get()->region.access()); })
-      .def_property_readonly("address", [](const PyRegion& r) {
-        return reinterpret_cast<uintptr_t>(r.get()->region.data());
-      })
+      .def_property_readonly(
+          "address",
+          [](const PyRegion& r) { return reinterpret_cast<uintptr_t>(r.get()->region.data()); })
       .def_property_readonly("writable", [](const PyRegion& r) { return r.get()->writable; })
       .def_property_readonly(
-          "obj",
-          [](const PyRegion& r) { return py::reinterpret_borrow<py::object>(r.get()->obj); },
+          "obj", [](const PyRegion& r) { return py::reinterpret_borrow<py::object>(r.get()->obj); },
           "The registered object (kept alive while registered)")
       .def_property_readonly("closed", [](const PyRegion& r) { return r.reg == nullptr; })
       .def(
@@ -566,9 +565,8 @@ PYBIND11_MODULE(_zcx, m) {
       .def_property_readonly("size", [](const PyRemote& r) { return r.remote.size(); })
       .def_property_readonly("address",
                              [](const PyRemote& r) { return r.remote.descriptor().address; })
-      .def_property_readonly("access", [](const PyRemote& r) {
-        return zcx::Access(r.remote.descriptor().access);
-      });
+      .def_property_readonly(
+          "access", [](const PyRemote& r) { return zcx::Access(r.remote.descriptor().access); });
 
   // ---------------------------------------------------------------- Request
   py::class_<PyRequest>(m, "Request",
@@ -620,8 +618,9 @@ PYBIND11_MODULE(_zcx, m) {
             return true;
           },
           "True once complete (raises its error), False while in flight; never blocks")
-      .def_property_readonly("bytes", [](const PyRequest& r) { return r.req.bytes(); },
-                             "Bytes received (recv) or moved; valid once complete")
+      .def_property_readonly(
+          "bytes", [](const PyRequest& r) { return r.req.bytes(); },
+          "Bytes received (recv) or moved; valid once complete")
       .def(
           "_notify_loop",
           [](PyRequest& r, py::object loop, py::object setter, py::object future) {
@@ -845,12 +844,13 @@ PYBIND11_MODULE(_zcx, m) {
             }
           },
           py::arg("timeout") = 60.0, "The next notification (raises code TimedOut)")
-      .def("close",
-           [](PyConnection& c) {
-             py::gil_scoped_release release;
-             c.conn.close();
-           },
-           "Closes: outstanding operations complete with code Cancelled")
+      .def(
+          "close",
+          [](PyConnection& c) {
+            py::gil_scoped_release release;
+            c.conn.close();
+          },
+          "Closes: outstanding operations complete with code Cancelled")
       .def("status", [](const PyConnection& c) { return c.conn.status(); })
       .def_property_readonly("peer_name", [](const PyConnection& c) { return c.conn.peerName(); })
       .def_property_readonly("max_message_size",
@@ -871,8 +871,7 @@ PYBIND11_MODULE(_zcx, m) {
                        std::string listen_address, std::string name, py::object progress,
                        py::object connect_timeout, py::object peer_timeout,
                        size_t max_pending_handshakes, size_t max_pending_accepts,
-                       size_t recv_window, py::object operation_timeout,
-                       size_t max_message_size) {
+                       size_t recv_window, py::object operation_timeout, size_t max_message_size) {
              zcx::EngineOptions o;
              o.transport = std::move(transport);
              o.device = std::move(device);
@@ -926,9 +925,9 @@ PYBIND11_MODULE(_zcx, m) {
                              [](PyEngine& e) { return std::string(e.get()->transportName()); })
       .def_property_readonly("transport_description",
                              [](PyEngine& e) { return e.get()->transportDescription(); })
-      .def_property_readonly("listen_address",
-                             [](PyEngine& e) { return e.get()->listenAddress(); },
-                             "'host:port' actually listened on ('' without a listener)")
+      .def_property_readonly(
+          "listen_address", [](PyEngine& e) { return e.get()->listenAddress(); },
+          "'host:port' actually listened on ('' without a listener)")
       .def(
           "register",
           [](PyEngine& e, py::handle obj, uint32_t access) {

@@ -130,11 +130,21 @@ Status UcxEndpoint::startWireup() {
   return finishPost(rec, posted).withContext("ucx: endpoint wireup");
 }
 
+// The hello must not take UCX's inline (short) path. Over transports that connect to an
+// interface (tcp, shm) UCX 1.13 reports the endpoint flushed before it has exchanged WIREUP
+// REQ/REP with the peer: it sends the REQ lazily, on the first message that needs the remote
+// endpoint id, i.e. our first put or send. The peer's REP then competes with user traffic and
+// can sit in a transport pending queue when the connection fails, which UCX 1.13 asserts on
+// while purging ("got REP message"; fixed upstream by openucx/ucx#8175). Without immediate
+// completion the hello needs the remote id, so UCX sends the REQ now and holds the hello until
+// the REP arrived: when the passive side sees the hello, its REP has been delivered, and the
+// connection is handed out with no wireup message left in flight on either side.
 void UcxEndpoint::postHello(OpRecord* rec) {
   rec->header = AmHeader{};
   rec->header.token = token_;
   rec->header.role = role_;
   ucp_request_param_t p = requestParam(rec, nullptr);
+  p.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
   track(rec, ucp_am_send_nbx(ep_, kAmHello, &rec->header, sizeof(AmHeader), nullptr, 0, &p),
         "ucp_am_send_nbx(hello)");
 }

@@ -57,6 +57,9 @@ DEFINE_string(auth_secret_file, "",
               "connect");
 DEFINE_bool(verify, false, "check the bytes that arrived (slows the run)");
 DEFINE_bool(json, false, "print one JSON object per result line instead of the table");
+DEFINE_int32(progress_spin_us, 50,
+             "how long progress polls after the last event before it sleeps on the transport's "
+             "fd (EngineOptions::progress_spin; 0-1000000)");
 DEFINE_bool(cpu_util, false,
             "report each side's CPU use (% of one core, every thread of the process) and "
             "CPU-seconds per GB moved");
@@ -149,6 +152,7 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   o.auth_secret_file = FLAGS_auth_secret_file;
   o.name = "zcx_perf";
   o.progress = mode;
+  o.progress_spin = std::chrono::microseconds(FLAGS_progress_spin_us);
   o.connect_timeout = 20s;
   o.operation_timeout = 120s;
   o.max_message_size = kMaxMessage;

@@ -1,5 +1,7 @@
 #include "perf_common.h"
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <sstream>
 
@@ -23,6 +25,8 @@ std::string jsonString(std::string_view s) {
   return out + "\"";
 }
 
+double cpuPercent(double cpu_s, double wall_s) { return wall_s > 0 ? 100.0 * cpu_s / wall_s : 0; }
+
 std::string num(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.6g", v);
@@ -44,8 +48,29 @@ std::string toJson(const PerfResult& r) {
     << ",\"seconds\":" << num(r.seconds) << ",\"verify\":" << (r.verified ? "true" : "false");
   if (r.verified)
     o << ",\"verify_errors\":" << r.verify_errors << ",\"verified_bytes\":" << r.verified_bytes;
+  if (r.cpu_measured) {
+    double gb = r.bytes_moved / 1e9;
+    o << ",\"cpu_util\":{\"client\":" << num(cpuPercent(r.cpu_client_s, r.cpu_client_wall_s))
+      << ",\"server\":" << num(cpuPercent(r.cpu_server_s, r.cpu_server_wall_s))
+      << "},\"cpu_s\":{\"client\":" << num(r.cpu_client_s) << ",\"server\":" << num(r.cpu_server_s)
+      << "}";
+    if (gb > 0) {
+      o << ",\"cpu_s_per_GB\":{\"client\":" << num(r.cpu_client_s / gb)
+        << ",\"server\":" << num(r.cpu_server_s / gb) << "}";
+    }
+  }
   o << ",\"transport_description\":" << jsonString(r.transport_description) << "}";
   return o.str();
+}
+
+CpuSample CpuSample::now() {
+  CpuSample c;
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+  c.cpu_s = secs(u.ru_utime) + secs(u.ru_stime);
+  c.wall = std::chrono::steady_clock::now();
+  return c;
 }
 
 void printHeader(bool latency) {
@@ -72,6 +97,11 @@ void printRow(const PerfResult& r) {
                 static_cast<unsigned long long>(r.size),
                 static_cast<unsigned long long>(r.iterations), r.bw_peak_MBps, r.bw_avg_MBps,
                 r.msg_rate_Mpps, r.lat.p50);
+  }
+  if (r.cpu_measured) {
+    std::printf("  cpu: client %.0f%% server %.0f%%",
+                cpuPercent(r.cpu_client_s, r.cpu_client_wall_s),
+                cpuPercent(r.cpu_server_s, r.cpu_server_wall_s));
   }
   if (r.verified) {
     std::printf("  verify: %s (%llu bytes checked)", r.verify_errors ? "FAILED" : "ok",

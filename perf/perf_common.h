@@ -129,6 +129,20 @@ struct PerfResult {
   bool verified = false;
   uint64_t verify_errors = 0;
   uint64_t verified_bytes = 0;
+  /// --cpu_util: CPU time each process used (all its threads) while the size ran, and the wall
+  /// time it was measured over. Utilisation is in % of one core, like perftest's --cpu_util.
+  bool cpu_measured = false;
+  double cpu_client_s = 0, cpu_client_wall_s = 0;
+  double cpu_server_s = 0, cpu_server_wall_s = 0;
+  /// Bytes the size moved (for CPU-seconds per GB).
+  double bytes_moved = 0;
+};
+
+/// This process's CPU time (user + system, every thread) and the wall clock, for --cpu_util.
+struct CpuSample {
+  double cpu_s = 0;
+  std::chrono::steady_clock::time_point wall;
+  static CpuSample now();
 };
 
 std::string toJson(const PerfResult& r);

@@ -57,6 +57,12 @@ DEFINE_string(auth_secret_file, "",
               "connect");
 DEFINE_bool(verify, false, "check the bytes that arrived (slows the run)");
 DEFINE_bool(json, false, "print one JSON object per result line instead of the table");
+DEFINE_int32(progress_spin_us, 50,
+             "how long progress polls after the last event before it sleeps on the transport's "
+             "fd (EngineOptions::progress_spin; 0-1000000)");
+DEFINE_bool(cpu_util, false,
+            "report each side's CPU use (% of one core, every thread of the process) and "
+            "CPU-seconds per GB moved");
 DEFINE_bool(loopback, false, "start a server process on 127.0.0.1 and run the client against it");
 DEFINE_bool(persistent, false, "server: keep serving clients instead of exiting after one");
 DEFINE_string(ucx_tls, "",
@@ -104,6 +110,8 @@ struct Ctl {
   uint64_t errors = 0;
   uint64_t checked = 0;
   uint64_t counts[kMaxQps] = {};
+  uint64_t cpu_ns = 0;   ///< kResult: the server's CPU time over the round (every thread)
+  uint64_t wall_ns = 0;  ///< kResult: the wall time that was measured over
   char text[256] = {};
 };
 static_assert(std::is_trivially_copyable_v<Ctl>);
@@ -144,6 +152,7 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   o.auth_secret_file = FLAGS_auth_secret_file;
   o.name = "zcx_perf";
   o.progress = mode;
+  o.progress_spin = std::chrono::microseconds(FLAGS_progress_spin_us);
   o.connect_timeout = 20s;
   o.operation_timeout = 120s;
   o.max_message_size = kMaxMessage;
@@ -355,9 +364,22 @@ class Server {
     Ctl started;
     started.type = kStarted;
     ZCX_RETURN_IF_ERROR(ctl_.send(started));
+    const CpuSample cpu_start = CpuSample::now();
 
     bool done = false;
     Ctl fin;
+    if (kind_ == TestKind::kWriteBw || kind_ == TestKind::kReadBw || kind_ == TestKind::kReadLat) {
+      // The passive side has nothing to do but wait for the client's "done": it waits in
+      // Request::wait, which spins briefly and then sleeps on the transport's fd (progress
+      // still runs for transports that need the target, e.g. UCX tcp). Spinning progress()
+      // here would take a core, on soft-RoCE the one the device's work needs (perftest's
+      // passive side sleeps too).
+      auto m = ctl_.recv();
+      if (!m.ok()) return m.status();
+      if (m->type != kDone) return err(StatusCode::kProtocolError, "expected done");
+      fin = *m;
+      done = true;
+    }
     uint64_t i = 0;  // latency tests: iteration
     Request last;    // latency tests: our previous reply
     auto checkDone = [&]() -> Status {
@@ -471,6 +493,7 @@ class Server {
       }
     }
     if (last.valid()) ZCX_RETURN_IF_ERROR(last.wait().withContext("last reply"));
+    const CpuSample cpu_end = CpuSample::now();  // before the verification below
     if (h_.verify && kind_ == TestKind::kWriteBw) {
       // The last write of every slot (its operation number is in the done message's counts).
       for (uint32_t q = 0; q < h_.qps; ++q) {
@@ -487,6 +510,10 @@ class Server {
     res.type = kResult;
     res.errors = errors;
     res.checked = checked;
+    res.cpu_ns = static_cast<uint64_t>(std::max(0.0, cpu_end.cpu_s - cpu_start.cpu_s) * 1e9);
+    res.wall_ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(cpu_end.wall - cpu_start.wall)
+            .count());
     return ctl_.send(res);
   }
 
@@ -638,12 +665,22 @@ class Client {
 
     Ctl done;
     done.type = kDone;
+    const CpuSample cpu_start = CpuSample::now();
     Status s = isLatency(cfg_.kind) ? latency(size, iters, timed, res, &done)
                                     : bandwidth(size, iters, timed, res, &done);
     if (!s.ok()) return s;
     ZCX_RETURN_IF_ERROR(ctl_.send(done));
+    const CpuSample cpu_end = CpuSample::now();
     auto result = ctl_.expect(kResult);
     if (!result.ok()) return result.status();
+    if (FLAGS_cpu_util) {
+      res->cpu_measured = true;
+      res->cpu_client_s = std::max(0.0, cpu_end.cpu_s - cpu_start.cpu_s);
+      res->cpu_client_wall_s = std::chrono::duration<double>(cpu_end.wall - cpu_start.wall).count();
+      res->cpu_server_s = static_cast<double>(result->cpu_ns) / 1e9;
+      res->cpu_server_wall_s = static_cast<double>(result->wall_ns) / 1e9;
+      res->bytes_moved = res->bw_avg_MBps * 1e6 * res->seconds;
+    }
     res->test = testName(cfg_.kind);
     res->transport = std::string(eng_.transportName());
     res->transport_description = eng_.transportDescription();

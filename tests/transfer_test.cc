@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -766,6 +767,41 @@ TEST_P(TransferTest, ManualProgressModeMovesData) {
   ASSERT_TRUE(conn_.read(back.region, 0, dst, 0, n).wait(30s).ok());
   EXPECT_EQ(std::memcmp(src.bytes.get(), back.bytes.get(), n), 0);
   EXPECT_EQ(cmd("check dst 0 " + std::to_string(n) + " 31"), "ok");
+}
+
+// CPU time of the calling thread (manual progress runs on it, nothing else of ours does).
+std::chrono::nanoseconds threadCpuTime() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+TEST_P(TransferTest, ManualProgressWaitSleepsAndWakesWhenTheMessageArrives) {
+  EngineOptions o = optionsFor(GetParam(), false);
+  o.progress = ProgressMode::kManual;
+  ASSERT_NO_FATAL_FAILURE(connectWith(o));
+  const size_t cap = 4096;
+  Buffer rx = makeBuffer(*engine_, cap, kLocalOnly);
+  Request r = conn_.recv(rx.region, 0, cap);
+  // Nothing arrives for 400 ms: the waiter drives progress itself but must sleep on the
+  // transport's fd after a short spin, not burn its core (a spinning waiter uses ~100%).
+  auto cpu0 = threadCpuTime();
+  auto wall0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(r.wait(400ms).code(), StatusCode::kStillInFlight);
+  auto wall = std::chrono::steady_clock::now() - wall0;
+  auto cpu = threadCpuTime() - cpu0;
+  EXPECT_GE(wall, 400ms);
+  EXPECT_LT(cpu * 5, wall) << "the waiting thread used "
+                           << std::chrono::duration_cast<std::chrono::milliseconds>(cpu).count()
+                           << " ms of CPU in "
+                           << std::chrono::duration_cast<std::chrono::milliseconds>(wall).count()
+                           << " ms of waiting";
+  // The peer sends while we sleep: the fd (or the 1 ms bound) wakes the waiter.
+  peer_->pipe().send("sendmsgs 1 " + std::to_string(cap));
+  ASSERT_TRUE(r.wait(20s).ok());
+  EXPECT_EQ(r.bytes(), msgLen(0, cap));
+  EXPECT_EQ(checkPattern(rx.bytes.get(), r.bytes(), 1000), "");
+  EXPECT_EQ(peer_->pipe().recv(30s).value_or("no answer"), "ok");
 }
 
 // A client of ManyClientsOnOneListener: writes stripe k of the listener's region.

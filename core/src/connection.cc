@@ -679,7 +679,14 @@ std::optional<uint32_t> ConnectionImpl::pollNotification() {
 Result<uint32_t> ConnectionImpl::waitNotification(std::chrono::milliseconds timeout) {
   auto until = Clock::now() + timeout;
   for (;;) {
-    if (engine_->manualProgress()) engine_->progressOnce();
+    if (engine_->manualProgress()) {
+      engine_->progressUntil(
+          [&] {
+            std::lock_guard<std::mutex> lock(engine_->mu);
+            return !notifications_.empty() || closed_;
+          },
+          until);
+    }
     std::unique_lock<std::mutex> lock(engine_->mu);
     if (!notifications_.empty()) {
       uint32_t v = notifications_.front();

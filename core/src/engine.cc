@@ -28,8 +28,6 @@ namespace zcx {
 namespace detail {
 namespace {
 
-// How long the progress thread spins after the last event before it sleeps on the fd.
-constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
 constexpr auto kDeadlineCheckPeriod = std::chrono::milliseconds(1);
 // A transport error is acted on only after this grace time: a peer that closes gracefully
 // sends BYE and then closes its endpoint, and its BYE (kCancelled, "closed the connection")
@@ -80,6 +78,10 @@ Status validate(const EngineOptions& o) {
   if (o.connect_timeout.count() <= 0 || o.operation_timeout.count() <= 0) {
     return Status(StatusCode::kInvalidArgument,
                   "connect_timeout and operation_timeout must be positive");
+  }
+  if (o.progress_spin.count() < 0 || o.progress_spin > std::chrono::seconds(1)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "progress_spin must be between 0 and 1 s (50 us is the default)");
   }
   // TCP keepalive takes at most 32767 s.
   if (o.peer_timeout.count() <= 0 || o.peer_timeout > std::chrono::seconds(32767)) {
@@ -407,7 +409,7 @@ void EngineImpl::progressLoop() {
       last_event = Clock::now();
       continue;
     }
-    if (Clock::now() - last_event < kSpinBeforeSleep) continue;
+    if (Clock::now() - last_event < options.progress_spin) continue;
     bool armed;
     bool busy;
     {
@@ -430,6 +432,35 @@ void EngineImpl::progressLoop() {
     ::poll(fds, fds[1].fd >= 0 ? 2 : 1, fds[1].fd >= 0 ? timeout_ms : std::min(timeout_ms, 1));
     sleeping_.store(false, std::memory_order_seq_cst);
     if (fds[0].revents & POLLIN) drain(progress_wake_);
+    last_event = Clock::now();
+  }
+}
+
+// A waiter in manual mode drives progress itself. Spinning until its request completes would
+// take a core for as long as it waits: a passive target, or a side that waits for its peer,
+// would compete with the work it waits for (on soft-RoCE the CPU is the NIC). So it spins for
+// progress_spin after the last event, then sleeps on the transport's fd like the progress
+// thread. It sleeps 1 ms at most: its request may be completed by another thread (a
+// deadline, the control thread closing the connection), which does not write to that fd.
+void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_point until) {
+  auto last_event = Clock::now();
+  for (;;) {
+    if (progressOnce() > 0) last_event = Clock::now();
+    if (done()) return;
+    auto now = Clock::now();
+    if (now >= until) return;
+    if (now - last_event < options.progress_spin) continue;
+    int fd = transport->eventFd();
+    if (fd < 0) continue;  // nothing to sleep on: keep polling
+    bool armed;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      armed = transport->arm();
+    }
+    if (!armed) continue;  // events are waiting: progress again first
+    if (done()) return;
+    pollfd p{fd, POLLIN, 0};
+    ::poll(&p, 1, 1);
     last_event = Clock::now();
   }
 }

@@ -121,6 +121,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// copies from the handshake go and lookups say NotFound.
   void announceUnexposed(const std::vector<std::string>& names);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
+  /// kManual waiters: progress until `done()` or `until`, spinning for options.progress_spin
+  /// after the last event and then sleeping on the transport's fd (1 ms at a time).
+  void progressUntil(const std::function<bool()>& done, Clock::time_point until);
 
   // ---- connections ----
   Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& host_port);

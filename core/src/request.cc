@@ -88,10 +88,7 @@ Status Request::wait(std::chrono::milliseconds timeout) {
   if (!state_) return Status(StatusCode::kInvalidArgument, "wait() on an empty Request");
   auto until = detail::Clock::now() + timeout;
   if (state_->engine()->manualProgress()) {
-    while (!state_->done()) {
-      state_->engine()->progressOnce();
-      if (detail::Clock::now() >= until) break;
-    }
+    if (!state_->done()) state_->engine()->progressUntil([&] { return state_->done(); }, until);
   } else {
     state_->waitUntil(until);
   }

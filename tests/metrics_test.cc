@@ -509,6 +509,19 @@ TEST_F(MetricsHttp, GarbageBytesNeverCrashIt) {
   EXPECT_TRUE(scrapeOk());
 }
 
+TEST_F(MetricsHttp, RequestSplitAcrossPacketsIsAnswered) {
+  // The header terminator straddles two packets; the pauses (pacing, not synchronisation) let
+  // each piece arrive on its own.
+  Socket s(rawConnect(port_));
+  ASSERT_GE(s.fd, 0);
+  for (std::string piece : {"GET /met", "rics HTTP/1.0\r", "\n\r", "\n"}) {
+    ASSERT_EQ(::send(s.fd, piece.data(), piece.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(piece.size()));
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(statusLine(readAll(s.fd, 5s)), "HTTP/1.0 200 OK");
+}
+
 TEST_F(MetricsHttp, IdleSocketsDoNotStallOtherScrapers) {
   // Idle clients (connected, sending nothing) and one that sent half a request.
   std::vector<std::unique_ptr<Socket>> idle;

@@ -34,10 +34,12 @@ std::string plain(int code, std::string_view reason, std::string_view extra_head
                   extra_headers);
 }
 
-// Where the header block ends (after its blank line), or npos.
-size_t headerEnd(std::string_view req) {
-  size_t crlf = req.find("\r\n\r\n");
-  size_t lf = req.find("\n\n");
+// Where the header block ends (after its blank line), or npos. Searching from `from` (where the
+// previous search stopped, less the 3 bytes a terminator can straddle) keeps a client that
+// trickles its request a byte at a time from costing quadratic time.
+size_t headerEnd(std::string_view req, size_t from = 0) {
+  size_t crlf = req.find("\r\n\r\n", from);
+  size_t lf = req.find("\n\n", from);
   if (crlf != std::string_view::npos && (lf == std::string_view::npos || crlf + 2 < lf))
     return crlf + 4;
   return lf == std::string_view::npos ? lf : lf + 2;
@@ -120,13 +122,15 @@ bool MetricsServer::loopback() const { return isLoopbackSocket(listener_.get());
 void MetricsServer::run() {
   std::list<Client> clients;
   std::vector<pollfd> fds;
+  Clock::time_point listener_paused_until{};  // out of fds: stop accepting for a moment
   char buf[4096];
   while (!stopping_.load()) {
     auto now = Clock::now();
     fds.clear();
     fds.push_back({wake_.get(), POLLIN, 0});
-    fds.push_back({listener_.get(), POLLIN, 0});
-    auto next = now + std::chrono::seconds(1);
+    const bool paused = now < listener_paused_until;
+    fds.push_back({listener_.get(), static_cast<short>(paused ? 0 : POLLIN), 0});
+    auto next = paused ? listener_paused_until : now + std::chrono::seconds(1);
     for (const Client& c : clients) {
       fds.push_back(
           {c.fd.get(), static_cast<short>(c.phase == Phase::kWriting ? POLLOUT : POLLIN), 0});
@@ -149,8 +153,9 @@ void MetricsServer::run() {
       if (!drop && c.phase == Phase::kReading && (ev & (POLLIN | POLLHUP | POLLERR))) {
         ssize_t got = ::recv(c.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
         if (got > 0) {
+          const size_t from = c.in.size() >= 3 ? c.in.size() - 3 : 0;
           c.in.append(buf, static_cast<size_t>(got));
-          if (headerEnd(c.in) != std::string::npos || c.in.size() > limits_.max_request) {
+          if (headerEnd(c.in, from) != std::string::npos || c.in.size() > limits_.max_request) {
             c.out = metricsHttpResponse(c.in, limits_.max_request, render_);
             c.in.clear();
             c.in.shrink_to_fit();
@@ -187,7 +192,13 @@ void MetricsServer::run() {
     if (n > 0 && (fds[1].revents & POLLIN)) {
       for (int a = 0; a < kMaxAcceptsPerRound; ++a) {
         Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-        if (!fd.valid()) break;  // EAGAIN, or out of fds: the backlog keeps the rest
+        if (!fd.valid()) {
+          // Out of fds or memory: the connection stays in the backlog and the listener stays
+          // readable; pause instead of spinning on it.
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+            listener_paused_until = now + std::chrono::milliseconds(100);
+          break;
+        }
         if (clients.size() >= limits_.max_clients) continue;  // closed: scrapers retry
         Client c;
         c.fd = std::move(fd);

@@ -78,6 +78,9 @@ DEFINE_bool(mpi, false,
 DEFINE_string(mpi_pattern, "pairs",
               "--mpi: pairs (every ordered pair, one at a time) or ring (all at once)");
 DEFINE_bool(quiet, true, "log only warnings and errors of the library");
+DEFINE_bool(metrics, false,
+            "print the engine's metrics (Prometheus text, Engine::metricsText()) at the end of "
+            "the run, on the client and on the server (stderr with --json)");
 
 namespace zcx::perf {
 namespace {
@@ -541,6 +544,14 @@ class Server {
   Request lat_recv_;
 };
 
+/// --metrics: the engine's counters at the end of a run (stdout keeps only JSON with --json).
+void printMetrics(const Engine& e, const char* side) {
+  if (!FLAGS_metrics) return;
+  FILE* out = FLAGS_json ? stderr : stdout;
+  std::fprintf(out, "# zcx_perf %s metrics\n%s", side, e.metricsText().c_str());
+  std::fflush(out);
+}
+
 int runServer() {
   auto eng = makeEngine(listenAddress(FLAGS_port), ProgressMode::kManual);
   if (!eng.ok()) {
@@ -572,6 +583,7 @@ int runServer() {
       std::fprintf(stderr, "zcx_perf server: client session failed: %s\n", s.toString().c_str());
       rc = kExitFail;
     }
+    printMetrics(e, "server");
   } while (FLAGS_persistent);
   return rc;
 }
@@ -1077,6 +1089,7 @@ int runClient(const ClientConfig& cfg, const std::string& server) {
   Client client(**eng, cfg);
   std::vector<PerfResult> results;
   Status s = client.run(hostPort(server), &results);
+  printMetrics(**eng, "client");
   if (!s.ok()) {
     std::fprintf(stderr, "zcx_perf: %s\n", s.toString().c_str());
     return kExitFail;
@@ -1114,6 +1127,7 @@ int runLoopback(const ClientConfig& cfg) {
                                    "--ucx_net_devices=" + FLAGS_ucx_net_devices,
                                    "--mem=" + FLAGS_mem,
                                    std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
+                                   std::string("--metrics=") + (FLAGS_metrics ? "true" : "false"),
                                    "--auth-secret-file=" + FLAGS_auth_secret_file,
                                    "--listen=" + listenHost() + ":0",
                                    "--ready_fd=" + std::to_string(fds[1])};

@@ -50,6 +50,7 @@ ConnectionImpl::ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t conn
     : id(conn_id),
       peer_name(std::move(peer)),
       engine_(std::move(engine)),
+      metrics_(engine_->metrics.add(id, peer_name)),
       control_(std::move(control)) {}
 
 ConnectionImpl::~ConnectionImpl() {
@@ -104,6 +105,7 @@ void ConnectionImpl::setPeerRegions(std::map<std::string, std::vector<uint8_t>> 
 void ConnectionImpl::breakLocked(Status why) {
   if (closed_) return;
   closed_ = true;
+  metrics_->markClosed();
   broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
   // Sends still waiting for the peer's grant never reached the transport.
   while (!blocked_sends_.empty()) {
@@ -402,8 +404,16 @@ void ConnectionImpl::unlink(RequestState* r) {
   r->connection = nullptr;
 }
 
-Request ConnectionImpl::failed(Status s) {
+std::shared_ptr<RequestState> ConnectionImpl::newRequest(OpKind kind) {
   auto r = std::make_shared<RequestState>(engine_);
+  r->metrics = metrics_;
+  r->op_kind = kind;
+  r->posted = Clock::now();  // the exact clock: latencies are in microseconds
+  return r;
+}
+
+Request ConnectionImpl::failed(OpKind kind, Status s) {
+  auto r = newRequest(kind);
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
     r->finish(std::move(s));
@@ -414,8 +424,8 @@ Request ConnectionImpl::failed(Status s) {
 // The one way an operation reaches the transport: under the engine lock, linked into the
 // outstanding list with its deadline before posting, unlinked and failed if the post fails.
 template <class PostFn>
-Request ConnectionImpl::post(size_t bytes, PostFn&& post_to_transport) {
-  auto r = std::make_shared<RequestState>(engine_);
+Request ConnectionImpl::post(OpKind kind, size_t bytes, PostFn&& post_to_transport) {
+  auto r = newRequest(kind);
   r->setBytes(bytes);
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
@@ -436,6 +446,7 @@ Request ConnectionImpl::post(size_t bytes, PostFn&& post_to_transport) {
 Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
                                 std::optional<uint32_t> notify) {
   const char* what = write ? "write" : "read";
+  const OpKind kind = write ? OpKind::kWrite : OpKind::kRead;
   uint32_t need = write ? kRemoteWrite : kRemoteRead;
   auto& tops = scratch_ops;
   tops.clear();
@@ -445,34 +456,35 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
     auto where = [&] { return std::string(what) + " op " + std::to_string(i) + ": "; };
     if (!op.local || !op.local->valid() || !op.remote || !op.remote->key_) {
       return failed(
-          Status(StatusCode::kInvalidArgument,
-                 where() + "needs a registered local region and an imported remote region"));
+          kind, Status(StatusCode::kInvalidArgument,
+                       where() + "needs a registered local region and an imported remote region"));
     }
     if (op.local->state()->engine != engine_) {
-      return failed(
-          Status(StatusCode::kInvalidArgument, where() + "local region belongs to another engine"));
+      return failed(kind, Status(StatusCode::kInvalidArgument,
+                                 where() + "local region belongs to another engine"));
     }
     if (op.remote->key_->connection_id != id) {
-      return failed(Status(StatusCode::kInvalidArgument,
-                           where() +
-                               "remote region was imported on another connection (or an earlier "
-                               "connection to this peer); import it on this one with "
-                               "remoteRegion() or importRegion()"));
+      return failed(
+          kind, Status(StatusCode::kInvalidArgument,
+                       where() + "remote region was imported on another connection (or an earlier "
+                                 "connection to this peer); import it on this one with "
+                                 "remoteRegion() or importRegion()"));
     }
     if (!rangeOk(op.local_offset, op.length, op.local->size())) {
-      return failed(Status(
-          StatusCode::kOutOfRange,
-          where() + "local range " + rangeText(op.local_offset, op.length, op.local->size())));
+      return failed(kind, Status(StatusCode::kOutOfRange,
+                                 where() + "local range " +
+                                     rangeText(op.local_offset, op.length, op.local->size())));
     }
     const RegionDescriptor& d = op.remote->descriptor();
     if (!rangeOk(op.remote_offset, op.length, d.length)) {
-      return failed(
-          Status(StatusCode::kOutOfRange, where() + "remote range " +
-                                              rangeText(op.remote_offset, op.length, d.length) +
-                                              "; nothing was posted"));
+      return failed(kind, Status(StatusCode::kOutOfRange,
+                                 where() + "remote range " +
+                                     rangeText(op.remote_offset, op.length, d.length) +
+                                     "; nothing was posted"));
     }
     if (!(d.access & need)) {
-      return failed(Status(StatusCode::kPermissionDenied,
+      return failed(kind,
+                    Status(StatusCode::kPermissionDenied,
                            where() + "the peer's region does not allow remote " + what +
                                "s (registered with access " + std::to_string(d.access) + ")"));
     }
@@ -481,7 +493,7 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
                     d.address + op.remote_offset, op.length});
     total += op.length;
   }
-  return post(total, [&](RequestState* r) {
+  return post(kind, total, [&](RequestState* r) {
     for (size_t i = 0; i < ops.size(); ++i) {
       const auto& key = ops[i].remote->key_;
       if (!key->key) {  // its connection closed (checked under the lock that resets it)
@@ -499,21 +511,22 @@ Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
 
 Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t length) {
   if (!local.valid() || local.state()->engine != engine_) {
-    return failed(
-        Status(StatusCode::kInvalidArgument, "send needs a region registered by this engine"));
+    return failed(OpKind::kSend, Status(StatusCode::kInvalidArgument,
+                                        "send needs a region registered by this engine"));
   }
   if (!rangeOk(offset, length, local.size())) {
-    return failed(
-        Status(StatusCode::kOutOfRange, "send range " + rangeText(offset, length, local.size())));
+    return failed(OpKind::kSend, Status(StatusCode::kOutOfRange,
+                                        "send range " + rangeText(offset, length, local.size())));
   }
   if (length > max_message_size) {
-    return failed(Status(StatusCode::kOutOfRange,
+    return failed(OpKind::kSend,
+                  Status(StatusCode::kOutOfRange,
                          "message of " + std::to_string(length) + " bytes exceeds the " +
                              std::to_string(max_message_size) +
                              "-byte limit of this connection (max_message_size of both sides); "
                              "split it or use write()"));
   }
-  return post(length, [&](RequestState* r) {
+  return post(OpKind::kSend, length, [&](RequestState* r) {
     r->pin(local.state(), nullptr);
     transport::MemoryHandle* handle = local.state()->handle.get();
     uint64_t addr = reinterpret_cast<uint64_t>(local.data()) + offset;
@@ -530,14 +543,15 @@ Request ConnectionImpl::send(const MemoryRegion& local, size_t offset, size_t le
 
 Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t capacity) {
   if (!local.valid() || local.state()->engine != engine_) {
-    return failed(
-        Status(StatusCode::kInvalidArgument, "recv needs a region registered by this engine"));
+    return failed(OpKind::kRecv, Status(StatusCode::kInvalidArgument,
+                                        "recv needs a region registered by this engine"));
   }
   if (!rangeOk(offset, capacity, local.size())) {
-    return failed(Status(StatusCode::kOutOfRange,
+    return failed(OpKind::kRecv,
+                  Status(StatusCode::kOutOfRange,
                          "recv buffer " + rangeText(offset, capacity, local.size())));
   }
-  auto r = std::make_shared<RequestState>(engine_);
+  auto r = newRequest(OpKind::kRecv);
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
     if (closed_) {

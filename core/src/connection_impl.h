@@ -16,6 +16,7 @@
 #include "control_protocol.h"
 #include "engine_impl.h"
 #include "frame_buffer.h"
+#include "metrics.h"
 #include "request_state.h"
 #include "socket.h"
 #include "zcx/connection.h"
@@ -106,15 +107,18 @@ class ConnectionImpl final : public transport::EndpointEvents,
   Status queueControlFrame(FrameType type, const std::vector<uint8_t>& body);
 
  private:
-  Request failed(Status s);
+  Request failed(OpKind kind, Status s);
+  /// A new request counted in this connection's metrics as `kind`, posted now.
+  std::shared_ptr<RequestState> newRequest(OpKind kind);
   template <class PostFn>
-  Request post(size_t bytes, PostFn&& post_to_transport);
+  Request post(OpKind kind, size_t bytes, PostFn&& post_to_transport);
   void link(RequestState* r);
   void deliverMessages();
   void handleControlFrame(Frame f, Status* end);
   void endControl(Status why);
 
   std::shared_ptr<EngineImpl> engine_;
+  std::shared_ptr<ConnMetrics> metrics_;  ///< in the engine's registry; counted without a lock
   Fd control_;
   FrameReader control_in_;       ///< control loop only
   std::mutex control_write_mu_;  ///< guards control_out_

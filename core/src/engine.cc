@@ -113,6 +113,16 @@ Status validate(const EngineOptions& o) {
                         "set auth_secret)");
     }
   }
+  if (!o.metrics_address.empty()) {
+    auto hp = parseHostPort(o.metrics_address);
+    if (!hp.ok()) return hp.status().withContext("metrics_address");
+    if (hp->host.empty()) {
+      return Status(StatusCode::kInvalidArgument,
+                    "metrics_address '" + o.metrics_address +
+                        "' names no host; write 127.0.0.1:PORT to serve this machine only, or "
+                        "the address of the interface your Prometheus scrapes");
+    }
+  }
   return Status::Ok();
 }
 
@@ -141,7 +151,8 @@ transport::TransportConfig makeTransportConfig(const EngineOptions& o) {
 EngineImpl::EngineImpl(EngineOptions opts, std::unique_ptr<transport::Transport> t)
     : options(std::move(opts)),
       transport(std::move(t)),
-      name(options.name.empty() ? defaultName() : options.name) {}
+      name(options.name.empty() ? defaultName() : options.name),
+      metrics(transport->description()) {}
 
 EngineImpl::~EngineImpl() { stop(); }
 
@@ -168,6 +179,18 @@ Status EngineImpl::start() {
     if (listener_key_ == 0)
       return Status(StatusCode::kInternal, "cannot watch the listening socket");
   }
+  if (!options.metrics_address.empty()) {
+    auto hp = parseHostPort(options.metrics_address);
+    auto server = MetricsServer::start(*hp, [this] { return metricsText(); }, {});
+    if (!server.ok()) return server.status();
+    metrics_server_ = std::move(*server);
+    metrics_address = metrics_server_->address();
+    if (!metrics_server_->loopback()) {
+      LOG(WARNING) << "zcx: serving metrics on " << metrics_address
+                   << " without authentication: anyone who reaches this port sees peer names "
+                      "and traffic counts. Listen on 127.0.0.1 unless your network is trusted";
+    }
+  }
   control_thread_ = std::thread([this] { controlLoop(); });
   if (options.progress == ProgressMode::kThread)
     progress_thread_ = std::thread([this] { progressLoop(); });
@@ -178,6 +201,7 @@ void EngineImpl::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_ = true;
+  metrics_server_.reset();  // joins its thread: no scrape runs past this point
   loop_.wake();
   wake(progress_wake_);
   if (control_thread_.joinable()) control_thread_.join();
@@ -894,6 +918,14 @@ Engine::~Engine() { impl_->stop(); }
 std::string_view Engine::transportName() const { return impl_->transport->name(); }
 std::string Engine::transportDescription() const { return impl_->transport->description(); }
 std::string Engine::listenAddress() const { return impl_->listen_address; }
+
+EngineStats Engine::stats() const { return impl_->metrics.snapshot(); }
+std::string Engine::metricsText() const { return impl_->metricsText(); }
+std::string Engine::metricsAddress() const { return impl_->metrics_address; }
+
+namespace detail {
+std::string EngineImpl::metricsText() { return renderPrometheus(metrics.snapshot(), name); }
+}  // namespace detail
 
 Result<MemoryRegion> Engine::registerMemory(void* address, size_t length, uint32_t access) {
   if (address == nullptr || length == 0) {

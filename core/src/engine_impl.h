@@ -17,6 +17,8 @@
 #include "auth.h"
 #include "control_loop.h"
 #include "control_protocol.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "socket.h"
 #include "zcx/options.h"
 #include "zcx/status.h"
@@ -146,6 +148,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   const EngineOptions options;
   std::unique_ptr<transport::Transport> transport;
   std::string name;
+  /// Every connection's traffic counters (Engine::stats()).
+  MetricsRegistry metrics;
   /// From auth_secret or auth_secret_file (set before start()); empty: no authentication.
   SecretBytes auth_secret;
 
@@ -162,6 +166,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::map<std::string, std::pair<const RegionState*, std::vector<uint8_t>>> exposed;
 
   std::string listen_address;
+  std::string metrics_address;  ///< where metrics_server_ listens ("" without it)
+
+  /// Engine::stats() rendered for Prometheus.
+  std::string metricsText();
 
  private:
   void progressLoop();
@@ -206,6 +214,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
 
   Fd listener_;
   Fd progress_wake_;
+  /// Serves GET /metrics (metrics_address); stopped first in stop(), so it never outlives us.
+  std::unique_ptr<MetricsServer> metrics_server_;
   std::thread control_thread_;
   std::thread progress_thread_;
   std::atomic<bool> stopping_{false};

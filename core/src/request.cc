@@ -42,6 +42,14 @@ bool RequestState::finish(Status status) {
     done_ = true;
     status_ = std::move(status);
     cb = std::move(callback_);
+    // Counted before anyone can see the request done: a waiter then reads its own operation
+    // in Engine::stats(). Relaxed atomic adds; mu_ is per request, not shared.
+    // The reference goes with it: a Request kept by the user does not keep a closed
+    // connection's counters listed.
+    if (metrics) {
+      metrics->record(op_kind, status_.code(), bytes_, posted, Clock::now());
+      metrics.reset();
+    }
   }
   cv_.notify_all();
   if (cb) engine_->deferCallback(std::move(cb), status_);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine_impl.h"
+#include "metrics.h"
 #include "socket.h"
 #include "zcx/status.h"
 #include "zcx/transport/transport.h"
@@ -56,6 +57,12 @@ class RequestState final : public transport::Completion {
   std::shared_ptr<RequestState> self;  ///< keeps the state alive while the transport holds it
   std::vector<RegionPin> region_pins;  ///< local memory the operation uses (until complete())
   std::vector<std::shared_ptr<RemoteKeyRef>> key_pins;  ///< remote keys it uses
+
+  // Counting (set before the request is posted; then under mu_): finish() records the outcome
+  // once in its connection's counters and drops the reference.
+  std::shared_ptr<ConnMetrics> metrics;
+  OpKind op_kind = OpKind::kWrite;
+  Clock::time_point posted{};
 
  private:
   std::shared_ptr<EngineImpl> engine_;

@@ -460,6 +460,68 @@ std::vector<zcx::RmaOp> parseOps(py::handle ops, PyRequest& out, bool into_local
   return v;
 }
 
+// Text from the network (peer names) need not be UTF-8: undecodable bytes become U+FFFD
+// instead of raising.
+py::str lenientStr(const std::string& s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
+}
+
+// One TrafficStats as {"write": {...}, "read": ..., "send": ..., "recv": ..., "errors": {...}}.
+py::dict trafficDict(const zcx::TrafficStats& t) {
+  py::dict out;
+  for (size_t k = 0; k < zcx::kOpKinds; ++k) {
+    const zcx::OpStats& op = t.ops[k];
+    py::list buckets;  // (upper bound in us, count); None = +Inf
+    for (size_t i = 0; i < zcx::LatencyHistogram::kBuckets; ++i) {
+      py::object le = i + 1 == zcx::LatencyHistogram::kBuckets
+                          ? py::object(py::none())
+                          : py::object(py::int_(zcx::LatencyHistogram::upperBoundUs(i)));
+      buckets.append(py::make_tuple(le, op.latency.buckets[i]));
+    }
+    py::dict latency;
+    latency["buckets"] = buckets;
+    latency["count"] = op.latency.count;
+    latency["sum_us"] = op.latency.sum_us;
+    py::dict d;
+    d["operations"] = op.operations;
+    d["bytes"] = op.bytes;
+    d["latency_us"] = latency;
+    out[py::str(std::string(zcx::opKindName(static_cast<zcx::OpKind>(k))))] = d;
+  }
+  py::dict errors;  // only the codes that occurred
+  for (size_t c = 1; c < zcx::kStatusCodes; ++c)
+    if (t.errors[c])
+      errors[py::str(std::string(zcx::statusCodeName(static_cast<zcx::StatusCode>(c))))] =
+          t.errors[c];
+  out["errors"] = errors;
+  return out;
+}
+
+py::dict statsDict(const zcx::EngineStats& st) {
+  py::list rails, conns;
+  for (const auto& r : st.rails) {
+    py::dict d;
+    d["name"] = lenientStr(r.name);
+    d["traffic"] = trafficDict(r.traffic);
+    rails.append(d);
+  }
+  for (const auto& c : st.connections) {
+    py::dict d;
+    d["id"] = c.id;
+    d["peer"] = lenientStr(c.peer);
+    d["rail"] = c.rail;
+    d["open"] = c.open;
+    d["traffic"] = trafficDict(c.traffic);
+    conns.append(d);
+  }
+  py::dict out;
+  out["rails"] = rails;
+  out["connections"] = conns;
+  return out;
+}
+
 std::unique_ptr<PyRequest> startRequest(py::object self) {
   auto r = std::make_unique<PyRequest>();
   r->manual = py::cast<PyConnection&>(self).manual;
@@ -871,7 +933,8 @@ PYBIND11_MODULE(_zcx, m) {
                        std::string listen_address, std::string name, py::object progress,
                        py::object connect_timeout, py::object peer_timeout,
                        size_t max_pending_handshakes, size_t max_pending_accepts,
-                       size_t recv_window, py::object operation_timeout, size_t max_message_size) {
+                       size_t recv_window, py::object operation_timeout, size_t max_message_size,
+                       std::string metrics_address) {
              zcx::EngineOptions o;
              o.transport = std::move(transport);
              o.device = std::move(device);
@@ -899,6 +962,7 @@ PYBIND11_MODULE(_zcx, m) {
              o.max_pending_accepts = max_pending_accepts;
              o.recv_window = recv_window;
              o.max_message_size = max_message_size;
+             o.metrics_address = std::move(metrics_address);
              zcx::Result<std::unique_ptr<zcx::Engine>> e =
                  zcx::Status(zcx::StatusCode::kInternal, "unset");
              {
@@ -920,7 +984,8 @@ PYBIND11_MODULE(_zcx, m) {
            py::arg("max_pending_accepts") = d.max_pending_accepts,
            py::arg("recv_window") = d.recv_window,
            py::arg("operation_timeout") = d.operation_timeout.count() / 1000.0,
-           py::arg("max_message_size") = d.max_message_size)
+           py::arg("max_message_size") = d.max_message_size,
+           py::arg("metrics_address") = d.metrics_address)
       .def_property_readonly("transport_name",
                              [](PyEngine& e) { return std::string(e.get()->transportName()); })
       .def_property_readonly("transport_description",
@@ -928,6 +993,32 @@ PYBIND11_MODULE(_zcx, m) {
       .def_property_readonly(
           "listen_address", [](PyEngine& e) { return e.get()->listenAddress(); },
           "'host:port' actually listened on ('' without a listener)")
+      .def_property_readonly(
+          "metrics_address", [](PyEngine& e) { return e.get()->metricsAddress(); },
+          "'host:port' serving GET /metrics ('' without metrics_address)")
+      .def(
+          "stats",
+          [](PyEngine& e) {
+            auto engine = e.get();
+            zcx::EngineStats st;
+            {
+              py::gil_scoped_release release;
+              st = engine->stats();
+            }
+            return statsDict(st);
+          },
+          "Traffic counters as a dict: {'rails': [{'name', 'traffic'}], 'connections': [{'id', "
+          "'peer', 'rail', 'open', 'traffic'}]}; traffic maps 'write'/'read'/'send'/'recv' to "
+          "{'operations', 'bytes', 'latency_us': {'buckets': [(le_us or None, count)], 'count', "
+          "'sum_us'}} and 'errors' to {code name: count}")
+      .def(
+          "metrics_text",
+          [](PyEngine& e) {
+            auto engine = e.get();
+            py::gil_scoped_release release;
+            return engine->metricsText();
+          },
+          "stats() in the Prometheus text exposition format (what GET /metrics serves)")
       .def(
           "register",
           [](PyEngine& e, py::handle obj, uint32_t access) {

@@ -10,6 +10,7 @@
 #include "zcx/connection.h"
 #include "zcx/memory.h"
 #include "zcx/options.h"
+#include "zcx/stats.h"
 #include "zcx/status.h"
 
 namespace zcx {
@@ -32,6 +33,14 @@ class ZCX_EXPORT Engine {
   std::string transportDescription() const;
   /// "host:port" actually listened on ("" without a listener).
   std::string listenAddress() const;
+
+  /// Traffic counters: per connection (those that still exist) and per rail (totals, including
+  /// connections gone). Cheap to call; counting itself takes no lock.
+  EngineStats stats() const;
+  /// stats() in the Prometheus text exposition format (what GET /metrics serves).
+  std::string metricsText() const;
+  /// "host:port" of the metrics HTTP server (EngineOptions::metrics_address; "" without one).
+  std::string metricsAddress() const;
 
   /// Registers user memory (it must outlive the region). `access` says what peers may do.
   /// Registering exactly the same range with the same access again while a registration is

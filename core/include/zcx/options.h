@@ -32,6 +32,12 @@ struct EngineOptions {
   /// connects out.
   std::string listen_address;
 
+  /// "host:port" serving GET /metrics (Prometheus text, Engine::metricsText()) over HTTP from
+  /// a small thread of its own; port 0 picks a free one (see Engine::metricsAddress()). The
+  /// host is explicit, as for listen_address; there is no authentication, so anything but a
+  /// loopback address is logged as a warning. Empty (default): no HTTP server.
+  std::string metrics_address;
+
   /// Shared secret that peers must prove they know before anything else is exchanged (mutual
   /// HMAC-SHA256 challenge-response; then every control frame carries a MAC under a session
   /// key). Both sides need the same secret; a peer with another secret, or none, is refused with

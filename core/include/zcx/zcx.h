@@ -6,5 +6,6 @@
 #include "zcx/memory.h"
 #include "zcx/options.h"
 #include "zcx/request.h"
+#include "zcx/stats.h"
 #include "zcx/status.h"
 #include "zcx/version.h"

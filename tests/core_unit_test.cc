@@ -100,6 +100,15 @@ TEST(Handshake, HelloRoundTripsAndGarbageIsAProtocolError) {
   EXPECT_EQ(detail::decodeHello(bytes).status().code(), StatusCode::kProtocolError);
 }
 
+TEST(Handshake, ControlCharactersInAPeerNameCannotForgeLogLines) {
+  detail::Hello h;
+  h.name = "evil\nI1203 zcx: accepted admin\x1b[2J\x7f";
+  h.transport = "ucx";
+  auto back = detail::decodeHello(detail::encode(h));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->name, "evil?I1203 zcx: accepted admin?[2J?");
+}
+
 // Found by tests/fuzz/hello_fuzz: the second "" entry replaced the first.
 TEST(Handshake, DuplicateRegionNamesAreAProtocolError) {
   detail::WireWriter w;

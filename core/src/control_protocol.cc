@@ -46,6 +46,11 @@ Result<Hello> decodeHello(const std::vector<uint8_t>& body) {
                                                     "; run the same zcx version on both sides");
   }
   h.name = r.str(kMaxName);
+  // The name goes into our logs and error messages: control characters (a newline forging a
+  // log line, terminal escapes) become '?'.
+  for (char& c : h.name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
   h.transport = r.str(kMaxName);
   h.token = r.u64();
   h.max_message_size = r.u64();

@@ -41,7 +41,7 @@ cpu() { awk '{ printf "%.0f", ($2 + $3) / $1 * 100 }' "$1"; }
 for ((i = 1; i <= rounds; i++)); do
   port=$((19400 + i))
   if [ "$ZCX_NODE" = 1 ]; then
-    { time "$perf" --port=$port --ready_fd=3 3> "$out/zcx.$i.ready" > "$out/zcx.$i.server.log" 2>&1; } 2> "$out/zcx.$i.server.time"
+    { time "$perf" --listen="${ips[1]}" --port=$port --ready_fd=3 3> "$out/zcx.$i.ready" > "$out/zcx.$i.server.log" 2>&1; } 2> "$out/zcx.$i.server.time"
     { time ib_write_bw -d rxe0 -x 1 -F -s 65536 -n "$iters" -p $port > "$out/raw.$i.server.log" 2>&1; } 2> "$out/raw.$i.server.time" &
     # (perftest's "Waiting for client" sits in its stdout buffer: look at the socket instead)
     for _ in $(seq 600); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.1; done

@@ -74,7 +74,7 @@ barrier() {
 
 # start_server TAG PORT: a one-client zcx_perf server on this node (pid in SERVER_PID).
 start_server() {
-  "$perf" --transport=verbs --device=rxe0 --bind="$RXE_IP" --port="$2" --ready_fd=3 \
+  "$perf" --transport=verbs --device=rxe0 --listen="$RXE_IP" --port="$2" --ready_fd=3 \
     3> "$logs/$1.ready" > "$logs/$1.server.log" 2>&1 &
   SERVER_PID=$!
 }

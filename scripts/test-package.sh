@@ -3,7 +3,8 @@
 # (headers, libzcx.so with its SONAME exporting only the public API, libzcx.a, the CMake package,
 # zcx.pc), then builds the README's program (examples/readme_example.cc) against that prefix
 # with find_package(zcx) (shared, and static with COMPONENTS static) and with pkg-config, and runs
-# each build: two engines on this machine, default transport, every byte verified.
+# each build: two engines on this machine, default transport, every byte verified. Then the
+# README's Python block (examples/readme_example.py) against the installed Python package.
 #   scripts/test-package.sh          # builds the library alone into build-package/, as a user
 #                                    # would: Release, no -Werror, no tests/perf/examples
 #   scripts/test-package.sh build    # installs from an existing build folder instead
@@ -128,4 +129,22 @@ g++ -std=c++20 -Wall -Wextra -Werror -o "$work/pc_readme_example" "$work/app/rea
 ldd "$work/pc_readme_example" | grep -q "$libdir/libzcx.so" ||
   die "the pkg-config build does not use the installed libzcx.so"
 run "pkg-config zcx" "$work/pc_readme_example"
+
+# The README's Python block against the installed Python package (cmake --install puts it under
+# the prefix's site-packages when the build has it, i.e. when pybind11 and numpy are there, which
+# scripts/install-deps.sh installs). Run from outside the repository, so that `import zcx` can
+# only find the installed package.
+pyinit=$(find "$prefix" -path '*/zcx/__init__.py' | head -1)
+[ -n "$pyinit" ] || die "the Python package is not installed (no zcx/__init__.py under $prefix)"
+pyroot=$(dirname "$(dirname "$pyinit")")
+python=$(sed -n 's/^Python3_EXECUTABLE:[A-Z]*=//p' "$build/CMakeCache.txt")
+[ -n "$python" ] || python=/usr/bin/python3
+cp examples/readme_example.py "$work/app/"
+from=$(cd "$work/app" && PYTHONPATH="$pyroot" PYTHONDONTWRITEBYTECODE=1 "$python" -c \
+  'import zcx; print(zcx.__file__)') || die "import zcx from $pyroot failed"
+[[ $from == "$pyroot"/* ]] || die "import zcx found $from, not the installed package"
+out=$(cd "$work/app" && PYTHONPATH="$pyroot" PYTHONDONTWRITEBYTECODE=1 "$python" readme_example.py \
+  2>"$work/python.log") || die "the README's Python block: exit code $? ($(tail -3 "$work/python.log"))"
+grep -q "intact: True" <<<"$out" || die "the README's Python block did not verify its data: $out"
+step "python (installed package ${pyroot#"$prefix"/}): $out"
 step "passed (prefix removed; root: $root)"

@@ -927,9 +927,15 @@ TEST_P(TransferTest, WaitThatRunsOutIsNotTheOperationTimingOut) {
     EXPECT_NE(s.code(), StatusCode::kStillInFlight) << "outlived its 800 ms deadline by seconds";
     timed_out |= s.code() == StatusCode::kTimedOut;
   }
-  // Over tcp the stopped peer's kernel may still take some data; at least the last write cannot
-  // have been acknowledged by a stopped process.
-  EXPECT_TRUE(timed_out);
+  // Over UCX the target's process does the RMA (tcp: zcx's checked RMA; shm: UCX's put handler
+  // behind its shared-memory FIFO), so a stopped peer stalls the writes: over tcp its kernel may
+  // still take some data, but at least the last write cannot have been acknowledged. Over verbs
+  // the NIC (soft-RoCE: the guest's kernel) completes writes without the target's process:
+  // whether 32 MiB outlast 800 ms is only a matter of link speed (an idle guest's rxe moved them
+  // in time, CI 2026-12-03), so there only the rest of the contract above is checked.
+  if (GetParam().transport == "ucx") {
+    EXPECT_TRUE(timed_out);
+  }
   peer_->kill(SIGCONT);
 }
 

@@ -1128,6 +1128,7 @@ int runLoopback(const ClientConfig& cfg) {
                                    "--mem=" + FLAGS_mem,
                                    std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
                                    std::string("--metrics=") + (FLAGS_metrics ? "true" : "false"),
+                                   "--progress_spin_us=" + std::to_string(FLAGS_progress_spin_us),
                                    "--auth-secret-file=" + FLAGS_auth_secret_file,
                                    "--listen=" + listenHost() + ":0",
                                    "--ready_fd=" + std::to_string(fds[1])};

@@ -10,6 +10,7 @@
 
 #include "ucx/ucx_endpoint.h"
 #include "ucx/ucx_status.h"
+#include "ucx/ucx_wire_sync.h"
 #include "ucx/ucx_worker.h"
 
 namespace zcx::transport::ucx {
@@ -78,6 +79,7 @@ void UcxWorker::noteRefusal(const char* what, const RmaHeader& h, AccessRefusal 
 
 ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param) try {
+  wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   RmaHeader h;
   if (!parseRma(header, header_length, &h)) {
@@ -114,6 +116,7 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
 
 ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_length, void* /*data*/,
                                 size_t length, const ucp_am_recv_param_t* /*param*/) try {
+  wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   RmaHeader h;
   if (!parseRma(header, header_length, &h)) {
@@ -177,6 +180,7 @@ void UcxWorker::sendRmaReply(RouteKey route, uint64_t op_id, AccessRefusal refus
   }
   p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_AM_SEND_FLAG_EAGER;  // the initiator takes the data in its callback (see put)
+  wireRelease();
   ucs_status_ptr_t ptr =
       ucp_am_send_nbx(ep->ucpEp(), kAmRmaReply, &r->header, sizeof(r->header), data, length, &p);
   if (UCS_PTR_IS_PTR(ptr)) {
@@ -204,6 +208,7 @@ void UcxWorker::onReplySent(void* request, ucs_status_t /*status*/, void* user_d
 ucs_status_t UcxWorker::onAmRmaReply(void* arg, const void* header, size_t header_length,
                                      void* data, size_t length,
                                      const ucp_am_recv_param_t* param) try {
+  wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   RmaReplyHeader h;
   if (!parseRma(header, header_length, &h)) {

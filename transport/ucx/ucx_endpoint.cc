@@ -9,6 +9,7 @@
 #include "ucx/ucx_memory.h"
 #include "ucx/ucx_remote_key.h"
 #include "ucx/ucx_status.h"
+#include "ucx/ucx_wire_sync.h"
 
 namespace zcx::transport::ucx {
 namespace {
@@ -145,6 +146,7 @@ void UcxEndpoint::postHello(OpRecord* rec) {
   rec->header.role = role_;
   ucp_request_param_t p = requestParam(rec, nullptr);
   p.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+  wireRelease();
   track(rec, ucp_am_send_nbx(ep_, kAmHello, &rec->header, sizeof(AmHeader), nullptr, 0, &p),
         "ucp_am_send_nbx(hello)");
 }
@@ -355,6 +357,7 @@ Status UcxEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t le
   rec->header.value = next_send_seq_;
   rec->header.role = role_;
   ucp_request_param_t p = requestParam(rec, length > 0 ? local : nullptr);
+  wireRelease();
   ucs_status_ptr_t ptr = ucp_am_send_nbx(ep_, kAmMessage, &rec->header, sizeof(AmHeader),
                                          reinterpret_cast<const void*>(local_addr), length, &p);
   bool posted = track(rec, ptr, "ucp_am_send_nbx");
@@ -431,6 +434,7 @@ void UcxEndpoint::pumpChunks() {
     ucp_request_param_t p = requestParam(rec, c.is_read ? nullptr : c.local);
     p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
     p.flags = UCP_AM_SEND_FLAG_EAGER;
+    wireRelease();
     ucs_status_ptr_t ptr = c.is_read
                                ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)
                                : ucp_am_send_nbx(ep_, kAmPut, &h, sizeof(h), c.data, c.length, &p);
@@ -455,6 +459,7 @@ void UcxEndpoint::postNotify(OpRecord* rec) {
   rec->header.value = rec->notify_value;
   rec->header.role = role_;
   ucp_request_param_t p = requestParam(rec, nullptr);
+  wireRelease();
   track(rec, ucp_am_send_nbx(ep_, kAmNotify, &rec->header, sizeof(AmHeader), nullptr, 0, &p),
         "ucp_am_send_nbx(notify)");
 }

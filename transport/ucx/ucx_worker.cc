@@ -7,6 +7,7 @@
 
 #include "ucx/ucx_endpoint.h"
 #include "ucx/ucx_status.h"
+#include "ucx/ucx_wire_sync.h"
 
 namespace zcx::transport::ucx {
 namespace {
@@ -268,6 +269,7 @@ void UcxWorker::releaseOrphans(const std::vector<OrphanRef>& orphans) {
 
 ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header_length, void* data,
                                     size_t length, const ucp_am_recv_param_t* param) try {
+  wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   AmHeader h;
   if (!parseHeader(header, header_length, &h)) {
@@ -372,6 +374,7 @@ void UcxWorker::onRndvDone(void* request, ucs_status_t status, size_t /*length*/
 ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_length,
                                    void* /*data*/, size_t /*length*/,
                                    const ucp_am_recv_param_t* /*param*/) try {
+  wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   AmHeader h;
   if (!parseHeader(header, header_length, &h)) {
@@ -389,6 +392,7 @@ ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_
 ucs_status_t UcxWorker::onAmHello(void* arg, const void* header, size_t header_length,
                                   void* /*data*/, size_t /*length*/,
                                   const ucp_am_recv_param_t* /*param*/) try {
+  wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   AmHeader h;
   if (!parseHeader(header, header_length, &h) || h.role != 0) {

@@ -54,6 +54,7 @@ ConnectionImpl::ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t conn
       control_(std::move(control)) {}
 
 ConnectionImpl::~ConnectionImpl() {
+  engine_->revokeConnectionGrants(id);
   std::lock_guard<std::mutex> lock(engine_->mu);
   breakLocked(Status(StatusCode::kCancelled, "connection destroyed"));
 }
@@ -63,6 +64,7 @@ Status ConnectionImpl::createEndpoint(const transport::EndpointSetup& setup) {
   auto ep = engine_->transport->createEndpoint(setup);
   if (!ep.ok()) return ep.status().withContext("creating the transport endpoint");
   endpoint_ = std::move(*ep);
+  scope_ = transport::ConnectionScope{setup.token, setup.role};
   engine_->live.push_back(this);
   return Status::Ok();
 }
@@ -144,6 +146,7 @@ void ConnectionImpl::close(Status why, bool tell_peer) {
   }
   engine_->kick();  // callbacks run on the progress thread, never inside close()
   engine_->forgetConnection(this);
+  engine_->revokeConnectionGrants(id);
   {
     std::lock_guard<std::mutex> lock(lookup_mu_);
     control_closed_ = true;
@@ -212,7 +215,7 @@ void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
       *end = l.status();
       return;
     }
-    auto d = engine_->exposedRegion(l->name);
+    auto d = engine_->lookupExposure(l->name, *this);
     LookupReply reply{l->id, d.has_value(), d.value_or(std::vector<uint8_t>{})};
     Status queued = queueControlFrame(FrameType::kLookupReply, encode(reply));
     if (!queued.ok()) *end = queued.withContext("answering a lookup of " + peer_name);
@@ -301,6 +304,7 @@ void ConnectionImpl::endControl(Status why) {
     breakLocked(std::move(why));
   }
   engine_->kick();
+  engine_->revokeConnectionGrants(id);
   {
     std::lock_guard<std::mutex> lock(lookup_mu_);
     control_closed_ = true;

@@ -101,6 +101,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
 
   const uint64_t id;
   const std::string peer_name;
+  /// This connection as its transport endpoint knows it (for grants scoped to it).
+  transport::ConnectionScope scope() const { return scope_; }
   size_t max_message_size = 0;
 
   /// Queues a frame and sends what the socket takes; the control loop sends the rest. Any thread.
@@ -127,6 +129,7 @@ class ConnectionImpl final : public transport::EndpointEvents,
 
   // Guarded by the engine lock.
   std::unique_ptr<transport::Endpoint> endpoint_;
+  transport::ConnectionScope scope_;  ///< set once, by createEndpoint (before any lookup)
   Status broken_;
   bool closed_ = false;
   RequestState* head_ = nullptr;

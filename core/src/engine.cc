@@ -304,20 +304,27 @@ void EngineImpl::retireRegion(RegionState& region) {
         std::make_tuple(reinterpret_cast<uintptr_t>(region.data), region.size, region.access));
     if (it != registrations.end() && it->second.lock().get() == &region) registrations.erase(it);
   }
-  std::vector<std::string> names;
-  {
-    std::lock_guard<std::mutex> lock(exposed_mu);
-    for (auto it = exposed.begin(); it != exposed.end();) {
-      if (it->second.first == &region) {
-        names.push_back(it->first);
-        it = exposed.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
+  std::vector<std::shared_ptr<Exposure>> gone;
+  std::vector<std::string> names = unexposeRegion(&region, &gone);
+  gone.clear();  // revokes the exposures' own grants
   if (region.handle) region.handle->revokeRemoteAccess();
   if (!names.empty()) announceUnexposed(names);
+}
+
+std::vector<std::string> EngineImpl::unexposeRegion(const RegionState* region,
+                                                    std::vector<std::shared_ptr<Exposure>>* gone) {
+  std::vector<std::string> names;
+  std::lock_guard<std::mutex> lock(exposed_mu);
+  for (auto it = exposed.begin(); it != exposed.end();) {
+    if (it->second->region == region) {
+      names.push_back(it->first);
+      gone->push_back(std::move(it->second));
+      it = exposed.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return names;
 }
 
 void EngineImpl::announceUnexposed(const std::vector<std::string>& names) {
@@ -492,17 +499,64 @@ void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_po
 // ---------------------------------------------------------------- connections
 
 std::map<std::string, std::vector<uint8_t>> EngineImpl::exposedRegions() {
+  // Scoped exposures never travel in a HELLO (ours may go out before we know the peer's name):
+  // their peers look them up, and the answer depends on who asks.
   std::lock_guard<std::mutex> lock(exposed_mu);
   std::map<std::string, std::vector<uint8_t>> out;
-  for (auto& [n, e] : exposed) out[n] = e.second;
+  for (auto& [n, e] : exposed)
+    if (e->peers.empty()) out[n] = e->descriptor;
   return out;
 }
 
-std::optional<std::vector<uint8_t>> EngineImpl::exposedRegion(const std::string& region) {
+std::optional<std::vector<uint8_t>> EngineImpl::lookupExposure(const std::string& name,
+                                                               const ConnectionImpl& conn) {
+  std::shared_ptr<Exposure> e;
+  {
+    std::lock_guard<std::mutex> lock(exposed_mu);
+    auto it = exposed.find(name);
+    // A peer outside the list learns nothing, not even that the name exists.
+    if (it == exposed.end()) return std::nullopt;
+    if (it->second->peers.empty()) return it->second->descriptor;
+    if (it->second->peers.count(conn.peer_name) == 0) return std::nullopt;
+    auto mine = it->second->per_connection.find(conn.id);
+    if (mine != it->second->per_connection.end()) return mine->second.second;
+    e = it->second;
+  }
+  // The first lookup by this connection: a grant of its own (registration work on verbs), made
+  // without exposed_mu while the registration is pinned.
+  std::shared_ptr<transport::RemoteGrant> grant;  // destroyed after the lock if not kept
+  std::shared_ptr<RegionState> state = e->state.lock();
+  if (!state) return std::nullopt;
+  auto g = state->handle->grant(e->access, conn.scope());
+  if (!g.ok()) {
+    LOG(WARNING) << "zcx: cannot grant '" << name << "' to " << conn.peer_name << ": "
+                 << g.status().toString();
+    return std::nullopt;
+  }
+  grant = std::move(*g);
+  RegionDescriptor d;
+  d.transport = std::string(transport->name());
+  d.address = reinterpret_cast<uint64_t>(state->data);
+  d.length = state->size;
+  d.access = e->access;
+  d.key = grant->packedKey();
+  std::vector<uint8_t> bytes = d.encode();
   std::lock_guard<std::mutex> lock(exposed_mu);
-  auto it = exposed.find(region);
-  if (it == exposed.end()) return std::nullopt;
-  return it->second.second;
+  auto it = exposed.find(name);
+  if (it == exposed.end() || it->second != e) return std::nullopt;  // unexposed meanwhile
+  auto [slot, inserted] = e->per_connection.emplace(conn.id, std::make_pair(grant, bytes));
+  return slot->second.second;  // not inserted: a concurrent lookup's grant won; ours goes
+}
+
+void EngineImpl::revokeConnectionGrants(uint64_t conn_id) {
+  std::vector<std::shared_ptr<transport::RemoteGrant>> gone;  // revoked outside the lock
+  std::lock_guard<std::mutex> lock(exposed_mu);
+  for (auto& [n, e] : exposed) {
+    auto it = e->per_connection.find(conn_id);
+    if (it == e->per_connection.end()) continue;
+    gone.push_back(std::move(it->second.first));
+    e->per_connection.erase(it);
+  }
 }
 
 void EngineImpl::forgetConnection(ConnectionImpl* conn) {
@@ -983,25 +1037,80 @@ Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
       detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/false));
 }
 
-Status Engine::expose(std::string name, const MemoryRegion& region) {
+Status Engine::expose(std::string name, const MemoryRegion& region,
+                      const ExposeOptions& options) {
   if (!region.valid() || region.state()->engine != impl_) {
     return Status(StatusCode::kInvalidArgument,
                   "expose: the region was not registered by this engine");
   }
   if (name.empty() || name.size() > 200)
     return Status(StatusCode::kInvalidArgument, "expose: name must be 1-200 bytes");
-  std::lock_guard<std::mutex> lock(impl_->exposed_mu);
-  impl_->exposed[std::move(name)] = {region.state().get(), region.descriptor().encode()};
+  const uint32_t region_access = region.access();
+  const uint32_t access = options.access.value_or(region_access);
+  if (access == kLocalOnly || (access & ~region_access) != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "expose '" + name + "': access " + std::to_string(access) +
+                      " is not a non-empty subset of the region's access " +
+                      std::to_string(region_access) +
+                      "; register the memory with the rights peers need (kRemoteRead, "
+                      "kRemoteWrite) and expose at most those");
+  }
+  auto e = std::make_shared<detail::EngineImpl::Exposure>();
+  e->region = region.state().get();
+  e->state = region.state();
+  e->access = access;
+  for (const std::string& p : options.peers) {
+    if (p.empty()) {
+      return Status(StatusCode::kInvalidArgument,
+                    "expose '" + name + "': an empty peer name in ExposeOptions::peers");
+    }
+    e->peers.insert(p);
+  }
+  if (e->peers.empty()) {
+    // Its own grant, so that unexpose revokes exactly what this exposure handed out.
+    auto g = region.state()->handle->grant(access, std::nullopt);
+    if (!g.ok()) return g.status().withContext("expose '" + name + "'");
+    e->grant = std::move(*g);
+    RegionDescriptor d = region.descriptor();
+    d.access = access;
+    d.key = e->grant->packedKey();
+    e->descriptor = d.encode();
+  }
+  if (access != region_access || !e->peers.empty()) {
+    bool enforced;
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      enforced = impl_->transport->capabilities().enforces_grants;
+    }
+    if (!enforced) {
+      LOG(WARNING) << "zcx: expose '" << name << "': " << impl_->transport->description()
+                   << " cannot enforce a narrower access or a peer list on the data path (UCX "
+                      "native RMA, e.g. over shared memory: any peer holding the region's key "
+                      "reaches all of it); only lookups are restricted. See docs/SECURITY.md.";
+    }
+  }
+  std::shared_ptr<detail::EngineImpl::Exposure> replaced;  // its grants go after the lock
+  {
+    std::lock_guard<std::mutex> lock(impl_->exposed_mu);
+    auto& slot = impl_->exposed[name];
+    replaced = std::move(slot);
+    slot = std::move(e);
+  }
+  if (replaced) impl_->announceUnexposed({name});
   return Status::Ok();
 }
 
 void Engine::unexpose(std::string_view name) {
-  bool erased;
+  std::shared_ptr<detail::EngineImpl::Exposure> gone;  // revoked once dropped, outside the lock
   {
     std::lock_guard<std::mutex> lock(impl_->exposed_mu);
-    erased = impl_->exposed.erase(std::string(name)) != 0;
+    auto it = impl_->exposed.find(std::string(name));
+    if (it == impl_->exposed.end()) return;
+    gone = std::move(it->second);
+    impl_->exposed.erase(it);
   }
-  if (erased) impl_->announceUnexposed({std::string(name)});
+  gone.reset();
+  impl_->announceUnexposed({std::string(name)});
 }
 
 int Engine::progress() { return impl_->progressOnce(); }

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -131,7 +132,6 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& host_port);
   Result<std::shared_ptr<ConnectionImpl>> accept(std::chrono::milliseconds timeout);
   std::map<std::string, std::vector<uint8_t>> exposedRegions();
-  std::optional<std::vector<uint8_t>> exposedRegion(const std::string& name);
   void forgetConnection(ConnectionImpl* conn);
 
   // ---- handshakes and the control loop ----
@@ -162,8 +162,34 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::mutex registrations_mu;
   std::map<std::tuple<uintptr_t, size_t, uint32_t>, std::weak_ptr<RegionState>> registrations;
 
+  /// One Engine::expose: a region under a name, with the rights and peers it was exposed to and
+  /// the keys handed out for it. Erasing it revokes them (each is a transport grant of its own).
+  struct Exposure {
+    const RegionState* region = nullptr;  ///< identity (RegionState erases its exposures)
+    std::weak_ptr<RegionState> state;     ///< to pin the registration while granting
+    uint32_t access = 0;
+    std::set<std::string> peers;  ///< empty: every peer
+    /// Unscoped: the one grant every peer gets, and its encoded descriptor (in HELLO frames).
+    std::shared_ptr<transport::RemoteGrant> grant;
+    std::vector<uint8_t> descriptor;
+    /// Scoped: a grant per connection that looked it up (connection id -> grant, descriptor).
+    std::map<uint64_t,
+             std::pair<std::shared_ptr<transport::RemoteGrant>, std::vector<uint8_t>>>
+        per_connection;
+  };
   std::mutex exposed_mu;
-  std::map<std::string, std::pair<const RegionState*, std::vector<uint8_t>>> exposed;
+  std::map<std::string, std::shared_ptr<Exposure>> exposed;
+  /// Removes the exposures of `region` (their grants are destroyed once the caller drops the
+  /// result, outside exposed_mu); returns their names.
+  std::vector<std::string> unexposeRegion(const RegionState* region,
+                                          std::vector<std::shared_ptr<Exposure>>* gone);
+  /// The descriptor `conn` gets for `name`: nullopt if there is no such exposure or `conn`'s
+  /// peer is not in its list. A scoped exposure's first lookup by `conn` makes its grant.
+  /// Control loop thread (may register memory).
+  std::optional<std::vector<uint8_t>> lookupExposure(const std::string& name,
+                                                     const ConnectionImpl& conn);
+  /// `conn_id` ended: revokes the grants scoped to it.
+  void revokeConnectionGrants(uint64_t conn_id);
 
   std::string listen_address;
   std::string metrics_address;  ///< where metrics_server_ listens ("" without it)

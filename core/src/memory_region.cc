@@ -12,10 +12,9 @@ RegionState::~RegionState() {
     if (it != engine->registrations.end() && it->second.expired()) engine->registrations.erase(it);
   }
   {
-    std::lock_guard<std::mutex> lock(engine->exposed_mu);
-    for (auto it = engine->exposed.begin(); it != engine->exposed.end();) {
-      it = it->second.first == this ? engine->exposed.erase(it) : std::next(it);
-    }
+    // Normally retireRegion() did this already; the exposures' grants go before the handle.
+    std::vector<std::shared_ptr<EngineImpl::Exposure>> gone;
+    (void)engine->unexposeRegion(this, &gone);
   }
   // Not under the engine lock: transports deregister safely from any thread (transport.h),
   // and every operation that used the memory has been released by the transport (RegionPin).

@@ -40,6 +40,15 @@ struct AccessEntry {
   uint64_t cookie = 0;
   ucp_mem_h memh = nullptr;  ///< for zero-copy sends out of it (read replies)
   std::atomic<uint32_t> inflight{0};
+  /// A grant (Engine::expose) of a registration's entry: accesses through it count there too,
+  /// so the registration's memory stays until they finished.
+  std::shared_ptr<AccessEntry> parent;
+  /// Set by revoke() (under the table's lock): a grant of a revoked registration is dead too.
+  bool revoked = false;
+  /// Usable only by the connection whose endpoint has this route key ({token, role}).
+  bool scoped = false;
+  uint64_t scope_token = 0;
+  uint8_t scope_role = 0;
 };
 
 /// One access that passed the check: holds the entry's in-flight count until destroyed.
@@ -69,6 +78,10 @@ class UcxAccessTable {
   };
   /// Thread-safe (called by registration, without the core's lock).
   Grant add(uint8_t* base, size_t length, uint32_t access, ucp_mem_h memh);
+  /// A further entry for `parent`'s memory with `access` (a subset), usable only from the
+  /// route {token, role} if `scoped`. Thread-safe.
+  Grant addGrant(std::shared_ptr<AccessEntry> parent, uint32_t access, bool scoped,
+                 uint64_t scope_token, uint8_t scope_role);
   /// No access starts on `id` after this returns. Thread-safe.
   void revoke(uint64_t id);
 
@@ -78,8 +91,10 @@ class UcxAccessTable {
     ucp_mem_h memh = nullptr;
     AccessGuard guard;
   };
-  /// The check of one incoming access of `length` bytes at `addr` needing `need` (AccessBits).
-  Checked check(uint64_t id, uint64_t cookie, uint64_t addr, uint64_t length, uint32_t need);
+  /// The check of one incoming access of `length` bytes at `addr` needing `need` (AccessBits),
+  /// arriving on the connection whose endpoint has the route key {route_token, route_role}.
+  Checked check(uint64_t id, uint64_t cookie, uint64_t addr, uint64_t length, uint32_t need,
+                uint64_t route_token, uint8_t route_role);
 
  private:
   std::mutex mu_;

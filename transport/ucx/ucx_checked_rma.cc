@@ -98,7 +98,8 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
     self->sendRmaReply(route, h.op_id, AccessRefusal::kMalformed, nullptr, 0, nullptr, {});
     return UCS_OK;
   }
-  auto c = self->access_.check(h.key_id, h.cookie, h.remote_addr, h.length, kAccessRemoteWrite);
+  auto c = self->access_.check(h.key_id, h.cookie, h.remote_addr, h.length, kAccessRemoteWrite,
+                               route.first, route.second);
   if (c.refusal != AccessRefusal::kNone) {
     self->noteRefusal("write", h, c.refusal);
     self->sendRmaReply(route, h.op_id, c.refusal, nullptr, 0, nullptr, {});
@@ -133,7 +134,8 @@ ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_len
     self->sendRmaReply(route, h.op_id, AccessRefusal::kMalformed, nullptr, 0, nullptr, {});
     return UCS_OK;
   }
-  auto c = self->access_.check(h.key_id, h.cookie, h.remote_addr, h.length, kAccessRemoteRead);
+  auto c = self->access_.check(h.key_id, h.cookie, h.remote_addr, h.length, kAccessRemoteRead,
+                               route.first, route.second);
   if (c.refusal != AccessRefusal::kNone) {
     self->noteRefusal("read", h, c.refusal);
     self->sendRmaReply(route, h.op_id, c.refusal, nullptr, 0, nullptr, {});

@@ -25,6 +25,26 @@ uint32_t UcxMemory::remoteAccessesInFlight() const {
   return grant_ ? grant_->inflight.load(std::memory_order_acquire) : 0;
 }
 
+UcxGrant::~UcxGrant() {
+  if (id_ != 0) worker_->access().revoke(id_);
+}
+
+Result<std::unique_ptr<RemoteGrant>> UcxMemory::grant(uint32_t access,
+                                                      std::optional<ConnectionScope> only) {
+  if ((access & ~access_) != 0 || access == kAccessLocal) {
+    return Status(StatusCode::kInvalidArgument,
+                  "ucx: a grant of access " + std::to_string(access) +
+                      " on a registration with access " + std::to_string(access_));
+  }
+  if (!grant_) return std::unique_ptr<RemoteGrant>(new UcxGrant(worker_, 0, packed_));
+  const bool scoped = only.has_value();
+  const uint64_t token = scoped ? only->token : 0;
+  const uint8_t role = scoped && only->role == Role::kPassive ? 1 : 0;  // UcxEndpoint's key
+  auto g = worker_->access().addGrant(grant_, access, scoped, token, role);
+  return std::unique_ptr<RemoteGrant>(
+      new UcxGrant(worker_, g.id, frameCheckedKey(CheckedKey{g.id, g.cookie})));
+}
+
 Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> worker, void* address,
                                                   size_t length, uint32_t access, bool allocate) {
   if (length == 0) {
@@ -60,6 +80,7 @@ Result<std::unique_ptr<UcxMemory>> UcxMemory::map(std::shared_ptr<UcxWorker> wor
   self->worker_ = std::move(worker);
   self->length_ = length;
   self->address_ = address;
+  self->access_ = access;
   if (allocate) {
     ucp_mem_attr_t attr{};
     attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;

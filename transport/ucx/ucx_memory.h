@@ -31,6 +31,8 @@ class UcxMemory final : public MemoryHandle {
   std::vector<uint8_t> packedKey() const override { return packed_; }
   void revokeRemoteAccess() override;
   uint32_t remoteAccessesInFlight() const override;
+  Result<std::unique_ptr<RemoteGrant>> grant(uint32_t access,
+                                             std::optional<ConnectionScope> only) override;
   ~UcxMemory() override;
 
   ucp_mem_h memh() const { return memh_.get(); }
@@ -42,10 +44,27 @@ class UcxMemory final : public MemoryHandle {
   UcpMemPtr memh_;
   void* address_ = nullptr;
   size_t length_ = 0;
+  uint32_t access_ = 0;
   std::vector<uint8_t> packed_;
   /// Checked RMA: this memory's entry in the worker's access table (0 = none).
   uint64_t grant_id_ = 0;
   std::shared_ptr<AccessEntry> grant_;
+};
+
+/// Checked RMA: an entry of its own in the access table, revoked on destruction. Native RMA:
+/// the registration's own rkey (nothing below us could enforce less), not enforced.
+class UcxGrant final : public RemoteGrant {
+ public:
+  UcxGrant(std::shared_ptr<UcxWorker> worker, uint64_t id, std::vector<uint8_t> packed)
+      : worker_(std::move(worker)), id_(id), packed_(std::move(packed)) {}
+  ~UcxGrant() override;
+  std::vector<uint8_t> packedKey() const override { return packed_; }
+  bool enforced() const override { return id_ != 0; }
+
+ private:
+  std::shared_ptr<UcxWorker> worker_;
+  uint64_t id_;  ///< 0: native RMA
+  std::vector<uint8_t> packed_;
 };
 
 }  // namespace zcx::transport::ucx

@@ -49,6 +49,7 @@ Capabilities UcxTransport::capabilities() const {
   caps.notify = true;
   caps.allocate = true;
   caps.max_message_size = kMaxMessageSize;
+  caps.enforces_grants = worker_->checkedRma();
   return caps;
 }
 

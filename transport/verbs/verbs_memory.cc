@@ -107,6 +107,40 @@ std::vector<uint8_t> VerbsMemory::packedKey() const {
   return packKey(mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
 }
 
+namespace {
+
+class VerbsGrant final : public RemoteGrant {
+ public:
+  VerbsGrant(MrPtr mr, std::vector<uint8_t> packed)
+      : mr_(std::move(mr)), packed_(std::move(packed)) {}
+  std::vector<uint8_t> packedKey() const override { return packed_; }
+  bool enforced() const override { return true; }
+
+ private:
+  MrPtr mr_;
+  std::vector<uint8_t> packed_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
+                                                        std::optional<ConnectionScope> /*only*/) {
+  if ((access & ~access_) != 0 || access == kAccessLocal) {
+    return Status(StatusCode::kInvalidArgument,
+                  "verbs: a grant of access " + std::to_string(access) +
+                      " on a registration with access " + std::to_string(access_));
+  }
+  errno = 0;
+  MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, ibvAccessFlags(access)));
+  if (!mr) {
+    return Status(StatusCode::kResourceExhausted,
+                  "verbs: registering an exposure of " + std::to_string(length_) +
+                      " bytes: ibv_reg_mr: " + std::strerror(errno));
+  }
+  auto packed = packKey(mr->rkey, reinterpret_cast<uintptr_t>(address_), length_);
+  return std::unique_ptr<RemoteGrant>(new VerbsGrant(std::move(mr), std::move(packed)));
+}
+
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {
   auto k = decodeKey(bytes);
   if (!k.ok()) return k.status();

@@ -29,6 +29,11 @@ class VerbsMemory final : public MemoryHandle {
   void* address() const override { return address_; }
   size_t length() const override { return length_; }
   std::vector<uint8_t> packedKey() const override;
+  /// A registration of its own (the NIC enforces its range and rights; deregistering revokes
+  /// it). A connection-scoped one is handed to that peer alone, but any QP of our protection
+  /// domain would accept its rkey: see docs/SECURITY.md.
+  Result<std::unique_ptr<RemoteGrant>> grant(uint32_t access,
+                                             std::optional<ConnectionScope> only) override;
 
   uint32_t lkey() const { return mr_->lkey; }
   uint32_t rkey() const { return mr_->rkey; }

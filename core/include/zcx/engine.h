@@ -50,8 +50,11 @@ class ZCX_EXPORT Engine {
   /// Allocates registered memory (transports may give faster memory this way, e.g. UCX shm).
   Result<MemoryRegion> allocate(size_t length, uint32_t access);
 
-  /// Publishes a region under `name` to current and future peers (Connection::remoteRegion).
-  Status expose(std::string name, const MemoryRegion& region);
+  /// Publishes a region under `name` to current and future peers (Connection::remoteRegion),
+  /// with a key of its own: unexpose() (or destroying the region) revokes it, and every later
+  /// access through it fails, also from peers that kept the descriptor. Exposing a name again
+  /// replaces (and revokes) the previous exposure.
+  Status expose(std::string name, const MemoryRegion& region, const ExposeOptions& options = {});
   void unexpose(std::string_view name);
 
   /// Connects to a listening engine at "host:port" (handshake: version, transport, addresses).

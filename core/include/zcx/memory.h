@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,6 +34,20 @@ struct ZCX_EXPORT RegionDescriptor {
   std::vector<uint8_t> encode() const;
   /// Validates magic, version, lengths and checksum: corrupt bytes give kProtocolError.
   static Result<RegionDescriptor> decode(std::span<const uint8_t> bytes);
+};
+
+/// How Engine::expose publishes a region. The memory's owner enforces both on every access
+/// (verbs: the NIC; UCX tcp: our target-side check), except over UCX native RMA (shared memory),
+/// where only lookups are restricted (docs/SECURITY.md).
+struct ExposeOptions {
+  /// What peers may do through this exposure: a non-empty subset of the region's access (e.g.
+  /// kRemoteRead of a read-write registration). Default: the region's access.
+  std::optional<uint32_t> access;
+  /// Names of the peers (their EngineOptions::name, as their handshake carried it) that may look
+  /// the region up and reach it; empty: every peer. Any other peer gets kNotFound, and a key it
+  /// got elsewhere is refused. A name is what the peer declares: with auth_secret only holders
+  /// of the secret can connect at all, so a list separates peers that hold it.
+  std::vector<std::string> peers;
 };
 
 namespace detail {

@@ -52,6 +52,32 @@ class Completion {
   ~Completion() = default;
 };
 
+enum class Role {
+  kActive,   ///< the side that called Engine::connect()
+  kPassive,  ///< the side whose listener accepted the connection
+};
+
+/// One connection, as its endpoint was set up (EndpointSetup::token and ::role on this side).
+struct ConnectionScope {
+  uint64_t token = 0;
+  Role role = Role::kActive;
+};
+
+/// A revocable key to a MemoryHandle's memory with at most its rights, maybe usable by one
+/// connection only: what Engine::expose hands out. Destroying it revokes the key (later accesses
+/// through it are refused; accesses already copying finish, counted by the handle's
+/// remoteAccessesInFlight()). Destroyed before its MemoryHandle, without the core's lock.
+class RemoteGrant {
+ public:
+  virtual ~RemoteGrant() = default;
+  /// What the peer imports (same format as MemoryHandle::packedKey()).
+  virtual std::vector<uint8_t> packedKey() const = 0;
+  /// True if the memory's owner enforces the grant's access and connection scope on every
+  /// access (verbs: the NIC; UCX checked RMA: our handler). False if only the control plane
+  /// does (UCX native RMA, e.g. over shared memory): the key is the registration's own.
+  virtual bool enforced() const = 0;
+};
+
 /// A registration of local memory. Destroying it deregisters the memory.
 class MemoryHandle {
  public:
@@ -69,6 +95,11 @@ class MemoryHandle {
   /// Remote accesses that passed the target's check and still copy into or out of this memory;
   /// the core deregisters only once this is 0. Thread-safe.
   virtual uint32_t remoteAccessesInFlight() const { return 0; }
+  /// A new key to this memory granting `access` (AccessBits, within the registration's), to
+  /// the connection `only` (its endpoint must exist) or to every peer (nullopt). kInvalidArgument
+  /// if `access` exceeds the registration's. Thread-safe, called without the core's lock.
+  virtual Result<std::unique_ptr<RemoteGrant>> grant(uint32_t access,
+                                                     std::optional<ConnectionScope> only) = 0;
 };
 
 /// A peer's key, unpacked for one endpoint. Must be destroyed before its endpoint.
@@ -105,11 +136,6 @@ class EndpointEvents {
 };
 
 enum class EndpointState { kConnecting, kReady, kBroken };
-
-enum class Role {
-  kActive,   ///< the side that called Engine::connect()
-  kPassive,  ///< the side whose listener accepted the connection
-};
 
 struct EndpointSetup {
   Role role = Role::kActive;
@@ -157,6 +183,9 @@ struct Capabilities {
   bool notify = true;           ///< write with notification
   bool allocate = false;        ///< allocateMemory() gives memory faster than registering
   size_t max_message_size = 0;  ///< largest two-sided message this transport can carry
+  /// The target enforces a RemoteGrant's access and connection scope on every access
+  /// (RemoteGrant::enforced()); false: only the control plane restricts who gets a key.
+  bool enforces_grants = true;
 };
 
 /// Options the core passes through. Keys a transport does not know are an error.

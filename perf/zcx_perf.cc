@@ -55,6 +55,11 @@ DEFINE_string(auth_secret_file, "",
               "--auth-secret-file PATH: shared secret peers must prove they know (the same file "
               "content on every side; chmod 600). Without it anyone who reaches the port may "
               "connect");
+DEFINE_string(name, "zcx_perf", "this engine's name, as peers see it (and match --expose_to)");
+DEFINE_string(expose_to, "",
+              "NAME,NAME,...: expose this side's buffer only to peers of these --name values "
+              "(others cannot look it up, and the target refuses their keys; see "
+              "docs/SECURITY.md for what each transport enforces). Default: every peer");
 DEFINE_bool(verify, false, "check the bytes that arrived (slows the run)");
 DEFINE_bool(json, false, "print one JSON object per result line instead of the table");
 DEFINE_int32(progress_spin_us, 50,
@@ -84,6 +89,19 @@ DEFINE_bool(metrics, false,
 
 namespace zcx::perf {
 namespace {
+
+/// The ExposeOptions of every exposure zcx_perf makes (--expose_to).
+ExposeOptions exposeOptions() {
+  ExposeOptions o;
+  std::string list = FLAGS_expose_to;
+  for (size_t start = 0; start < list.size();) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    if (comma > start) o.peers.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return o;
+}
 
 using namespace std::chrono_literals;
 
@@ -153,7 +171,7 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;
   o.listen_address = listen;
   o.auth_secret_file = FLAGS_auth_secret_file;
-  o.name = "zcx_perf";
+  o.name = FLAGS_name;
   o.progress = mode;
   o.progress_spin = std::chrono::microseconds(FLAGS_progress_spin_us);
   o.connect_timeout = 20s;
@@ -328,7 +346,7 @@ class Server {
       for (size_t i = 0; i < nslots; ++i)
         fillPattern(buf_.data() + i * h_.max_size, h_.max_size, h_.seed, i);
     }
-    ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf", buf_.region));
+    ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf", buf_.region, exposeOptions()));
     if (kind_ == TestKind::kWriteLat) {
       auto r = data_[0].remoteRegion("zcx_perf_client");
       if (!r.ok()) return r.status().withContext("looking up the client's region");
@@ -609,7 +627,7 @@ class Client {
     ZCX_RETURN_IF_ERROR(makeBuffer(
         eng_, bytes, cfg_.kind == TestKind::kWriteLat ? kRemoteWrite : kLocalOnly, &buf_));
     if (cfg_.kind == TestKind::kWriteLat)
-      ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf_client", buf_.region));
+      ZCX_RETURN_IF_ERROR(eng_.expose("zcx_perf_client", buf_.region, exposeOptions()));
 
     auto c = eng_.connect(host_port);
     if (!c.ok()) return c.status().withContext("connecting to " + host_port);
@@ -1228,7 +1246,7 @@ int runMpi(int argc, char** argv, const ClientConfig& cfg) {
   Buffer buf;
   Status s = makeBuffer(e, size, kRemoteReadWrite, &buf);
   if (!s.ok()) return fail(s.toString());
-  s = e.expose("zcx_perf", buf.region);
+  s = e.expose("zcx_perf", buf.region, exposeOptions());
   if (!s.ok()) return fail(s.toString());
   std::string addr = e.listenAddress();
   if (listen.rfind("0.0.0.0:", 0) == 0 || listen.rfind("[::]:", 0) == 0)

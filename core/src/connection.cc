@@ -348,9 +348,11 @@ Result<RemoteRegion> ConnectionImpl::remoteRegion(std::string_view region_name,
         return Status(StatusCode::kConnectionBroken,
                       "connection to " + peer_name + " closed during lookup");
       if (!found) {
-        return Status(StatusCode::kNotFound, "peer " + peer_name + " exposes no region named '" +
-                                                 key + "'; call Engine::expose(\"" + key +
-                                                 "\", region) there first");
+        return Status(StatusCode::kNotFound,
+                      "peer " + peer_name + " exposes no region named '" + key +
+                          "' to us; call Engine::expose(\"" + key +
+                          "\", region) there first (with ExposeOptions::peers, our name " +
+                          engine_->name + " must be in the list)");
       }
       peer_regions_[key] = bytes;
     }

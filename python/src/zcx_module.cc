@@ -1043,20 +1043,28 @@ PYBIND11_MODULE(_zcx, m) {
           "target of read/recv.")
       .def(
           "expose",
-          [](PyEngine& e, std::string name, py::object region) {
+          [](PyEngine& e, std::string name, py::object region, std::optional<uint32_t> access,
+             std::optional<std::vector<std::string>> peers) {
             auto engine = e.get();
             auto r = regionArg(region, "region").get();
+            zcx::ExposeOptions options;
+            options.access = access;
+            if (peers) options.peers = *peers;
             zcx::Status s;
             {
               py::gil_scoped_release release;
-              s = engine->expose(name, r->region);
+              s = engine->expose(name, r->region, options);
             }
             check(s);
             e.exposed[name] = region;
           },
-          py::arg("name"), py::arg("region"),
+          py::arg("name"), py::arg("region"), py::arg("access") = py::none(),
+          py::arg("peers") = py::none(),
           "Publishes a region under `name` to current and future peers; the engine keeps the "
-          "Region (registered) until unexpose(name) or close()")
+          "Region (registered) until unexpose(name) or close(). `access` exposes a subset of "
+          "the region's rights (e.g. RemoteRead of a read-write region); `peers` (a list of "
+          "peer names) limits who may look it up and reach it. unexpose revokes what it "
+          "handed out.")
       .def(
           "unexpose",
           [](PyEngine& e, std::string name) {

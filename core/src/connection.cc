@@ -69,6 +69,15 @@ Status ConnectionImpl::createEndpoint(const transport::EndpointSetup& setup) {
   return Status::Ok();
 }
 
+Status ConnectionImpl::bindGrant(transport::RemoteGrant* grant, transport::Completion* done) {
+  std::lock_guard<std::mutex> lock(engine_->mu);
+  if (!endpoint_ || closed_) {
+    return broken_.ok() ? Status(StatusCode::kConnectionBroken, "the connection is closed")
+                        : broken_;
+  }
+  return endpoint_->bindGrant(grant, done);
+}
+
 Status ConnectionImpl::waitReady(Clock::time_point deadline) {
   for (;;) {
     {
@@ -215,8 +224,19 @@ void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
       *end = l.status();
       return;
     }
-    auto d = engine_->lookupExposure(l->name, *this);
-    LookupReply reply{l->id, d.has_value(), d.value_or(std::vector<uint8_t>{})};
+    const uint64_t lookup_id = l->id;
+    std::weak_ptr<ConnectionImpl> weak = weak_from_this();
+    auto answer = engine_->lookupExposure(
+        l->name, *this, [weak, lookup_id](std::optional<std::vector<uint8_t>> d) {
+          // A bound grant's answer, from a progress thread; a closed connection takes none.
+          auto self = weak.lock();
+          if (!self) return;
+          LookupReply reply{lookup_id, d.has_value(), d.value_or(std::vector<uint8_t>{})};
+          (void)self->queueControlFrame(FrameType::kLookupReply, encode(reply));
+        });
+    if (answer.pending) return;
+    LookupReply reply{lookup_id, answer.descriptor.has_value(),
+                      answer.descriptor.value_or(std::vector<uint8_t>{})};
     Status queued = queueControlFrame(FrameType::kLookupReply, encode(reply));
     if (!queued.ok()) *end = queued.withContext("answering a lookup of " + peer_name);
   } else if (f.type == FrameType::kLookupReply) {

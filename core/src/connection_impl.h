@@ -56,6 +56,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// The endpoint's state without waiting: nullopt while it is still connecting.
   std::optional<Status> pollReady();
   void setPeerRegions(std::map<std::string, std::vector<uint8_t>> regions);
+  /// Has the endpoint bind a grant made for this connection (Endpoint::bindGrant).
+  Status bindGrant(transport::RemoteGrant* grant, transport::Completion* done);
 
   // ---- the public API ----
   Result<RemoteRegion> remoteRegion(std::string_view name, std::chrono::milliseconds timeout);

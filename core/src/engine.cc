@@ -508,30 +508,68 @@ std::map<std::string, std::vector<uint8_t>> EngineImpl::exposedRegions() {
   return out;
 }
 
-std::optional<std::vector<uint8_t>> EngineImpl::lookupExposure(const std::string& name,
-                                                               const ConnectionImpl& conn) {
+namespace {
+
+/// A connection-scoped grant being bound by its endpoint: once bound, it joins its exposure and
+/// the lookup is answered; if the exposure went meanwhile or the bind failed, it is dropped and
+/// the answer is NotFound.
+struct GrantBinding final : transport::Completion {
+  EngineImpl* engine;
+  std::shared_ptr<EngineImpl::Exposure> exposure;
+  std::string name;
+  uint64_t conn_id;
+  std::shared_ptr<transport::RemoteGrant> grant;
+  std::vector<uint8_t> descriptor;
+  EngineImpl::LookupLater later;
+
+  void complete(Status status) override {
+    std::optional<std::vector<uint8_t>> answer;
+    std::shared_ptr<transport::RemoteGrant> unused = grant;  // revoked at the end if not kept
+    if (status.ok()) {
+      std::lock_guard<std::mutex> lock(engine->exposed_mu);
+      auto it = engine->exposed.find(name);
+      if (it != engine->exposed.end() && it->second == exposure) {
+        auto [slot, inserted] =
+            exposure->per_connection.emplace(conn_id, std::make_pair(grant, descriptor));
+        answer = slot->second.second;  // not inserted: a concurrent lookup's grant won
+      }
+    } else {
+      LOG(WARNING) << "zcx: binding '" << name << "' to connection " << conn_id
+                   << " failed: " << status.toString();
+    }
+    grant.reset();
+    later(std::move(answer));
+    delete this;
+  }
+};
+
+}  // namespace
+
+EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, ConnectionImpl& conn,
+                                                    LookupLater later) {
   std::shared_ptr<Exposure> e;
   {
     std::lock_guard<std::mutex> lock(exposed_mu);
     auto it = exposed.find(name);
     // A peer outside the list learns nothing, not even that the name exists.
-    if (it == exposed.end()) return std::nullopt;
-    if (it->second->peers.empty()) return it->second->descriptor;
-    if (it->second->peers.count(conn.peer_name) == 0) return std::nullopt;
+    if (it == exposed.end()) return {};
+    if (it->second->peers.empty()) return {false, it->second->descriptor};
+    if (it->second->peers.count(conn.peer_name) == 0) return {};
+    if (it->second->access == kLocalOnly) return {false, it->second->descriptor};
     auto mine = it->second->per_connection.find(conn.id);
-    if (mine != it->second->per_connection.end()) return mine->second.second;
+    if (mine != it->second->per_connection.end()) return {false, mine->second.second};
     e = it->second;
   }
   // The first lookup by this connection: a grant of its own (registration work on verbs), made
   // without exposed_mu while the registration is pinned.
   std::shared_ptr<transport::RemoteGrant> grant;  // destroyed after the lock if not kept
   std::shared_ptr<RegionState> state = e->state.lock();
-  if (!state) return std::nullopt;
+  if (!state) return {};
   auto g = state->handle->grant(e->access, conn.scope());
   if (!g.ok()) {
     LOG(WARNING) << "zcx: cannot grant '" << name << "' to " << conn.peer_name << ": "
                  << g.status().toString();
-    return std::nullopt;
+    return {};
   }
   grant = std::move(*g);
   RegionDescriptor d;
@@ -541,11 +579,30 @@ std::optional<std::vector<uint8_t>> EngineImpl::lookupExposure(const std::string
   d.access = e->access;
   d.key = grant->packedKey();
   std::vector<uint8_t> bytes = d.encode();
+  if (grant->needsBind()) {
+    auto* binding = new GrantBinding();
+    binding->engine = this;
+    binding->exposure = e;
+    binding->name = name;
+    binding->conn_id = conn.id;
+    binding->grant = grant;
+    binding->descriptor = std::move(bytes);
+    binding->later = std::move(later);
+    Status bound = conn.bindGrant(grant.get(), binding);
+    if (!bound.ok()) {
+      binding->grant.reset();
+      delete binding;
+      LOG(WARNING) << "zcx: cannot bind '" << name << "' to " << conn.peer_name << ": "
+                   << bound.toString();
+      return {};
+    }
+    return {true, std::nullopt};
+  }
   std::lock_guard<std::mutex> lock(exposed_mu);
   auto it = exposed.find(name);
-  if (it == exposed.end() || it->second != e) return std::nullopt;  // unexposed meanwhile
+  if (it == exposed.end() || it->second != e) return {};  // unexposed meanwhile
   auto [slot, inserted] = e->per_connection.emplace(conn.id, std::make_pair(grant, bytes));
-  return slot->second.second;  // not inserted: a concurrent lookup's grant won; ours goes
+  return {false, slot->second.second};  // not inserted: a concurrent lookup's grant won
 }
 
 void EngineImpl::revokeConnectionGrants(uint64_t conn_id) {
@@ -1047,11 +1104,10 @@ Status Engine::expose(std::string name, const MemoryRegion& region,
     return Status(StatusCode::kInvalidArgument, "expose: name must be 1-200 bytes");
   const uint32_t region_access = region.access();
   const uint32_t access = options.access.value_or(region_access);
-  if (access == kLocalOnly || (access & ~region_access) != 0) {
+  if ((access & ~region_access) != 0) {
     return Status(StatusCode::kInvalidArgument,
                   "expose '" + name + "': access " + std::to_string(access) +
-                      " is not a non-empty subset of the region's access " +
-                      std::to_string(region_access) +
+                      " is more than the region's access " + std::to_string(region_access) +
                       "; register the memory with the rights peers need (kRemoteRead, "
                       "kRemoteWrite) and expose at most those");
   }
@@ -1066,7 +1122,13 @@ Status Engine::expose(std::string name, const MemoryRegion& region,
     }
     e->peers.insert(p);
   }
-  if (e->peers.empty()) {
+  if (access == kLocalOnly) {
+    // Peers may learn its name and size, but get no key at all.
+    RegionDescriptor d = region.descriptor();
+    d.access = kLocalOnly;
+    d.key.clear();
+    e->descriptor = d.encode();
+  } else if (e->peers.empty()) {
     // Its own grant, so that unexpose revokes exactly what this exposure handed out.
     auto g = region.state()->handle->grant(access, std::nullopt);
     if (!g.ok()) return g.status().withContext("expose '" + name + "'");

@@ -183,11 +183,17 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// result, outside exposed_mu); returns their names.
   std::vector<std::string> unexposeRegion(const RegionState* region,
                                           std::vector<std::shared_ptr<Exposure>>* gone);
-  /// The descriptor `conn` gets for `name`: nullopt if there is no such exposure or `conn`'s
-  /// peer is not in its list. A scoped exposure's first lookup by `conn` makes its grant.
-  /// Control loop thread (may register memory).
-  std::optional<std::vector<uint8_t>> lookupExposure(const std::string& name,
-                                                     const ConnectionImpl& conn);
+  /// The descriptor `conn` gets for `name` (nullopt: no such exposure, or `conn`'s peer is not
+  /// in its list), now or, when `pending` is set, later through `later` (called once, on a
+  /// progress thread): a scoped exposure's first lookup by `conn` makes its grant, which the
+  /// connection's endpoint may have to bind first (verbs memory windows). Control loop thread
+  /// (may register memory).
+  struct LookupAnswer {
+    bool pending = false;
+    std::optional<std::vector<uint8_t>> descriptor;
+  };
+  using LookupLater = std::function<void(std::optional<std::vector<uint8_t>>)>;
+  LookupAnswer lookupExposure(const std::string& name, ConnectionImpl& conn, LookupLater later);
   /// `conn_id` ended: revokes the grants scoped to it.
   void revokeConnectionGrants(uint64_t conn_id);
 

@@ -446,6 +446,34 @@ Status VerbsEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t 
   return Status();
 }
 
+Status VerbsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
+  ZCX_RETURN_IF_ERROR(checkUsable());
+  auto* g = dynamic_cast<VerbsGrant*>(grant);
+  if (done == nullptr || g == nullptr || !g->needsBind()) {
+    return Status(StatusCode::kInvalidArgument, "bindGrant: not a verbs memory-window grant");
+  }
+  auto slot_r = allocSlot(done, "BIND_MW");
+  if (!slot_r.ok()) return slot_r.status();
+  // Type 2: bound through this QP's send queue, usable by this QP's peer alone; the CQE says
+  // it is in place (only then is the peer told the rkey).
+  PendingWr p;
+  p.wr.opcode = IBV_WR_BIND_MW;
+  p.wr.num_sge = 0;
+  p.wr.bind_mw.mw = g->mw();
+  p.wr.bind_mw.rkey = g->rkey();
+  p.wr.bind_mw.bind_info.mr = g->mr();
+  p.wr.bind_mw.bind_info.addr = g->addr();
+  p.wr.bind_mw.bind_info.length = g->length();
+  p.wr.bind_mw.bind_info.mw_access_flags =
+      static_cast<unsigned>(ibvAccessFlags(g->access()) & ~IBV_ACCESS_LOCAL_WRITE);
+  p.slot = *slot_r;
+  p.last_of_op = true;
+  p.wr.wr_id = sendWrId(serial_, *slot_r, slots_[*slot_r].gen, true);
+  pending_.push_back(p);
+  flushPending();
+  return Status();
+}
+
 int VerbsEndpoint::flushPending() {
   if (state_ != EndpointState::kReady || pending_.empty()) return 0;
   post_buf_.clear();

@@ -31,6 +31,7 @@ class VerbsEndpoint final : public Endpoint {
   Status postRead(std::span<const RmaOp> ops, Completion* done) override;
   Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
                   Completion* done) override;
+  Status bindGrant(RemoteGrant* grant, Completion* done) override;
   void close(Status why) override;
 
   // ---- for VerbsTransport

@@ -107,38 +107,52 @@ std::vector<uint8_t> VerbsMemory::packedKey() const {
   return packKey(mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
 }
 
-namespace {
+VerbsGrant::VerbsGrant(MrPtr mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length,
+                       uint32_t access, bool enforced)
+    : mw_(std::move(mw)),
+      mr_(std::move(mr)),
+      rkey_(rkey),
+      addr_(addr),
+      length_(length),
+      access_(access),
+      enforced_(enforced) {}
 
-class VerbsGrant final : public RemoteGrant {
- public:
-  VerbsGrant(MrPtr mr, std::vector<uint8_t> packed)
-      : mr_(std::move(mr)), packed_(std::move(packed)) {}
-  std::vector<uint8_t> packedKey() const override { return packed_; }
-  bool enforced() const override { return true; }
-
- private:
-  MrPtr mr_;
-  std::vector<uint8_t> packed_;
-};
-
-}  // namespace
+std::vector<uint8_t> VerbsGrant::packedKey() const { return packKey(rkey_, addr_, length_); }
 
 Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
-                                                        std::optional<ConnectionScope> /*only*/) {
+                                                        std::optional<ConnectionScope> only) {
   if ((access & ~access_) != 0 || access == kAccessLocal) {
     return Status(StatusCode::kInvalidArgument,
                   "verbs: a grant of access " + std::to_string(access) +
                       " on a registration with access " + std::to_string(access_));
   }
+  const auto addr = reinterpret_cast<uintptr_t>(address_);
+  const bool window = only.has_value() && memory_windows_;
+  // A window's registration has no remote rights of its own: its rkey opens nothing.
+  const int flags = window ? IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND : ibvAccessFlags(access);
   errno = 0;
-  MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, ibvAccessFlags(access)));
+  MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, flags));
   if (!mr) {
     return Status(StatusCode::kResourceExhausted,
                   "verbs: registering an exposure of " + std::to_string(length_) +
-                      " bytes: ibv_reg_mr: " + std::strerror(errno));
+                      " bytes: ibv_reg_mr: " + errnoText(errno));
   }
-  auto packed = packKey(mr->rkey, reinterpret_cast<uintptr_t>(address_), length_);
-  return std::unique_ptr<RemoteGrant>(new VerbsGrant(std::move(mr), std::move(packed)));
+  if (!window) {
+    const uint32_t rkey = mr->rkey;
+    // Scoped without windows: only that peer is told the rkey, but the NIC does not check who
+    // uses it.
+    return std::unique_ptr<RemoteGrant>(new VerbsGrant(std::move(mr), nullptr, rkey, addr,
+                                                       length_, access, !only.has_value()));
+  }
+  errno = 0;
+  MwPtr mw(ibv_alloc_mw(mr_->pd, IBV_MW_TYPE_2));
+  if (!mw) {
+    return Status(StatusCode::kResourceExhausted,
+                  std::string("verbs: ibv_alloc_mw(type 2): ") + errnoText(errno));
+  }
+  const uint32_t rkey = ibv_inc_rkey(mw->rkey);
+  return std::unique_ptr<RemoteGrant>(
+      new VerbsGrant(std::move(mr), std::move(mw), rkey, addr, length_, access, true));
 }
 
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {

@@ -29,11 +29,15 @@ class VerbsMemory final : public MemoryHandle {
   void* address() const override { return address_; }
   size_t length() const override { return length_; }
   std::vector<uint8_t> packedKey() const override;
-  /// A registration of its own (the NIC enforces its range and rights; deregistering revokes
-  /// it). A connection-scoped one is handed to that peer alone, but any QP of our protection
-  /// domain would accept its rkey: see docs/SECURITY.md.
+  /// Unscoped: a registration of its own (the NIC enforces its range and rights; deregistering
+  /// revokes it). Connection-scoped, on a device with type-2 memory windows: a window over a
+  /// registration without remote rights, which the connection's endpoint binds to its QP
+  /// (needsBind; only that QP can use the rkey). Without windows: a registration whose rkey only
+  /// that peer is told (not enforced against others: docs/SECURITY.md).
   Result<std::unique_ptr<RemoteGrant>> grant(uint32_t access,
                                              std::optional<ConnectionScope> only) override;
+  /// The device supports type-2 memory windows (set by the transport after registering).
+  void enableMemoryWindows() { memory_windows_ = true; }
 
   uint32_t lkey() const { return mr_->lkey; }
   uint32_t rkey() const { return mr_->rkey; }
@@ -47,6 +51,34 @@ class VerbsMemory final : public MemoryHandle {
   uint32_t access_;
   MrPtr mr_;
   void* owned_;  ///< allocation freed after deregistration (allocate() only)
+  bool memory_windows_ = false;
+};
+
+/// What Engine::expose hands out on verbs (VerbsMemory::grant).
+class VerbsGrant final : public RemoteGrant {
+ public:
+  VerbsGrant(MrPtr mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length, uint32_t access,
+             bool enforced);
+  std::vector<uint8_t> packedKey() const override;
+  bool enforced() const override { return enforced_; }
+  bool needsBind() const override { return mw_ != nullptr; }
+
+  // For VerbsEndpoint::bindGrant.
+  ibv_mw* mw() const { return mw_.get(); }
+  ibv_mr* mr() const { return mr_.get(); }
+  uint32_t rkey() const { return rkey_; }
+  uint64_t addr() const { return addr_; }
+  uint64_t length() const { return length_; }
+  uint32_t access() const { return access_; }
+
+ private:
+  MwPtr mw_;  // before mr_: the window goes first
+  MrPtr mr_;
+  uint32_t rkey_;
+  uint64_t addr_;
+  uint64_t length_;
+  uint32_t access_;
+  bool enforced_;
 };
 
 /// A peer's region as seen through a packed key: {rkey, addr, length}.

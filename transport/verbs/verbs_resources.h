@@ -36,6 +36,11 @@ struct MrDeleter {
     if (int rc = ibv_dereg_mr(mr); rc != 0) LOG(WARNING) << "ibv_dereg_mr: " << errnoText(rc);
   }
 };
+struct MwDeleter {
+  void operator()(ibv_mw* mw) const noexcept {
+    if (int rc = ibv_dealloc_mw(mw); rc != 0) LOG(WARNING) << "ibv_dealloc_mw: " << errnoText(rc);
+  }
+};
 struct EventChannelDeleter {
   void operator()(rdma_event_channel* ch) const noexcept { rdma_destroy_event_channel(ch); }
 };
@@ -59,6 +64,7 @@ using PdPtr = std::unique_ptr<ibv_pd, PdDeleter>;
 using CqPtr = std::unique_ptr<ibv_cq, CqDeleter>;
 using CompChannelPtr = std::unique_ptr<ibv_comp_channel, CompChannelDeleter>;
 using MrPtr = std::unique_ptr<ibv_mr, MrDeleter>;
+using MwPtr = std::unique_ptr<ibv_mw, MwDeleter>;
 using EventChannelPtr = std::unique_ptr<rdma_event_channel, EventChannelDeleter>;
 using CmIdPtr = std::unique_ptr<rdma_cm_id, CmIdDeleter>;
 using DeviceListPtr = std::unique_ptr<ibv_context*, DeviceListDeleter>;

@@ -160,6 +160,8 @@ Capabilities VerbsTransport::capabilities() const {
   c.notify = true;
   c.allocate = false;
   c.max_message_size = kMaxMessageSize;
+  // A peer list is bound to the peer's QP only through type-2 memory windows.
+  c.enforces_grants = memoryWindows();
   return c;
 }
 
@@ -169,7 +171,8 @@ std::string VerbsTransport::description() const {
     << " (" << device_.gid_type;
   if (!device_.netdev.empty()) s << " on " << device_.netdev;
   s << ") " << ipv4String(listen_addr_.sin_addr) << ":" << ntohs(listen_addr_.sin_port) << " mtu "
-    << (128 << device_.port_attr.active_mtu);
+    << (128 << device_.port_attr.active_mtu)
+    << (memoryWindows() ? " mw=type2" : " mw=none");  // how peer lists are enforced
   return s.str();
 }
 
@@ -177,6 +180,7 @@ Result<std::unique_ptr<MemoryHandle>> VerbsTransport::registerMemory(void* addre
                                                                      uint32_t access) {
   auto r = VerbsMemory::create(pd_.get(), address, length, access, device_.device_attr.max_mr_size);
   if (!r.ok()) return r.status();
+  if (memoryWindows()) (*r)->enableMemoryWindows();
   return std::unique_ptr<MemoryHandle>(std::move(*r));
 }
 
@@ -184,6 +188,7 @@ Result<std::unique_ptr<MemoryHandle>> VerbsTransport::allocateMemory(size_t leng
                                                                      uint32_t access) {
   auto r = VerbsMemory::allocate(pd_.get(), length, access, device_.device_attr.max_mr_size);
   if (!r.ok()) return r.status();
+  if (memoryWindows()) (*r)->enableMemoryWindows();
   return std::unique_ptr<MemoryHandle>(std::move(*r));
 }
 

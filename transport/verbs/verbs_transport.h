@@ -42,6 +42,11 @@ class VerbsTransport final : public Transport {
 
   // ---- for VerbsEndpoint
   const DeviceChoice& device() const { return device_; }
+  /// The device binds type-2 memory windows (for connection-scoped grants).
+  bool memoryWindows() const {
+    return (device_.device_attr.device_cap_flags & IBV_DEVICE_MEM_WINDOW_TYPE_2B) != 0 &&
+           device_.device_attr.max_mw > 0;
+  }
   const VerbsOptions& options() const { return options_; }
   ibv_pd* pd() const { return pd_.get(); }
   ibv_cq* cq() const { return cq_.get(); }

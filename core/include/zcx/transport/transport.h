@@ -76,6 +76,9 @@ class RemoteGrant {
   /// access (verbs: the NIC; UCX checked RMA: our handler). False if only the control plane
   /// does (UCX native RMA, e.g. over shared memory): the key is the registration's own.
   virtual bool enforced() const = 0;
+  /// A connection-scoped grant whose key works only once that connection's endpoint bound it
+  /// (Endpoint::bindGrant; verbs: a type-2 memory window bound through the QP).
+  virtual bool needsBind() const { return false; }
 };
 
 /// A registration of local memory. Destroying it deregisters the memory.
@@ -170,6 +173,13 @@ class Endpoint {
   /// Sends `length` bytes from registered memory; length <= max_message_size.
   virtual Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
                           Completion* done) = 0;
+
+  /// Binds `grant` (made for this connection, needsBind()) to this endpoint; `done` completes
+  /// (completion contract above) once peers can use its key. Only transports whose grants need
+  /// it implement this.
+  virtual Status bindGrant(RemoteGrant* /*grant*/, Completion* /*done*/) {
+    return Status(StatusCode::kInternal, "this transport's grants need no binding");
+  }
 
   /// Fails every outstanding operation with `why` (through its Completion, inside this call, or
   /// from a later progress() for those the transport cannot release yet), then releases the

@@ -459,7 +459,12 @@ Status VerbsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
   PendingWr p;
   p.wr.opcode = IBV_WR_BIND_MW;
   p.wr.num_sge = 0;
-  p.wr.bind_mw.mw = g->mw();
+  p.wr.bind_mw.mw = g->window()->get();
+  if (p.wr.bind_mw.mw == nullptr) {
+    releaseSlot(*slot_r);
+    return Status(StatusCode::kCancelled, "bindGrant: the grant was revoked");
+  }
+  windows_.push_back(g->window());
   p.wr.bind_mw.rkey = g->rkey();
   p.wr.bind_mw.bind_info.mr = g->mr();
   p.wr.bind_mw.bind_info.addr = g->addr();
@@ -712,6 +717,10 @@ void VerbsEndpoint::destroyConnection() {
     }
     if (qp_connected_) rdma_disconnect(id_.get());
     qp_connected_ = false;
+    // Windows bound through the QP hold it (rxe waits for them in ibv_destroy_qp): they die
+    // with the connection they were scoped to.
+    for (auto& w : windows_) w->invalidate();
+    windows_.clear();
     id_.reset();  // destroys the QP, then the id
     qp_ = nullptr;
   }

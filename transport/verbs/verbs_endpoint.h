@@ -137,6 +137,8 @@ class VerbsEndpoint final : public Endpoint {
   Deferred deferred_;
   std::vector<ibv_send_wr> post_buf_;
   std::vector<ibv_sge> sge_buf_;
+  /// Memory windows bound through this QP (bindGrant); invalidated before the QP is destroyed.
+  std::vector<std::shared_ptr<MemoryWindow>> windows_;
 };
 
 }  // namespace zcx::transport::verbs

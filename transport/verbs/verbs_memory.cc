@@ -109,13 +109,17 @@ std::vector<uint8_t> VerbsMemory::packedKey() const {
 
 VerbsGrant::VerbsGrant(MrPtr mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length,
                        uint32_t access, bool enforced)
-    : mw_(std::move(mw)),
-      mr_(std::move(mr)),
+    : mr_(std::move(mr)),
+      window_(mw ? std::make_shared<MemoryWindow>(std::move(mw)) : nullptr),
       rkey_(rkey),
       addr_(addr),
       length_(length),
       access_(access),
       enforced_(enforced) {}
+
+VerbsGrant::~VerbsGrant() {
+  if (window_) window_->invalidate();  // before the registration under it goes
+}
 
 std::vector<uint8_t> VerbsGrant::packedKey() const { return packKey(rkey_, addr_, length_); }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -54,17 +55,39 @@ class VerbsMemory final : public MemoryHandle {
   bool memory_windows_ = false;
 };
 
+/// A type-2 memory window, shared by its grant and the endpoint it is bound through: whichever
+/// lets go first deallocates it (a QP must not be destroyed with windows still bound to it).
+class MemoryWindow {
+ public:
+  explicit MemoryWindow(MwPtr mw) : mw_(std::move(mw)) {}
+  ibv_mw* get() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return mw_.get();
+  }
+  /// Deallocates it (unbinding it from its QP); its rkey opens nothing from then on.
+  void invalidate() {
+    MwPtr dead;
+    std::lock_guard<std::mutex> lock(mu_);
+    dead = std::move(mw_);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  MwPtr mw_;
+};
+
 /// What Engine::expose hands out on verbs (VerbsMemory::grant).
 class VerbsGrant final : public RemoteGrant {
  public:
   VerbsGrant(MrPtr mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length, uint32_t access,
              bool enforced);
+  ~VerbsGrant() override;
   std::vector<uint8_t> packedKey() const override;
   bool enforced() const override { return enforced_; }
-  bool needsBind() const override { return mw_ != nullptr; }
+  bool needsBind() const override { return window_ != nullptr; }
 
   // For VerbsEndpoint::bindGrant.
-  ibv_mw* mw() const { return mw_.get(); }
+  const std::shared_ptr<MemoryWindow>& window() const { return window_; }
   ibv_mr* mr() const { return mr_.get(); }
   uint32_t rkey() const { return rkey_; }
   uint64_t addr() const { return addr_; }
@@ -72,8 +95,8 @@ class VerbsGrant final : public RemoteGrant {
   uint32_t access() const { return access_; }
 
  private:
-  MwPtr mw_;  // before mr_: the window goes first
   MrPtr mr_;
+  std::shared_ptr<MemoryWindow> window_;  ///< invalidated by the destructor, before mr_ goes
   uint32_t rkey_;
   uint64_t addr_;
   uint64_t length_;

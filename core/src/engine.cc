@@ -525,20 +525,28 @@ struct GrantBinding final : transport::Completion {
   void complete(Status status) override {
     std::optional<std::vector<uint8_t>> answer;
     std::shared_ptr<transport::RemoteGrant> unused = grant;  // revoked at the end if not kept
-    if (status.ok()) {
+    std::vector<EngineImpl::LookupLater> waiting;
+    {
       std::lock_guard<std::mutex> lock(engine->exposed_mu);
+      auto w = exposure->binding.find(conn_id);
+      if (w != exposure->binding.end()) {
+        waiting = std::move(w->second);
+        exposure->binding.erase(w);
+      }
       auto it = engine->exposed.find(name);
-      if (it != engine->exposed.end() && it->second == exposure) {
+      if (status.ok() && it != engine->exposed.end() && it->second == exposure) {
         auto [slot, inserted] =
             exposure->per_connection.emplace(conn_id, std::make_pair(grant, descriptor));
-        answer = slot->second.second;  // not inserted: a concurrent lookup's grant won
+        answer = slot->second.second;
       }
-    } else {
+    }
+    if (!status.ok()) {
       LOG(WARNING) << "zcx: binding '" << name << "' to connection " << conn_id
                    << " failed: " << status.toString();
     }
     grant.reset();
-    later(std::move(answer));
+    later(answer);
+    for (auto& w : waiting) w(answer);
     delete this;
   }
 };
@@ -558,6 +566,11 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     if (it->second->access == kLocalOnly) return {false, it->second->descriptor};
     auto mine = it->second->per_connection.find(conn.id);
     if (mine != it->second->per_connection.end()) return {false, mine->second.second};
+    auto binding = it->second->binding.find(conn.id);
+    if (binding != it->second->binding.end()) {  // answered with the grant being bound
+      binding->second.push_back(std::move(later));
+      return {true, std::nullopt};
+    }
     e = it->second;
   }
   // The first lookup by this connection: a grant of its own (registration work on verbs), made
@@ -588,8 +601,17 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     binding->grant = grant;
     binding->descriptor = std::move(bytes);
     binding->later = std::move(later);
+    {
+      std::lock_guard<std::mutex> lock(exposed_mu);
+      e->binding.emplace(conn.id, std::vector<LookupLater>{});
+    }
     Status bound = conn.bindGrant(grant.get(), binding);
     if (!bound.ok()) {
+      {
+        // No waiters yet: only the control loop thread (this one) adds them.
+        std::lock_guard<std::mutex> lock(exposed_mu);
+        e->binding.erase(conn.id);
+      }
       binding->grant.reset();
       delete binding;
       LOG(WARNING) << "zcx: cannot bind '" << name << "' to " << conn.peer_name << ": "

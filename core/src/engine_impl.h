@@ -176,6 +176,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
     std::map<uint64_t,
              std::pair<std::shared_ptr<transport::RemoteGrant>, std::vector<uint8_t>>>
         per_connection;
+    /// Scoped: connections whose grant is being bound, with the lookups that wait for it (a
+    /// peer repeating a lookup meanwhile gets no second grant).
+    std::map<uint64_t, std::vector<std::function<void(std::optional<std::vector<uint8_t>>)>>>
+        binding;
   };
   std::mutex exposed_mu;
   std::map<std::string, std::shared_ptr<Exposure>> exposed;

@@ -52,8 +52,9 @@ class ZCX_EXPORT Engine {
 
   /// Publishes a region under `name` to current and future peers (Connection::remoteRegion),
   /// with a key of its own: unexpose() (or destroying the region) revokes it, and every later
-  /// access through it fails, also from peers that kept the descriptor. Exposing a name again
-  /// replaces (and revokes) the previous exposure.
+  /// access through it fails, also from peers that kept the descriptor (not over UCX native RMA,
+  /// i.e. shared memory, where only lookups are withdrawn: docs/SECURITY.md). Exposing a name
+  /// again replaces (and revokes) the previous exposure. `options`: narrower access, peer list.
   Status expose(std::string name, const MemoryRegion& region, const ExposeOptions& options = {});
   void unexpose(std::string_view name);
 

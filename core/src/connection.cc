@@ -54,9 +54,11 @@ ConnectionImpl::ConnectionImpl(std::shared_ptr<EngineImpl> engine, uint64_t conn
       control_(std::move(control)) {}
 
 ConnectionImpl::~ConnectionImpl() {
-  engine_->revokeConnectionGrants(id);
-  std::lock_guard<std::mutex> lock(engine_->mu);
-  breakLocked(Status(StatusCode::kCancelled, "connection destroyed"));
+  {
+    std::lock_guard<std::mutex> lock(engine_->mu);
+    breakLocked(Status(StatusCode::kCancelled, "connection destroyed"));
+  }
+  engine_->revokeConnectionGrants(*this);  // after the endpoint: no bind completes later
 }
 
 Status ConnectionImpl::createEndpoint(const transport::EndpointSetup& setup) {
@@ -155,7 +157,7 @@ void ConnectionImpl::close(Status why, bool tell_peer) {
   }
   engine_->kick();  // callbacks run on the progress thread, never inside close()
   engine_->forgetConnection(this);
-  engine_->revokeConnectionGrants(id);
+  engine_->revokeConnectionGrants(*this);
   {
     std::lock_guard<std::mutex> lock(lookup_mu_);
     control_closed_ = true;
@@ -324,7 +326,7 @@ void ConnectionImpl::endControl(Status why) {
     breakLocked(std::move(why));
   }
   engine_->kick();
-  engine_->revokeConnectionGrants(id);
+  engine_->revokeConnectionGrants(*this);
   {
     std::lock_guard<std::mutex> lock(lookup_mu_);
     control_closed_ = true;

@@ -105,6 +105,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   const std::string peer_name;
   /// This connection as its transport endpoint knows it (for grants scoped to it).
   transport::ConnectionScope scope() const { return scope_; }
+  /// Set once the connection ended and its grants were revoked (EngineImpl).
+  std::atomic<bool> grants_revoked{false};
   size_t max_message_size = 0;
 
   /// Queues a frame and sends what the socket takes; the control loop sends the rest. Any thread.

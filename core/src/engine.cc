@@ -305,39 +305,49 @@ void EngineImpl::retireRegion(RegionState& region) {
     if (it != registrations.end() && it->second.lock().get() == &region) registrations.erase(it);
   }
   std::vector<std::shared_ptr<Exposure>> gone;
-  std::vector<std::string> names = unexposeRegion(&region, &gone);
+  std::vector<Withdrawal> withdrawn = unexposeRegion(&region, &gone);
   gone.clear();  // revokes the exposures' own grants
   if (region.handle) region.handle->revokeRemoteAccess();
-  if (!names.empty()) announceUnexposed(names);
+  if (!withdrawn.empty()) announceUnexposed(withdrawn);
 }
 
-std::vector<std::string> EngineImpl::unexposeRegion(const RegionState* region,
-                                                    std::vector<std::shared_ptr<Exposure>>* gone) {
-  std::vector<std::string> names;
+EngineImpl::Withdrawal EngineImpl::withdrawalOf(const std::string& name, const Exposure& e) {
+  Withdrawal w{name, std::nullopt};
+  if (e.peers.empty()) return w;
+  w.connections.emplace();
+  for (const auto& [id, g] : e.per_connection) w.connections->insert(id);
+  for (const auto& [id, waiting] : e.binding) w.connections->insert(id);
+  return w;
+}
+
+std::vector<EngineImpl::Withdrawal> EngineImpl::unexposeRegion(
+    const RegionState* region, std::vector<std::shared_ptr<Exposure>>* gone) {
+  std::vector<Withdrawal> withdrawn;
   std::lock_guard<std::mutex> lock(exposed_mu);
   for (auto it = exposed.begin(); it != exposed.end();) {
     if (it->second->region == region) {
-      names.push_back(it->first);
+      withdrawn.push_back(withdrawalOf(it->first, *it->second));
       gone->push_back(std::move(it->second));
       it = exposed.erase(it);
     } else {
       ++it;
     }
   }
-  return names;
+  return withdrawn;
 }
 
-void EngineImpl::announceUnexposed(const std::vector<std::string>& names) {
+void EngineImpl::announceUnexposed(const std::vector<Withdrawal>& gone) {
   std::vector<std::shared_ptr<ConnectionImpl>> conns;
   {
     std::lock_guard<std::mutex> lock(conn_mu_);
     for (auto& [id, c] : connections_) conns.push_back(c);
   }
   for (auto& c : conns) {
-    for (const std::string& n : names) {
+    for (const Withdrawal& w : gone) {
+      if (w.connections && w.connections->count(c->id) == 0) continue;
       (void)c->queueControlFrame(
           FrameType::kUnexpose,
-          std::vector<uint8_t>(n.begin(), n.end()));  // closed: no one to tell
+          std::vector<uint8_t>(w.name.begin(), w.name.end()));  // closed: no one to tell
     }
   }
 }
@@ -511,20 +521,28 @@ std::map<std::string, std::vector<uint8_t>> EngineImpl::exposedRegions() {
 namespace {
 
 /// A connection-scoped grant being bound by its endpoint: once bound, it joins its exposure and
-/// the lookup is answered; if the exposure went meanwhile or the bind failed, it is dropped and
-/// the answer is NotFound.
+/// the lookups waiting for it are answered; if the exposure or the connection went meanwhile or
+/// the bind failed, it is dropped and the answer is NotFound. complete() runs under the engine
+/// lock, so the work is deferred to after it (grant teardown deregisters memory; answers write
+/// to the control socket).
 struct GrantBinding final : transport::Completion {
   EngineImpl* engine;
   std::shared_ptr<EngineImpl::Exposure> exposure;
+  std::shared_ptr<RegionState> region;  ///< the grant's memory stays registered until then
   std::string name;
-  uint64_t conn_id;
+  std::weak_ptr<ConnectionImpl> conn;
+  uint64_t conn_id = 0;
   std::shared_ptr<transport::RemoteGrant> grant;
   std::vector<uint8_t> descriptor;
   EngineImpl::LookupLater later;
 
   void complete(Status status) override {
+    std::shared_ptr<GrantBinding> self(this);
+    engine->deferCallback([self](const Status& s) { self->finish(s); }, std::move(status));
+  }
+
+  void finish(const Status& status) {
     std::optional<std::vector<uint8_t>> answer;
-    std::shared_ptr<transport::RemoteGrant> unused = grant;  // revoked at the end if not kept
     std::vector<EngineImpl::LookupLater> waiting;
     {
       std::lock_guard<std::mutex> lock(engine->exposed_mu);
@@ -544,12 +562,15 @@ struct GrantBinding final : transport::Completion {
       LOG(WARNING) << "zcx: binding '" << name << "' to connection " << conn_id
                    << " failed: " << status.toString();
     }
-    grant.reset();
+    if (auto c = conn.lock()) engine->recheckConnectionGrants(*c);
+    grant.reset();  // dropped here, after the lock, unless the exposure kept it
     later(answer);
     for (auto& w : waiting) w(answer);
-    delete this;
   }
 };
+
+/// A connection may have this many lookups of one scoped name waiting for its grant's bind.
+constexpr size_t kMaxLookupsWaitingForABind = 16;
 
 }  // namespace
 
@@ -568,6 +589,7 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     if (mine != it->second->per_connection.end()) return {false, mine->second.second};
     auto binding = it->second->binding.find(conn.id);
     if (binding != it->second->binding.end()) {  // answered with the grant being bound
+      if (binding->second.size() >= kMaxLookupsWaitingForABind) return {};  // bounded: NotFound
       binding->second.push_back(std::move(later));
       return {true, std::nullopt};
     }
@@ -596,7 +618,9 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     auto* binding = new GrantBinding();
     binding->engine = this;
     binding->exposure = e;
+    binding->region = state;
     binding->name = name;
+    binding->conn = conn.weak_from_this();
     binding->conn_id = conn.id;
     binding->grant = grant;
     binding->descriptor = std::move(bytes);
@@ -613,6 +637,7 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
         e->binding.erase(conn.id);
       }
       binding->grant.reset();
+      binding->region.reset();
       delete binding;
       LOG(WARNING) << "zcx: cannot bind '" << name << "' to " << conn.peer_name << ": "
                    << bound.toString();
@@ -620,22 +645,33 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     }
     return {true, std::nullopt};
   }
-  std::lock_guard<std::mutex> lock(exposed_mu);
-  auto it = exposed.find(name);
-  if (it == exposed.end() || it->second != e) return {};  // unexposed meanwhile
-  auto [slot, inserted] = e->per_connection.emplace(conn.id, std::make_pair(grant, bytes));
-  return {false, slot->second.second};  // not inserted: a concurrent lookup's grant won
+  LookupAnswer answer;
+  {
+    std::lock_guard<std::mutex> lock(exposed_mu);
+    auto it = exposed.find(name);
+    if (it == exposed.end() || it->second != e) return {};  // unexposed meanwhile
+    auto [slot, inserted] = e->per_connection.emplace(conn.id, std::make_pair(grant, bytes));
+    answer.descriptor = slot->second.second;  // not inserted: a concurrent lookup's grant won
+  }
+  recheckConnectionGrants(conn);  // the connection may have ended while we granted
+  return answer;
 }
 
-void EngineImpl::revokeConnectionGrants(uint64_t conn_id) {
+void EngineImpl::revokeConnectionGrants(ConnectionImpl& conn) {
+  // The flag first: a grant added after this sweep sees it (recheckConnectionGrants).
+  conn.grants_revoked.store(true);
   std::vector<std::shared_ptr<transport::RemoteGrant>> gone;  // revoked outside the lock
   std::lock_guard<std::mutex> lock(exposed_mu);
   for (auto& [n, e] : exposed) {
-    auto it = e->per_connection.find(conn_id);
+    auto it = e->per_connection.find(conn.id);
     if (it == e->per_connection.end()) continue;
     gone.push_back(std::move(it->second.first));
     e->per_connection.erase(it);
   }
+}
+
+void EngineImpl::recheckConnectionGrants(ConnectionImpl& conn) {
+  if (conn.grants_revoked.load()) revokeConnectionGrants(conn);
 }
 
 void EngineImpl::forgetConnection(ConnectionImpl* conn) {
@@ -1174,27 +1210,32 @@ Status Engine::expose(std::string name, const MemoryRegion& region,
     }
   }
   std::shared_ptr<detail::EngineImpl::Exposure> replaced;  // its grants go after the lock
+  std::optional<detail::EngineImpl::Withdrawal> withdrawn;
   {
     std::lock_guard<std::mutex> lock(impl_->exposed_mu);
     auto& slot = impl_->exposed[name];
     replaced = std::move(slot);
+    if (replaced) withdrawn = detail::EngineImpl::withdrawalOf(name, *replaced);
     slot = std::move(e);
   }
-  if (replaced) impl_->announceUnexposed({name});
+  replaced.reset();
+  if (withdrawn) impl_->announceUnexposed({*withdrawn});
   return Status::Ok();
 }
 
 void Engine::unexpose(std::string_view name) {
   std::shared_ptr<detail::EngineImpl::Exposure> gone;  // revoked once dropped, outside the lock
+  std::optional<detail::EngineImpl::Withdrawal> withdrawn;
   {
     std::lock_guard<std::mutex> lock(impl_->exposed_mu);
     auto it = impl_->exposed.find(std::string(name));
     if (it == impl_->exposed.end()) return;
     gone = std::move(it->second);
+    withdrawn = detail::EngineImpl::withdrawalOf(it->first, *gone);
     impl_->exposed.erase(it);
   }
   gone.reset();
-  impl_->announceUnexposed({std::string(name)});
+  impl_->announceUnexposed({*withdrawn});
 }
 
 int Engine::progress() { return impl_->progressOnce(); }

@@ -120,9 +120,15 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// The last MemoryRegion of `region` is gone: unexposes it, takes it out of the registration
   /// cache and revokes peers' access (the registration itself lives on while operations pin it).
   void retireRegion(RegionState& region);
-  /// Tells every connected peer that `names` are no longer exposed (UNEXPOSE frames), so their
-  /// copies from the handshake go and lookups say NotFound.
-  void announceUnexposed(const std::vector<std::string>& names);
+  /// An exposure that went, and who hears of it: every connection (nullopt), or for a scoped
+  /// one only the connections that were given it (the others never learnt the name).
+  struct Withdrawal {
+    std::string name;
+    std::optional<std::set<uint64_t>> connections;
+  };
+  /// Tells peers that exposures are gone (UNEXPOSE frames), so their copies from the handshake
+  /// go and lookups say NotFound.
+  void announceUnexposed(const std::vector<Withdrawal>& gone);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
   /// kManual waiters: progress until `done()` or `until`, spinning for options.progress_spin
   /// after the last event and then sleeping on the transport's fd (1 ms at a time).
@@ -184,9 +190,11 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::mutex exposed_mu;
   std::map<std::string, std::shared_ptr<Exposure>> exposed;
   /// Removes the exposures of `region` (their grants are destroyed once the caller drops the
-  /// result, outside exposed_mu); returns their names.
-  std::vector<std::string> unexposeRegion(const RegionState* region,
-                                          std::vector<std::shared_ptr<Exposure>>* gone);
+  /// result, outside exposed_mu); returns who must hear of it.
+  std::vector<Withdrawal> unexposeRegion(const RegionState* region,
+                                         std::vector<std::shared_ptr<Exposure>>* gone);
+  /// exposed_mu held: who hears that `e` (exposed as `name`) went.
+  static Withdrawal withdrawalOf(const std::string& name, const Exposure& e);
   /// The descriptor `conn` gets for `name` (nullopt: no such exposure, or `conn`'s peer is not
   /// in its list), now or, when `pending` is set, later through `later` (called once, on a
   /// progress thread): a scoped exposure's first lookup by `conn` makes its grant, which the
@@ -198,8 +206,11 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   };
   using LookupLater = std::function<void(std::optional<std::vector<uint8_t>>)>;
   LookupAnswer lookupExposure(const std::string& name, ConnectionImpl& conn, LookupLater later);
-  /// `conn_id` ended: revokes the grants scoped to it.
-  void revokeConnectionGrants(uint64_t conn_id);
+  /// `conn` ended: revokes the grants scoped to it (and, through its grants_revoked flag, any
+  /// that a lookup in flight adds afterwards).
+  void revokeConnectionGrants(ConnectionImpl& conn);
+  /// After adding a grant for `conn`: if its grants were revoked meanwhile, revokes again.
+  void recheckConnectionGrants(ConnectionImpl& conn);
 
   std::string listen_address;
   std::string metrics_address;  ///< where metrics_server_ listens ("" without it)

@@ -97,7 +97,8 @@ void UcxAccessTable::revoke(uint64_t id) {
 
 UcxAccessTable::Checked UcxAccessTable::check(uint64_t id, uint64_t cookie, uint64_t addr,
                                               uint64_t length, uint32_t need,
-                                              uint64_t route_token, uint8_t route_role) {
+                                              uint64_t route_token, uint8_t route_role,
+                                              bool route_verified) {
   Checked out;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
@@ -110,7 +111,8 @@ UcxAccessTable::Checked UcxAccessTable::check(uint64_t id, uint64_t cookie, uint
   }
   const AccessEntry& e = *it->second;
   // A grant to another connection is, to this one, a key it was never given.
-  if (e.scoped && (e.scope_token != route_token || e.scope_role != route_role)) {
+  if (e.scoped &&
+      (!route_verified || e.scope_token != route_token || e.scope_role != route_role)) {
     out.refusal = AccessRefusal::kUnknownKey;
     return out;
   }

@@ -92,9 +92,10 @@ class UcxAccessTable {
     AccessGuard guard;
   };
   /// The check of one incoming access of `length` bytes at `addr` needing `need` (AccessBits),
-  /// arriving on the connection whose endpoint has the route key {route_token, route_role}.
+  /// naming the connection whose endpoint has the route key {route_token, route_role};
+  /// `route_verified`: it did arrive on that endpoint (required by scoped entries).
   Checked check(uint64_t id, uint64_t cookie, uint64_t addr, uint64_t length, uint32_t need,
-                uint64_t route_token, uint8_t route_role);
+                uint64_t route_token, uint8_t route_role, bool route_verified);
 
  private:
   std::mutex mu_;

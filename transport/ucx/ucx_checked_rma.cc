@@ -77,6 +77,17 @@ void UcxWorker::noteRefusal(const char* what, const RmaHeader& h, AccessRefusal 
 
 // --------------------------------------------------------------------------------- target side
 
+namespace {
+
+/// Whether the request came in on `ep`'s own UCP endpoint (the header's token is the peer's
+/// claim; UCX's reply endpoint is where the bytes actually arrived).
+bool arrivedOn(UcxEndpoint* ep, const ucp_am_recv_param_t* param) {
+  return (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && ep->ucpEp() != nullptr &&
+         param->reply_ep == ep->ucpEp();
+}
+
+}  // namespace
+
 ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param) try {
   wireAcquire();
@@ -87,7 +98,8 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
     return UCS_OK;  // a rendezvous is released without receiving it
   }
   RouteKey route{h.token, static_cast<uint8_t>(h.role ^ 1)};
-  if (self->find(route) == nullptr) {
+  UcxEndpoint* ep = self->find(route);
+  if (ep == nullptr) {
     VLOG(1) << "ucx: dropping a remote write for unknown or closed connection " << h.token;
     return UCS_OK;
   }
@@ -99,7 +111,7 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
     return UCS_OK;
   }
   auto c = self->access_.check(h.key_id, h.cookie, h.remote_addr, h.length, kAccessRemoteWrite,
-                               route.first, route.second);
+                               route.first, route.second, arrivedOn(ep, param));
   if (c.refusal != AccessRefusal::kNone) {
     self->noteRefusal("write", h, c.refusal);
     self->sendRmaReply(route, h.op_id, c.refusal, nullptr, 0, nullptr, {});
@@ -116,7 +128,7 @@ ucs_status_t UcxWorker::onAmPut(void* arg, const void* header, size_t header_len
 }
 
 ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_length, void* /*data*/,
-                                size_t length, const ucp_am_recv_param_t* /*param*/) try {
+                                size_t length, const ucp_am_recv_param_t* param) try {
   wireAcquire();
   auto* self = static_cast<UcxWorker*>(arg);
   RmaHeader h;
@@ -125,7 +137,8 @@ ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_len
     return UCS_OK;
   }
   RouteKey route{h.token, static_cast<uint8_t>(h.role ^ 1)};
-  if (self->find(route) == nullptr) {
+  UcxEndpoint* ep = self->find(route);
+  if (ep == nullptr) {
     VLOG(1) << "ucx: dropping a remote read for unknown or closed connection " << h.token;
     return UCS_OK;
   }
@@ -135,7 +148,7 @@ ucs_status_t UcxWorker::onAmGet(void* arg, const void* header, size_t header_len
     return UCS_OK;
   }
   auto c = self->access_.check(h.key_id, h.cookie, h.remote_addr, h.length, kAccessRemoteRead,
-                               route.first, route.second);
+                               route.first, route.second, arrivedOn(ep, param));
   if (c.refusal != AccessRefusal::kNone) {
     self->noteRefusal("read", h, c.refusal);
     self->sendRmaReply(route, h.op_id, c.refusal, nullptr, 0, nullptr, {});

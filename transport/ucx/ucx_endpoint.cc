@@ -433,7 +433,9 @@ void UcxEndpoint::pumpChunks() {
     RmaHeader& h = rec->rma_headers[c.index];
     ucp_request_param_t p = requestParam(rec, c.is_read ? nullptr : c.local);
     p.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    // REPLY: the target learns which of its endpoints the request really came in on, so a
+    // grant scoped to one connection cannot be used by naming its token on another.
+    p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
     wireRelease();
     ucs_status_ptr_t ptr = c.is_read
                                ? ucp_am_send_nbx(ep_, kAmGet, &h, sizeof(h), nullptr, 0, &p)

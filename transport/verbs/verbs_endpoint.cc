@@ -464,6 +464,7 @@ Status VerbsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
     releaseSlot(*slot_r);
     return Status(StatusCode::kCancelled, "bindGrant: the grant was revoked");
   }
+  std::erase_if(windows_, [](const auto& w) { return w->get() == nullptr; });  // revoked ones
   windows_.push_back(g->window());
   p.wr.bind_mw.rkey = g->rkey();
   p.wr.bind_mw.bind_info.mr = g->mr();

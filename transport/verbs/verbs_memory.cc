@@ -107,8 +107,8 @@ std::vector<uint8_t> VerbsMemory::packedKey() const {
   return packKey(mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
 }
 
-VerbsGrant::VerbsGrant(MrPtr mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length,
-                       uint32_t access, bool enforced)
+VerbsGrant::VerbsGrant(std::shared_ptr<ibv_mr> mr, MwPtr mw, uint32_t rkey, uint64_t addr,
+                       uint64_t length, uint32_t access, bool enforced)
     : mr_(std::move(mr)),
       window_(mw ? std::make_shared<MemoryWindow>(std::move(mw)) : nullptr),
       rkey_(rkey),
@@ -131,23 +131,23 @@ Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
                       " on a registration with access " + std::to_string(access_));
   }
   const auto addr = reinterpret_cast<uintptr_t>(address_);
-  const bool window = only.has_value() && memory_windows_;
-  // A window's registration has no remote rights of its own: its rkey opens nothing.
-  const int flags = window ? IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND : ibvAccessFlags(access);
-  errno = 0;
-  MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, flags));
-  if (!mr) {
-    return Status(StatusCode::kResourceExhausted,
-                  "verbs: registering an exposure of " + std::to_string(length_) +
-                      " bytes: ibv_reg_mr: " + errnoText(errno));
-  }
-  if (!window) {
+  if (!only.has_value() || !memory_windows_) {
+    errno = 0;
+    MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, ibvAccessFlags(access)));
+    if (!mr) {
+      return Status(StatusCode::kResourceExhausted,
+                    "verbs: registering an exposure of " + std::to_string(length_) +
+                        " bytes: ibv_reg_mr: " + errnoText(errno));
+    }
     const uint32_t rkey = mr->rkey;
     // Scoped without windows: only that peer is told the rkey, but the NIC does not check who
     // uses it.
-    return std::unique_ptr<RemoteGrant>(new VerbsGrant(std::move(mr), nullptr, rkey, addr,
-                                                       length_, access, !only.has_value()));
+    return std::unique_ptr<RemoteGrant>(new VerbsGrant(std::shared_ptr<ibv_mr>(std::move(mr)),
+                                                       nullptr, rkey, addr, length_, access,
+                                                       !only.has_value()));
   }
+  auto mr = windowRegistration();
+  if (!mr.ok()) return mr.status();
   errno = 0;
   MwPtr mw(ibv_alloc_mw(mr_->pd, IBV_MW_TYPE_2));
   if (!mw) {
@@ -156,7 +156,23 @@ Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
   }
   const uint32_t rkey = ibv_inc_rkey(mw->rkey);
   return std::unique_ptr<RemoteGrant>(
-      new VerbsGrant(std::move(mr), std::move(mw), rkey, addr, length_, access, true));
+      new VerbsGrant(std::move(*mr), std::move(mw), rkey, addr, length_, access, true));
+}
+
+Result<std::shared_ptr<ibv_mr>> VerbsMemory::windowRegistration() {
+  std::lock_guard<std::mutex> lock(window_mr_mu_);
+  if (auto mr = window_mr_.lock()) return mr;
+  // No remote rights of its own: its rkey opens nothing; the windows bound over it do.
+  errno = 0;
+  MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND));
+  if (!mr) {
+    return Status(StatusCode::kResourceExhausted,
+                  "verbs: registering " + std::to_string(length_) +
+                      " bytes for memory windows: ibv_reg_mr: " + errnoText(errno));
+  }
+  std::shared_ptr<ibv_mr> shared(std::move(mr));
+  window_mr_ = shared;
+  return shared;
 }
 
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {

@@ -53,6 +53,11 @@ class VerbsMemory final : public MemoryHandle {
   MrPtr mr_;
   void* owned_;  ///< allocation freed after deregistration (allocate() only)
   bool memory_windows_ = false;
+  /// The registration windows are bound over (no remote rights of its own), shared by every
+  /// connection's window while one exists: one ibv_reg_mr per exposure, not per connection.
+  std::mutex window_mr_mu_;
+  std::weak_ptr<ibv_mr> window_mr_;
+  Result<std::shared_ptr<ibv_mr>> windowRegistration();
 };
 
 /// A type-2 memory window, shared by its grant and the endpoint it is bound through: whichever
@@ -79,8 +84,8 @@ class MemoryWindow {
 /// What Engine::expose hands out on verbs (VerbsMemory::grant).
 class VerbsGrant final : public RemoteGrant {
  public:
-  VerbsGrant(MrPtr mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length, uint32_t access,
-             bool enforced);
+  VerbsGrant(std::shared_ptr<ibv_mr> mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length,
+             uint32_t access, bool enforced);
   ~VerbsGrant() override;
   std::vector<uint8_t> packedKey() const override;
   bool enforced() const override { return enforced_; }
@@ -95,7 +100,7 @@ class VerbsGrant final : public RemoteGrant {
   uint32_t access() const { return access_; }
 
  private:
-  MrPtr mr_;
+  std::shared_ptr<ibv_mr> mr_;
   std::shared_ptr<MemoryWindow> window_;  ///< invalidated by the destructor, before mr_ goes
   uint32_t rkey_;
   uint64_t addr_;

@@ -305,8 +305,10 @@ void EngineImpl::retireRegion(RegionState& region) {
     if (it != registrations.end() && it->second.lock().get() == &region) registrations.erase(it);
   }
   std::vector<std::shared_ptr<Exposure>> gone;
-  std::vector<Withdrawal> withdrawn = unexposeRegion(&region, &gone);
-  gone.clear();  // revokes the exposures' own grants
+  std::vector<std::shared_ptr<transport::RemoteGrant>> grants;
+  std::vector<Withdrawal> withdrawn = unexposeRegion(&region, &gone, &grants);
+  grants.clear();  // revokes what the exposures handed out
+  gone.clear();
   if (region.handle) region.handle->revokeRemoteAccess();
   if (!withdrawn.empty()) announceUnexposed(withdrawn);
 }
@@ -317,16 +319,19 @@ EngineImpl::Withdrawal EngineImpl::withdrawalOf(const std::string& name, const E
   w.connections.emplace();
   for (const auto& [id, g] : e.per_connection) w.connections->insert(id);
   for (const auto& [id, waiting] : e.binding) w.connections->insert(id);
+  w.connections->insert(e.told.begin(), e.told.end());
   return w;
 }
 
 std::vector<EngineImpl::Withdrawal> EngineImpl::unexposeRegion(
-    const RegionState* region, std::vector<std::shared_ptr<Exposure>>* gone) {
+    const RegionState* region, std::vector<std::shared_ptr<Exposure>>* gone,
+    std::vector<std::shared_ptr<transport::RemoteGrant>>* grants) {
   std::vector<Withdrawal> withdrawn;
   std::lock_guard<std::mutex> lock(exposed_mu);
   for (auto it = exposed.begin(); it != exposed.end();) {
     if (it->second->region == region) {
       withdrawn.push_back(withdrawalOf(it->first, *it->second));
+      takeGrants(*it->second, grants);  // revoked by the caller even if a bind holds the exposure
       gone->push_back(std::move(it->second));
       it = exposed.erase(it);
     } else {
@@ -527,8 +532,10 @@ namespace {
 /// to the control socket).
 struct GrantBinding final : transport::Completion {
   EngineImpl* engine;
-  std::shared_ptr<EngineImpl::Exposure> exposure;
+  // Declared in this order so that they go in the reverse one: grant, exposure (and any grants
+  // it still holds), and only then the region under them.
   std::shared_ptr<RegionState> region;  ///< the grant's memory stays registered until then
+  std::shared_ptr<EngineImpl::Exposure> exposure;
   std::string name;
   std::weak_ptr<ConnectionImpl> conn;
   uint64_t conn_id = 0;
@@ -544,6 +551,8 @@ struct GrantBinding final : transport::Completion {
   void finish(const Status& status) {
     std::optional<std::vector<uint8_t>> answer;
     std::vector<EngineImpl::LookupLater> waiting;
+    // Held across the lock (not dropped inside it: its destructor takes exposed_mu).
+    std::shared_ptr<ConnectionImpl> c = conn.lock();
     {
       std::lock_guard<std::mutex> lock(engine->exposed_mu);
       auto w = exposure->binding.find(conn_id);
@@ -552,7 +561,9 @@ struct GrantBinding final : transport::Completion {
         exposure->binding.erase(w);
       }
       auto it = engine->exposed.find(name);
-      if (status.ok() && it != engine->exposed.end() && it->second == exposure) {
+      // A connection that ended set grants_revoked before its sweep took this lock.
+      if (status.ok() && it != engine->exposed.end() && it->second == exposure && c &&
+          !c->grants_revoked.load()) {
         auto [slot, inserted] =
             exposure->per_connection.emplace(conn_id, std::make_pair(grant, descriptor));
         answer = slot->second.second;
@@ -562,10 +573,11 @@ struct GrantBinding final : transport::Completion {
       LOG(WARNING) << "zcx: binding '" << name << "' to connection " << conn_id
                    << " failed: " << status.toString();
     }
-    if (auto c = conn.lock()) engine->recheckConnectionGrants(*c);
     grant.reset();  // dropped here, after the lock, unless the exposure kept it
     later(answer);
     for (auto& w : waiting) w(answer);
+    exposure.reset();
+    region.reset();
   }
 };
 
@@ -584,7 +596,10 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     if (it == exposed.end()) return {};
     if (it->second->peers.empty()) return {false, it->second->descriptor};
     if (it->second->peers.count(conn.peer_name) == 0) return {};
-    if (it->second->access == kLocalOnly) return {false, it->second->descriptor};
+    if (it->second->access == kLocalOnly) {
+      it->second->told.insert(conn.id);  // so that it hears of an unexpose
+      return {false, it->second->descriptor};
+    }
     auto mine = it->second->per_connection.find(conn.id);
     if (mine != it->second->per_connection.end()) return {false, mine->second.second};
     auto binding = it->second->binding.find(conn.id);
@@ -645,24 +660,23 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     }
     return {true, std::nullopt};
   }
-  LookupAnswer answer;
-  {
-    std::lock_guard<std::mutex> lock(exposed_mu);
-    auto it = exposed.find(name);
-    if (it == exposed.end() || it->second != e) return {};  // unexposed meanwhile
-    auto [slot, inserted] = e->per_connection.emplace(conn.id, std::make_pair(grant, bytes));
-    answer.descriptor = slot->second.second;  // not inserted: a concurrent lookup's grant won
-  }
-  recheckConnectionGrants(conn);  // the connection may have ended while we granted
-  return answer;
+  std::lock_guard<std::mutex> lock(exposed_mu);
+  auto it = exposed.find(name);
+  if (it == exposed.end() || it->second != e) return {};  // unexposed meanwhile
+  // A connection that ended set grants_revoked before its sweep took this lock.
+  if (conn.grants_revoked.load()) return {};
+  auto [slot, inserted] = e->per_connection.emplace(conn.id, std::make_pair(grant, bytes));
+  return {false, slot->second.second};  // not inserted: a concurrent lookup's grant won
 }
 
 void EngineImpl::revokeConnectionGrants(ConnectionImpl& conn) {
-  // The flag first: a grant added after this sweep sees it (recheckConnectionGrants).
+  // The flag first: whoever adds a grant checks it under exposed_mu, so either it sees the flag
+  // or this sweep sees its grant.
   conn.grants_revoked.store(true);
   std::vector<std::shared_ptr<transport::RemoteGrant>> gone;  // revoked outside the lock
   std::lock_guard<std::mutex> lock(exposed_mu);
   for (auto& [n, e] : exposed) {
+    e->told.erase(conn.id);
     auto it = e->per_connection.find(conn.id);
     if (it == e->per_connection.end()) continue;
     gone.push_back(std::move(it->second.first));
@@ -670,8 +684,10 @@ void EngineImpl::revokeConnectionGrants(ConnectionImpl& conn) {
   }
 }
 
-void EngineImpl::recheckConnectionGrants(ConnectionImpl& conn) {
-  if (conn.grants_revoked.load()) revokeConnectionGrants(conn);
+void EngineImpl::takeGrants(Exposure& e, std::vector<std::shared_ptr<transport::RemoteGrant>>* out) {
+  if (e.grant) out->push_back(std::move(e.grant));
+  for (auto& [id, g] : e.per_connection) out->push_back(std::move(g.first));
+  e.per_connection.clear();
 }
 
 void EngineImpl::forgetConnection(ConnectionImpl* conn) {
@@ -1210,21 +1226,27 @@ Status Engine::expose(std::string name, const MemoryRegion& region,
     }
   }
   std::shared_ptr<detail::EngineImpl::Exposure> replaced;  // its grants go after the lock
+  std::vector<std::shared_ptr<transport::RemoteGrant>> revoked;
   std::optional<detail::EngineImpl::Withdrawal> withdrawn;
   {
     std::lock_guard<std::mutex> lock(impl_->exposed_mu);
     auto& slot = impl_->exposed[name];
     replaced = std::move(slot);
-    if (replaced) withdrawn = detail::EngineImpl::withdrawalOf(name, *replaced);
+    if (replaced) {
+      withdrawn = detail::EngineImpl::withdrawalOf(name, *replaced);
+      detail::EngineImpl::takeGrants(*replaced, &revoked);
+    }
     slot = std::move(e);
   }
+  revoked.clear();
   replaced.reset();
   if (withdrawn) impl_->announceUnexposed({*withdrawn});
   return Status::Ok();
 }
 
 void Engine::unexpose(std::string_view name) {
-  std::shared_ptr<detail::EngineImpl::Exposure> gone;  // revoked once dropped, outside the lock
+  std::shared_ptr<detail::EngineImpl::Exposure> gone;
+  std::vector<std::shared_ptr<transport::RemoteGrant>> revoked;  // revoked outside the lock
   std::optional<detail::EngineImpl::Withdrawal> withdrawn;
   {
     std::lock_guard<std::mutex> lock(impl_->exposed_mu);
@@ -1232,8 +1254,10 @@ void Engine::unexpose(std::string_view name) {
     if (it == impl_->exposed.end()) return;
     gone = std::move(it->second);
     withdrawn = detail::EngineImpl::withdrawalOf(it->first, *gone);
+    detail::EngineImpl::takeGrants(*gone, &revoked);  // even if a bind in flight holds `gone`
     impl_->exposed.erase(it);
   }
+  revoked.clear();
   gone.reset();
   impl_->announceUnexposed({*withdrawn});
 }

@@ -186,13 +186,19 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
     /// peer repeating a lookup meanwhile gets no second grant).
     std::map<uint64_t, std::vector<std::function<void(std::optional<std::vector<uint8_t>>)>>>
         binding;
+    /// Scoped and local-only: connections that were answered (they hear of an unexpose).
+    std::set<uint64_t> told;
   };
   std::mutex exposed_mu;
   std::map<std::string, std::shared_ptr<Exposure>> exposed;
   /// Removes the exposures of `region` (their grants are destroyed once the caller drops the
   /// result, outside exposed_mu); returns who must hear of it.
   std::vector<Withdrawal> unexposeRegion(const RegionState* region,
-                                         std::vector<std::shared_ptr<Exposure>>* gone);
+                                         std::vector<std::shared_ptr<Exposure>>* gone,
+                                         std::vector<std::shared_ptr<transport::RemoteGrant>>* grants);
+  /// exposed_mu held: moves `e`'s grants to `out` (revoked when the caller drops them, outside
+  /// the lock), so a bind in flight that still holds `e` keeps none of them alive.
+  static void takeGrants(Exposure& e, std::vector<std::shared_ptr<transport::RemoteGrant>>* out);
   /// exposed_mu held: who hears that `e` (exposed as `name`) went.
   static Withdrawal withdrawalOf(const std::string& name, const Exposure& e);
   /// The descriptor `conn` gets for `name` (nullopt: no such exposure, or `conn`'s peer is not
@@ -206,11 +212,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   };
   using LookupLater = std::function<void(std::optional<std::vector<uint8_t>>)>;
   LookupAnswer lookupExposure(const std::string& name, ConnectionImpl& conn, LookupLater later);
-  /// `conn` ended: revokes the grants scoped to it (and, through its grants_revoked flag, any
-  /// that a lookup in flight adds afterwards).
+  /// `conn` ended: revokes the grants scoped to it; its grants_revoked flag keeps lookups and
+  /// binds in flight from adding more.
   void revokeConnectionGrants(ConnectionImpl& conn);
-  /// After adding a grant for `conn`: if its grants were revoked meanwhile, revokes again.
-  void recheckConnectionGrants(ConnectionImpl& conn);
+
 
   std::string listen_address;
   std::string metrics_address;  ///< where metrics_server_ listens ("" without it)

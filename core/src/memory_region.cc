@@ -14,7 +14,8 @@ RegionState::~RegionState() {
   {
     // Normally retireRegion() did this already; the exposures' grants go before the handle.
     std::vector<std::shared_ptr<EngineImpl::Exposure>> gone;
-    (void)engine->unexposeRegion(this, &gone);
+    std::vector<std::shared_ptr<transport::RemoteGrant>> grants;
+    (void)engine->unexposeRegion(this, &gone, &grants);
   }
   // Not under the engine lock: transports deregister safely from any thread (transport.h),
   // and every operation that used the memory has been released by the transport (RegionPin).

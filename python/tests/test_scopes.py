@@ -1,4 +1,6 @@
 """Scoped exposure: a narrower access than the region's and an allow-list of peer names."""
+import time
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,31 @@ def test_expose_checks_its_options():
         with pytest.raises(zcx.Error) as e:
             owner.expose("x", ro, peers=[""])
         assert e.value.code == zcx.StatusCode.InvalidArgument
+
+
+def test_a_listed_peer_hears_that_a_keyless_scoped_exposure_went():
+    """A local-only exposure has no grant; alice must still hear of its unexpose, or her cached
+    keyless descriptor would shadow the name's next exposure."""
+    with named("owner", listen=True) as owner, named("alice") as alice:
+        meta = owner.register(np.zeros(64, np.uint8))  # LocalOnly: name and size, no key
+        owner.expose("slot", meta, peers=["alice"])
+        a = alice.connect(owner.listen_address)
+        accepted = owner.accept(timeout=10)  # held: a dropped Connection closes
+        with pytest.raises(zcx.PermissionDeniedError):  # found (and cached), but keyless
+            a.remote_region("slot", timeout=5)
+        owner.unexpose("slot")
+        data = owner.register(np.full(4096, 7, np.uint8), zcx.Access.RemoteRead)
+        owner.expose("slot", data, peers=["alice"])
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                if a.remote_region("slot", timeout=5).access == zcx.Access.RemoteRead:
+                    break
+            except zcx.PermissionDeniedError:
+                pass  # the cached keyless descriptor, until the UNEXPOSE arrives
+            assert time.monotonic() < deadline, "alice kept the withdrawn descriptor"
+            time.sleep(0.001)
+        out = alice.register(np.zeros(4096, np.uint8))
+        a.read(out, 0, a.remote_region("slot"), 0, 4096).wait(timeout=20)
+        assert (out.obj == 7).all()
+        del accepted

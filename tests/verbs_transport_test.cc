@@ -25,6 +25,8 @@
 #include "transport_contract_test.h"
 #include "verbs/factory.h"
 #include "verbs/testing.h"
+#include "verbs/verbs_memory.h"
+#include "verbs/verbs_wire.h"
 #include "verbs/verbs_params.h"
 #include "zcx/transport/transport.h"
 
@@ -232,6 +234,25 @@ TEST_F(VerbsTransport, VerbsWriteToReadOnlyRegionIsRemoteAccessError) {
   EXPECT_EQ(after.calls, 1);
   EXPECT_EQ(later.calls, 0);
   key->reset();
+}
+
+TEST_F(VerbsTransport, VerbsRegistrationOpensNothingRemoteUntilItsKeyIsHandedOut) {
+  // A peer that guesses a registration's key (rxe: MR index + 8 bits; the lkey is that value)
+  // must get nothing: remote rights live only in keys handed out (packedKey, grants).
+  std::vector<uint8_t> rw(8192, 0x22);
+  auto mrw = tb_->registerMemory(rw.data(), rw.size(), kAccessRemoteRead | kAccessRemoteWrite);
+  ASSERT_TRUE(mrw.ok());
+  const uint32_t guessed = static_cast<verbs::VerbsMemory*>(mrw->get())->lkey();
+  auto forged = a_->importKey(
+      verbs::packKey(guessed, reinterpret_cast<uintptr_t>(rw.data()), rw.size()));
+  ASSERT_TRUE(forged.ok());
+  RmaOp op{ma_.get(), addrA(0), forged->get(), reinterpret_cast<uintptr_t>(rw.data()), 100};
+  Done& w = newDone();
+  ASSERT_TRUE(a_->postWrite({&op, 1}, std::nullopt, &w).ok());
+  ASSERT_TRUE(pump([&] { return w.calls > 0; }, 30s));
+  EXPECT_EQ(w.status.code(), StatusCode::kRemoteAccessError) << w.status.toString();
+  EXPECT_EQ(std::vector<uint8_t>(rw.begin(), rw.begin() + 100), std::vector<uint8_t>(100, 0x22));
+  forged->reset();
 }
 
 TEST_F(VerbsTransport, VerbsConnectRequestBeforePassiveEndpointIsStashed) {

@@ -3,6 +3,7 @@
 #include "verbs/verbs_status.h"
 #include "verbs/verbs_wire.h"
 
+#include <glog/logging.h>
 #include <sys/resource.h>
 
 #include <cerrno>
@@ -36,7 +37,8 @@ int ibvAccessFlags(uint32_t access) {
 }
 
 Result<std::unique_ptr<VerbsMemory>> VerbsMemory::create(ibv_pd* pd, void* address, size_t length,
-                                                         uint32_t access, uint64_t max_mr_size) {
+                                                         uint32_t access, uint64_t max_mr_size,
+                                                         bool memory_windows) {
   if (address == nullptr || length == 0) {
     return Status(StatusCode::kInvalidArgument,
                   "cannot register an empty region (address " +
@@ -53,8 +55,11 @@ Result<std::unique_ptr<VerbsMemory>> VerbsMemory::create(ibv_pd* pd, void* addre
                                                std::to_string(max_mr_size) +
                                                " bytes); register it in smaller pieces");
   }
+  // No remote rights here: an rkey guessed by a peer opens nothing (see packedKey()).
+  const bool windows = memory_windows && access != kAccessLocal;
   errno = 0;
-  MrPtr mr(ibv_reg_mr(pd, address, length, ibvAccessFlags(access)));
+  MrPtr mr(ibv_reg_mr(pd, address, length,
+                      IBV_ACCESS_LOCAL_WRITE | (windows ? IBV_ACCESS_MW_BIND : 0)));
   if (!mr) {
     const int err = errno;
     std::ostringstream msg;
@@ -74,11 +79,12 @@ Result<std::unique_ptr<VerbsMemory>> VerbsMemory::create(ibv_pd* pd, void* addre
     return Status(StatusCode::kInternal, msg.str());
   }
   return std::unique_ptr<VerbsMemory>(
-      new VerbsMemory(address, length, access, std::move(mr), nullptr));
+      new VerbsMemory(address, length, access, std::move(mr), nullptr, windows));
 }
 
 Result<std::unique_ptr<VerbsMemory>> VerbsMemory::allocate(ibv_pd* pd, size_t length,
-                                                           uint32_t access, uint64_t max_mr_size) {
+                                                           uint32_t access, uint64_t max_mr_size,
+                                                           bool memory_windows) {
   if (length == 0) return Status(StatusCode::kInvalidArgument, "cannot allocate 0 bytes");
   const size_t align = length >= (size_t{2} << 20) ? (size_t{2} << 20) : 4096;
   const size_t rounded = (length + align - 1) / align * align;
@@ -88,7 +94,7 @@ Result<std::unique_ptr<VerbsMemory>> VerbsMemory::allocate(ibv_pd* pd, size_t le
                   "cannot allocate " + std::to_string(length) + " bytes for registration");
   }
   std::memset(p, 0, rounded);  // touch the pages so registration pins real memory
-  auto r = create(pd, p, length, access, max_mr_size);
+  auto r = create(pd, p, length, access, max_mr_size, memory_windows);
   if (!r.ok()) {
     std::free(p);
     return r.status();
@@ -98,13 +104,25 @@ Result<std::unique_ptr<VerbsMemory>> VerbsMemory::allocate(ibv_pd* pd, size_t le
 }
 
 VerbsMemory::~VerbsMemory() {
+  key_mr_.reset();
   mr_.reset();
   if (owned_ != nullptr) std::free(owned_);
 }
 
 std::vector<uint8_t> VerbsMemory::packedKey() const {
   if ((access_ & (kAccessRemoteRead | kAccessRemoteWrite)) == 0) return {};
-  return packKey(mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
+  std::lock_guard<std::mutex> lock(key_mu_);
+  if (!key_mr_) {
+    errno = 0;
+    key_mr_.reset(ibv_reg_mr(mr_->pd, address_, length_, ibvAccessFlags(access_)));
+    if (!key_mr_) {
+      LOG(ERROR) << "verbs: registering the remote key of " << length_
+                 << " bytes failed (ibv_reg_mr: " << errnoText(errno)
+                 << "); the descriptor carries no key";
+      return {};
+    }
+  }
+  return packKey(key_mr_->rkey, reinterpret_cast<uintptr_t>(address_), length_);
 }
 
 VerbsGrant::VerbsGrant(std::shared_ptr<ibv_mr> mr, MwPtr mw, uint32_t rkey, uint64_t addr,
@@ -146,8 +164,6 @@ Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
                                                        nullptr, rkey, addr, length_, access,
                                                        !only.has_value()));
   }
-  auto mr = windowRegistration();
-  if (!mr.ok()) return mr.status();
   errno = 0;
   MwPtr mw(ibv_alloc_mw(mr_->pd, IBV_MW_TYPE_2));
   if (!mw) {
@@ -155,24 +171,10 @@ Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
                   std::string("verbs: ibv_alloc_mw(type 2): ") + errnoText(errno));
   }
   const uint32_t rkey = ibv_inc_rkey(mw->rkey);
+  // Bound over mr_ itself (MW_BIND, no remote rights), which outlives every grant of it.
+  std::shared_ptr<ibv_mr> base(mr_.get(), [](ibv_mr*) {});
   return std::unique_ptr<RemoteGrant>(
-      new VerbsGrant(std::move(*mr), std::move(mw), rkey, addr, length_, access, true));
-}
-
-Result<std::shared_ptr<ibv_mr>> VerbsMemory::windowRegistration() {
-  std::lock_guard<std::mutex> lock(window_mr_mu_);
-  if (auto mr = window_mr_.lock()) return mr;
-  // No remote rights of its own: its rkey opens nothing; the windows bound over it do.
-  errno = 0;
-  MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND));
-  if (!mr) {
-    return Status(StatusCode::kResourceExhausted,
-                  "verbs: registering " + std::to_string(length_) +
-                      " bytes for memory windows: ibv_reg_mr: " + errnoText(errno));
-  }
-  std::shared_ptr<ibv_mr> shared(std::move(mr));
-  window_mr_ = shared;
-  return shared;
+      new VerbsGrant(std::move(base), std::move(mw), rkey, addr, length_, access, true));
 }
 
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {

@@ -18,17 +18,23 @@ int ibvAccessFlags(uint32_t access);
 
 class VerbsMemory final : public MemoryHandle {
  public:
-  /// Registers [address, address+length) on `pd`. Errors name the cause (max_mr_size,
-  /// RLIMIT_MEMLOCK, ...).
+  /// Registers [address, address+length) on `pd` for local use (plus MW_BIND when the device
+  /// has type-2 windows: `memory_windows`). Remote rights (`access`) live only in the keys handed
+  /// out: packedKey()'s registration (made on first use) and grants, so no rkey reaches this
+  /// memory before one was. Errors name the cause (max_mr_size, RLIMIT_MEMLOCK, ...).
   static Result<std::unique_ptr<VerbsMemory>> create(ibv_pd* pd, void* address, size_t length,
-                                                     uint32_t access, uint64_t max_mr_size);
+                                                     uint32_t access, uint64_t max_mr_size,
+                                                     bool memory_windows = false);
   /// Allocates page-aligned memory (huge-page aligned above 2 MiB) and registers it.
   static Result<std::unique_ptr<VerbsMemory>> allocate(ibv_pd* pd, size_t length, uint32_t access,
-                                                       uint64_t max_mr_size);
+                                                       uint64_t max_mr_size,
+                                                       bool memory_windows = false);
   ~VerbsMemory() override;
 
   void* address() const override { return address_; }
   size_t length() const override { return length_; }
+  /// The registration's own remote key (MemoryRegion::descriptor()): a registration with the
+  /// remote rights, made on the first call and kept for the region's life.
   std::vector<uint8_t> packedKey() const override;
   /// Unscoped: a registration of its own (the NIC enforces its range and rights; deregistering
   /// revokes it). Connection-scoped, on a device with type-2 memory windows: a window over a
@@ -37,27 +43,27 @@ class VerbsMemory final : public MemoryHandle {
   /// that peer is told (not enforced against others: docs/SECURITY.md).
   Result<std::unique_ptr<RemoteGrant>> grant(uint32_t access,
                                              std::optional<ConnectionScope> only) override;
-  /// The device supports type-2 memory windows (set by the transport after registering).
-  void enableMemoryWindows() { memory_windows_ = true; }
 
   uint32_t lkey() const { return mr_->lkey; }
-  uint32_t rkey() const { return mr_->rkey; }
 
  private:
-  VerbsMemory(void* address, size_t length, uint32_t access, MrPtr mr, void* owned)
-      : address_(address), length_(length), access_(access), mr_(std::move(mr)), owned_(owned) {}
+  VerbsMemory(void* address, size_t length, uint32_t access, MrPtr mr, void* owned,
+              bool memory_windows)
+      : address_(address),
+        length_(length),
+        access_(access),
+        mr_(std::move(mr)),
+        owned_(owned),
+        memory_windows_(memory_windows) {}
 
   void* address_;
   size_t length_;
   uint32_t access_;
-  MrPtr mr_;
+  MrPtr mr_;     ///< local use (and windows' binds): no remote rights
   void* owned_;  ///< allocation freed after deregistration (allocate() only)
-  bool memory_windows_ = false;
-  /// The registration windows are bound over (no remote rights of its own), shared by every
-  /// connection's window while one exists: one ibv_reg_mr per exposure, not per connection.
-  std::mutex window_mr_mu_;
-  std::weak_ptr<ibv_mr> window_mr_;
-  Result<std::shared_ptr<ibv_mr>> windowRegistration();
+  bool memory_windows_ = false;  ///< mr_ has MW_BIND: connection-scoped grants are windows
+  mutable std::mutex key_mu_;
+  mutable MrPtr key_mr_;  ///< packedKey()'s registration, with the remote rights
 };
 
 /// A type-2 memory window, shared by its grant and the endpoint it is bound through: whichever

@@ -178,17 +178,17 @@ std::string VerbsTransport::description() const {
 
 Result<std::unique_ptr<MemoryHandle>> VerbsTransport::registerMemory(void* address, size_t length,
                                                                      uint32_t access) {
-  auto r = VerbsMemory::create(pd_.get(), address, length, access, device_.device_attr.max_mr_size);
+  auto r = VerbsMemory::create(pd_.get(), address, length, access, device_.device_attr.max_mr_size,
+                               memoryWindows());
   if (!r.ok()) return r.status();
-  if (memoryWindows()) (*r)->enableMemoryWindows();
   return std::unique_ptr<MemoryHandle>(std::move(*r));
 }
 
 Result<std::unique_ptr<MemoryHandle>> VerbsTransport::allocateMemory(size_t length,
                                                                      uint32_t access) {
-  auto r = VerbsMemory::allocate(pd_.get(), length, access, device_.device_attr.max_mr_size);
+  auto r = VerbsMemory::allocate(pd_.get(), length, access, device_.device_attr.max_mr_size,
+                                 memoryWindows());
   if (!r.ok()) return r.status();
-  if (memoryWindows()) (*r)->enableMemoryWindows();
   return std::unique_ptr<MemoryHandle>(std::move(*r));
 }
 

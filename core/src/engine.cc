@@ -622,13 +622,7 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
     return {};
   }
   grant = std::move(*g);
-  RegionDescriptor d;
-  d.transport = std::string(transport->name());
-  d.address = reinterpret_cast<uint64_t>(state->data);
-  d.length = state->size;
-  d.access = e->access;
-  d.key = grant->packedKey();
-  std::vector<uint8_t> bytes = d.encode();
+  std::vector<uint8_t> bytes = state->describe(e->access, grant->packedKey()).encode();
   if (grant->needsBind()) {
     auto* binding = new GrantBinding();
     binding->engine = this;
@@ -1196,21 +1190,17 @@ Status Engine::expose(std::string name, const MemoryRegion& region,
     }
     e->peers.insert(p);
   }
+  // Never region.descriptor(): that makes the registration's own remote key (on verbs a
+  // registration with the region's rights), which an exposure must not leave behind.
   if (access == kLocalOnly) {
     // Peers may learn its name and size, but get no key at all.
-    RegionDescriptor d = region.descriptor();
-    d.access = kLocalOnly;
-    d.key.clear();
-    e->descriptor = d.encode();
+    e->descriptor = region.state()->describe(kLocalOnly, {}).encode();
   } else if (e->peers.empty()) {
     // Its own grant, so that unexpose revokes exactly what this exposure handed out.
     auto g = region.state()->handle->grant(access, std::nullopt);
     if (!g.ok()) return g.status().withContext("expose '" + name + "'");
     e->grant = std::move(*g);
-    RegionDescriptor d = region.descriptor();
-    d.access = access;
-    d.key = e->grant->packedKey();
-    e->descriptor = d.encode();
+    e->descriptor = region.state()->describe(access, e->grant->packedKey()).encode();
   }
   if (access != region_access || !e->peers.empty()) {
     bool enforced;

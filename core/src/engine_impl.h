@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "metrics_http.h"
 #include "socket.h"
+#include "zcx/memory.h"
 #include "zcx/options.h"
 #include "zcx/status.h"
 #include "zcx/transport/transport.h"
@@ -46,6 +47,9 @@ struct RegionState {
   std::atomic<uint32_t> inflight{0};
   /// Deregisters. Never called with the engine lock held (RegionPin, EngineImpl::dropPins).
   ~RegionState();
+  /// What a peer is told of this memory with `access` and `key` (an exposure's grant, or the
+  /// registration's own key for MemoryRegion::descriptor()).
+  RegionDescriptor describe(uint32_t access, std::vector<uint8_t> key) const;
 };
 
 /// An operation's hold on a region: counted in `inflight` and keeping the registration alive

@@ -4,6 +4,16 @@
 namespace zcx {
 namespace detail {
 
+RegionDescriptor RegionState::describe(uint32_t with_access, std::vector<uint8_t> key) const {
+  RegionDescriptor d;
+  d.transport = std::string(engine->transport->name());
+  d.address = reinterpret_cast<uint64_t>(data);
+  d.length = size;
+  d.access = with_access;
+  d.key = std::move(key);
+  return d;
+}
+
 RegionState::~RegionState() {
   if (user_memory) {
     std::lock_guard<std::mutex> lock(engine->registrations_mu);
@@ -53,14 +63,8 @@ size_t MemoryRegion::size() const { return state_ ? state_->size : 0; }
 uint32_t MemoryRegion::access() const { return state_ ? state_->access : 0; }
 
 RegionDescriptor MemoryRegion::descriptor() const {
-  RegionDescriptor d;
-  if (!state_) return d;
-  d.transport = std::string(state_->engine->transport->name());
-  d.address = reinterpret_cast<uint64_t>(state_->data);
-  d.length = state_->size;
-  d.access = state_->access;
-  d.key = state_->handle->packedKey();
-  return d;
+  if (!state_) return RegionDescriptor{};
+  return state_->describe(state_->access, state_->handle->packedKey());
 }
 
 }  // namespace zcx

@@ -214,12 +214,35 @@ class SecurityTest : public ::testing::TestWithParam<Param> {
     return r ? *r : "no answer from target";
   }
 
-  void connect() {
+  void connect() { connectFrom(*engine_, &conn_); }
+
+  /// `engine` connects to the target, which accepts.
+  void connectFrom(Engine& engine, Connection* out) {
     peer_->pipe().send("accept");
-    auto c = engine_->connect(addr_);
+    auto c = engine.connect(addr_);
     ASSERT_TRUE(c.ok()) << c.status().toString();
-    conn_ = std::move(*c);
+    *out = std::move(*c);
     ASSERT_EQ(peer_->pipe().recv(30s).value_or("none"), "ok");
+  }
+
+  /// On verbs the NIC's refusal puts the RC QP in error: a new connection for the next attempt.
+  void startOverOnVerbs() {
+    if (GetParam().transport != "verbs") return;
+    conn_ = Connection();
+    ASSERT_NO_FATAL_FAILURE(connect());
+  }
+
+  /// `remote` grants reads only: the initiator refuses a write itself, and a descriptor with the
+  /// access raised gets the target's refusal.
+  void expectRaisedAccessWriteRefused(const RemoteRegion& remote, uint8_t fill, const char* what) {
+    EXPECT_EQ(conn_.write(local_, 0, remote, 0, 64).wait(5s).code(), StatusCode::kPermissionDenied)
+        << "the initiator's own check";
+    RegionDescriptor forged = remote.descriptor();
+    forged.access = kRemoteReadWrite;
+    auto imported = conn_.importRegion(forged);
+    ASSERT_TRUE(imported.ok()) << imported.status().toString();
+    std::memset(src_.get(), fill, kRegion);
+    expectRefused(conn_.write(local_, 0, *imported, 0, kRegion), what);
   }
 
   /// An attempt the target must refuse: not ok, and a refusal rather than a timeout.
@@ -285,14 +308,7 @@ class SecurityTest : public ::testing::TestWithParam<Param> {
 TEST_P(SecurityTest, WriteToAReadOnlyRegionWithRaisedAccessIsRefused) {
   auto ro = conn_.remoteRegion("ro");
   ASSERT_TRUE(ro.ok()) << ro.status().toString();
-  EXPECT_EQ(conn_.write(local_, 0, *ro, 0, 64).wait(5s).code(), StatusCode::kPermissionDenied)
-      << "the initiator's own check";
-  RegionDescriptor forged = ro->descriptor();
-  forged.access = kRemoteReadWrite;
-  auto imported = conn_.importRegion(forged);
-  ASSERT_TRUE(imported.ok()) << imported.status().toString();
-  std::memset(src_.get(), 0x5A, kRegion);
-  expectRefused(conn_.write(local_, 0, *imported, 0, kRegion), "write to a read-only region");
+  ASSERT_NO_FATAL_FAILURE(expectRaisedAccessWriteRefused(*ro, 0x5A, "write to a read-only region"));
   expectIntactAndUsable();
 }
 
@@ -350,15 +366,8 @@ TEST_P(SecurityTest, ReadOnlyExposureOfAReadWriteRegionRefusesWrites) {
   auto view = conn_.remoteRegion("rw_read_only");
   ASSERT_TRUE(view.ok()) << view.status().toString();
   EXPECT_EQ(view->descriptor().access, kRemoteRead);
-  EXPECT_EQ(conn_.write(local_, 0, *view, 0, 64).wait(5s).code(), StatusCode::kPermissionDenied)
-      << "the initiator's own check";
-  RegionDescriptor forged = view->descriptor();
-  forged.access = kRemoteReadWrite;
-  auto imported = conn_.importRegion(forged);
-  ASSERT_TRUE(imported.ok()) << imported.status().toString();
-  std::memset(src_.get(), 0x5D, kRegion);
-  expectRefused(conn_.write(local_, 0, *imported, 0, kRegion),
-                "write through a read-only exposure of a read-write region");
+  ASSERT_NO_FATAL_FAILURE(expectRaisedAccessWriteRefused(
+      *view, 0x5D, "write through a read-only exposure of a read-write region"));
   expectIntactAndUsable();
   // What it grants, it grants: the region reads back as the last legitimate write left it.
   view = conn_.remoteRegion("rw_read_only");
@@ -378,17 +387,11 @@ TEST_P(SecurityTest, UnexposeAloneRevokesWhatTheExposureHandedOut) {
   ASSERT_EQ(cmd("unexpose rw_temp"), "ok");
   std::memset(src_.get(), 0x22, kRegion);
   expectRefused(conn_.write(local_, 0, *temp, 0, kRegion), "write after unexpose");
-  if (GetParam().transport == "verbs") {  // the refusal broke the QP
-    conn_ = Connection();
-    ASSERT_NO_FATAL_FAILURE(connect());
-  }
+  ASSERT_NO_FATAL_FAILURE(startOverOnVerbs());
   auto again = conn_.importRegion(cached);
   ASSERT_TRUE(again.ok()) << again.status().toString();
   expectRefused(conn_.read(local_, 0, *again, 0, kRegion), "read after unexpose");
-  if (GetParam().transport == "verbs") {
-    conn_ = Connection();
-    ASSERT_NO_FATAL_FAILURE(connect());
-  }
+  ASSERT_NO_FATAL_FAILURE(startOverOnVerbs());
   // The region itself is still registered and exposed as "rw": it holds the first write.
   auto rw = conn_.remoteRegion("rw");
   ASSERT_TRUE(rw.ok()) << rw.status().toString();
@@ -407,16 +410,14 @@ TEST_P(SecurityTest, PeerOutsideTheAllowListCannotLookTheRegionUp) {
   ASSERT_TRUE(alice.ok()) << alice.status().toString();
   auto alice_src = (*alice)->allocate(kRegion, kLocalOnly);
   ASSERT_TRUE(alice_src.ok());
-  peer_->pipe().send("accept");
-  auto ac = (*alice)->connect(addr_);
-  ASSERT_TRUE(ac.ok()) << ac.status().toString();
-  ASSERT_EQ(peer_->pipe().recv(30s).value_or("none"), "ok");
+  Connection ac;
+  ASSERT_NO_FATAL_FAILURE(connectFrom(**alice, &ac));
   // The first lookup makes alice's grant (verbs: registration, window, bind through her QP).
   const auto t0 = std::chrono::steady_clock::now();
-  auto region = ac->remoteRegion("rw_alice", 5s);
+  auto region = ac.remoteRegion("rw_alice", 5s);
   ASSERT_TRUE(region.ok()) << region.status().toString();
   const auto t1 = std::chrono::steady_clock::now();
-  auto tcp_rtt = ac->remoteRegion("no_such_region", 5s);  // one control round trip, no grant
+  auto tcp_rtt = ac.remoteRegion("no_such_region", 5s);  // one control round trip, no grant
   const auto t2 = std::chrono::steady_clock::now();
   EXPECT_EQ(tcp_rtt.status().code(), StatusCode::kNotFound);
   std::cout << "[ figures  ] " << GetParam().name << ": first scoped lookup (grant made) "
@@ -424,7 +425,7 @@ TEST_P(SecurityTest, PeerOutsideTheAllowListCannotLookTheRegionUp) {
             << " us; a lookup round trip without a grant "
             << std::chrono::duration<double, std::micro>(t2 - t1).count() << " us\n";
   for (size_t i = 0; i < kRegion; ++i) alice_src->data()[i] = patternByte(i, 77);
-  ASSERT_TRUE(ac->write(*alice_src, 0, *region, 0, kRegion).wait(20s).ok());
+  ASSERT_TRUE(ac.write(*alice_src, 0, *region, 0, kRegion).wait(20s).ok());
   ASSERT_EQ(cmd("legit 77"), "ok");
   EXPECT_EQ(cmd("check"), "ok");
 }
@@ -439,31 +440,27 @@ TEST_P(SecurityTest, PeerOutsideTheAllowListIsRefusedWithALeakedDescriptor) {
   }
   auto alice = Engine::create(optionsFor(GetParam(), false, "alice"));
   ASSERT_TRUE(alice.ok()) << alice.status().toString();
-  peer_->pipe().send("accept");
-  auto ac = (*alice)->connect(addr_);
-  ASSERT_TRUE(ac.ok()) << ac.status().toString();
-  ASSERT_EQ(peer_->pipe().recv(30s).value_or("none"), "ok");
-  auto region = ac->remoteRegion("rw_alice", 5s);
+  Connection ac;
+  ASSERT_NO_FATAL_FAILURE(connectFrom(**alice, &ac));
+  auto region = ac.remoteRegion("rw_alice", 5s);
   ASSERT_TRUE(region.ok()) << region.status().toString();
   // alice leaks her descriptor to mallory (or mallory guessed it): the target still refuses.
   auto leaked = conn_.importRegion(region->descriptor());
   ASSERT_TRUE(leaked.ok()) << leaked.status().toString();
   std::memset(src_.get(), 0x66, kRegion);
   expectRefused(conn_.write(local_, 0, *leaked, 0, kRegion), "mallory's write with alice's key");
-  if (GetParam().transport == "verbs") {  // the NIC's refusal broke mallory's QP
-    conn_ = Connection();
-    ASSERT_NO_FATAL_FAILURE(connect());
-    leaked = conn_.importRegion(region->descriptor());
-    ASSERT_TRUE(leaked.ok()) << leaked.status().toString();
-  }
+  ASSERT_NO_FATAL_FAILURE(startOverOnVerbs());
+  leaked = conn_.importRegion(region->descriptor());  // for this (maybe new) connection
+  ASSERT_TRUE(leaked.ok()) << leaked.status().toString();
   expectRefused(conn_.read(local_, 0, *leaked, 0, kRegion), "mallory's read with alice's key");
-  for (size_t i = 0; i < kRegion; ++i) ASSERT_EQ(src_[i], 0x66) << "a byte reached mallory at " << i;
+  for (size_t i = 0; i < kRegion; ++i)
+    ASSERT_EQ(src_[i], 0x66) << "a byte reached mallory at " << i;
   expectIntactAndUsable();
   // alice's own key still works after mallory's attempts.
   auto alice_src = (*alice)->allocate(kRegion, kLocalOnly);
   ASSERT_TRUE(alice_src.ok());
   for (size_t i = 0; i < kRegion; ++i) alice_src->data()[i] = patternByte(i, 78);
-  ASSERT_TRUE(ac->write(*alice_src, 0, *region, 0, kRegion).wait(20s).ok());
+  ASSERT_TRUE(ac.write(*alice_src, 0, *region, 0, kRegion).wait(20s).ok());
   ASSERT_EQ(cmd("legit 78"), "ok");
   EXPECT_EQ(cmd("check"), "ok");
 }

@@ -26,8 +26,8 @@
 #include "verbs/factory.h"
 #include "verbs/testing.h"
 #include "verbs/verbs_memory.h"
-#include "verbs/verbs_wire.h"
 #include "verbs/verbs_params.h"
+#include "verbs/verbs_wire.h"
 #include "zcx/transport/transport.h"
 
 namespace zcx::transport {
@@ -243,8 +243,8 @@ TEST_F(VerbsTransport, VerbsRegistrationOpensNothingRemoteUntilItsKeyIsHandedOut
   auto mrw = tb_->registerMemory(rw.data(), rw.size(), kAccessRemoteRead | kAccessRemoteWrite);
   ASSERT_TRUE(mrw.ok());
   const uint32_t guessed = static_cast<verbs::VerbsMemory*>(mrw->get())->lkey();
-  auto forged = a_->importKey(
-      verbs::packKey(guessed, reinterpret_cast<uintptr_t>(rw.data()), rw.size()));
+  auto forged =
+      a_->importKey(verbs::packKey(guessed, reinterpret_cast<uintptr_t>(rw.data()), rw.size()));
   ASSERT_TRUE(forged.ok());
   RmaOp op{ma_.get(), addrA(0), forged->get(), reinterpret_cast<uintptr_t>(rw.data()), 100};
   Done& w = newDone();

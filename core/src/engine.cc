@@ -678,7 +678,8 @@ void EngineImpl::revokeConnectionGrants(ConnectionImpl& conn) {
   }
 }
 
-void EngineImpl::takeGrants(Exposure& e, std::vector<std::shared_ptr<transport::RemoteGrant>>* out) {
+void EngineImpl::takeGrants(Exposure& e,
+                            std::vector<std::shared_ptr<transport::RemoteGrant>>* out) {
   if (e.grant) out->push_back(std::move(e.grant));
   for (auto& [id, g] : e.per_connection) out->push_back(std::move(g.first));
   e.per_connection.clear();
@@ -1162,8 +1163,7 @@ Result<MemoryRegion> Engine::allocate(size_t length, uint32_t access) {
       detail::makeRegionState(impl_, std::move(*h), length, access, /*user_memory=*/false));
 }
 
-Status Engine::expose(std::string name, const MemoryRegion& region,
-                      const ExposeOptions& options) {
+Status Engine::expose(std::string name, const MemoryRegion& region, const ExposeOptions& options) {
   if (!region.valid() || region.state()->engine != impl_) {
     return Status(StatusCode::kInvalidArgument,
                   "expose: the region was not registered by this engine");

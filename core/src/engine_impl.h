@@ -183,8 +183,7 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
     std::shared_ptr<transport::RemoteGrant> grant;
     std::vector<uint8_t> descriptor;
     /// Scoped: a grant per connection that looked it up (connection id -> grant, descriptor).
-    std::map<uint64_t,
-             std::pair<std::shared_ptr<transport::RemoteGrant>, std::vector<uint8_t>>>
+    std::map<uint64_t, std::pair<std::shared_ptr<transport::RemoteGrant>, std::vector<uint8_t>>>
         per_connection;
     /// Scoped: connections whose grant is being bound, with the lookups that wait for it (a
     /// peer repeating a lookup meanwhile gets no second grant).
@@ -197,9 +196,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::map<std::string, std::shared_ptr<Exposure>> exposed;
   /// Removes the exposures of `region` (their grants are destroyed once the caller drops the
   /// result, outside exposed_mu); returns who must hear of it.
-  std::vector<Withdrawal> unexposeRegion(const RegionState* region,
-                                         std::vector<std::shared_ptr<Exposure>>* gone,
-                                         std::vector<std::shared_ptr<transport::RemoteGrant>>* grants);
+  std::vector<Withdrawal> unexposeRegion(
+      const RegionState* region, std::vector<std::shared_ptr<Exposure>>* gone,
+      std::vector<std::shared_ptr<transport::RemoteGrant>>* grants);
   /// exposed_mu held: moves `e`'s grants to `out` (revoked when the caller drops them, outside
   /// the lock), so a bind in flight that still holds `e` keeps none of them alive.
   static void takeGrants(Exposure& e, std::vector<std::shared_ptr<transport::RemoteGrant>>* out);
@@ -219,7 +218,6 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// `conn` ended: revokes the grants scoped to it; its grants_revoked flag keeps lookups and
   /// binds in flight from adding more.
   void revokeConnectionGrants(ConnectionImpl& conn);
-
 
   std::string listen_address;
   std::string metrics_address;  ///< where metrics_server_ listens ("" without it)

@@ -68,8 +68,8 @@ UcxAccessTable::Grant UcxAccessTable::add(uint8_t* base, size_t length, uint32_t
   return Grant{id, entry->cookie, std::move(entry)};
 }
 
-UcxAccessTable::Grant UcxAccessTable::addGrant(std::shared_ptr<AccessEntry> parent,
-                                               uint32_t access, bool scoped, uint64_t scope_token,
+UcxAccessTable::Grant UcxAccessTable::addGrant(std::shared_ptr<AccessEntry> parent, uint32_t access,
+                                               bool scoped, uint64_t scope_token,
                                                uint8_t scope_role) {
   auto entry = std::make_shared<AccessEntry>();
   entry->base = parent->base;
@@ -96,9 +96,8 @@ void UcxAccessTable::revoke(uint64_t id) {
 }
 
 UcxAccessTable::Checked UcxAccessTable::check(uint64_t id, uint64_t cookie, uint64_t addr,
-                                              uint64_t length, uint32_t need,
-                                              uint64_t route_token, uint8_t route_role,
-                                              bool route_verified) {
+                                              uint64_t length, uint32_t need, uint64_t route_token,
+                                              uint8_t route_role, bool route_verified) {
   Checked out;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
@@ -111,8 +110,7 @@ UcxAccessTable::Checked UcxAccessTable::check(uint64_t id, uint64_t cookie, uint
   }
   const AccessEntry& e = *it->second;
   // A grant to another connection is, to this one, a key it was never given.
-  if (e.scoped &&
-      (!route_verified || e.scope_token != route_token || e.scope_role != route_role)) {
+  if (e.scoped && (!route_verified || e.scope_token != route_token || e.scope_role != route_role)) {
     out.refusal = AccessRefusal::kUnknownKey;
     return out;
   }

@@ -31,11 +31,7 @@ UcxGrant::~UcxGrant() {
 
 Result<std::unique_ptr<RemoteGrant>> UcxMemory::grant(uint32_t access,
                                                       std::optional<ConnectionScope> only) {
-  if ((access & ~access_) != 0 || access == kAccessLocal) {
-    return Status(StatusCode::kInvalidArgument,
-                  "ucx: a grant of access " + std::to_string(access) +
-                      " on a registration with access " + std::to_string(access_));
-  }
+  ZCX_RETURN_IF_ERROR(checkGrantAccess("ucx", access, access_));
   if (!grant_) return std::unique_ptr<RemoteGrant>(new UcxGrant(worker_, 0, packed_));
   const bool scoped = only.has_value();
   const uint64_t token = scoped ? only->token : 0;

@@ -59,7 +59,6 @@ class UcxGrant final : public RemoteGrant {
       : worker_(std::move(worker)), id_(id), packed_(std::move(packed)) {}
   ~UcxGrant() override;
   std::vector<uint8_t> packedKey() const override { return packed_; }
-  bool enforced() const override { return id_ != 0; }
 
  private:
   std::shared_ptr<UcxWorker> worker_;

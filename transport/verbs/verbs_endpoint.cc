@@ -428,8 +428,6 @@ Status VerbsEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t 
   if (length > 0 && local == nullptr) {
     return Status(StatusCode::kInvalidArgument, "send without memory");
   }
-  auto slot_r = allocSlot(done, "SEND");
-  if (!slot_r.ok()) return slot_r.status();
   PendingWr p;
   p.wr.opcode = IBV_WR_SEND;
   if (length > 0) {
@@ -438,6 +436,12 @@ Status VerbsEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t 
     p.sge.lkey = static_cast<VerbsMemory*>(local)->lkey();
     p.wr.num_sge = 1;
   }
+  return queueSingleWr(p, done, "SEND");
+}
+
+Status VerbsEndpoint::queueSingleWr(PendingWr p, Completion* done, const char* kind) {
+  auto slot_r = allocSlot(done, kind);
+  if (!slot_r.ok()) return slot_r.status();
   p.slot = *slot_r;
   p.last_of_op = true;
   p.wr.wr_id = sendWrId(serial_, *slot_r, slots_[*slot_r].gen, true);
@@ -452,8 +456,6 @@ Status VerbsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
   if (done == nullptr || g == nullptr || !g->needsBind()) {
     return Status(StatusCode::kInvalidArgument, "bindGrant: not a verbs memory-window grant");
   }
-  auto slot_r = allocSlot(done, "BIND_MW");
-  if (!slot_r.ok()) return slot_r.status();
   // Type 2: bound through this QP's send queue, usable by this QP's peer alone; the CQE says
   // it is in place (only then is the peer told the rkey).
   PendingWr p;
@@ -461,22 +463,17 @@ Status VerbsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
   p.wr.num_sge = 0;
   p.wr.bind_mw.mw = g->window()->get();
   if (p.wr.bind_mw.mw == nullptr) {
-    releaseSlot(*slot_r);
     return Status(StatusCode::kCancelled, "bindGrant: the grant was revoked");
   }
-  std::erase_if(windows_, [](const auto& w) { return w->get() == nullptr; });  // revoked ones
-  windows_.push_back(g->window());
   p.wr.bind_mw.rkey = g->rkey();
   p.wr.bind_mw.bind_info.mr = g->mr();
   p.wr.bind_mw.bind_info.addr = g->addr();
   p.wr.bind_mw.bind_info.length = g->length();
   p.wr.bind_mw.bind_info.mw_access_flags =
       static_cast<unsigned>(ibvAccessFlags(g->access()) & ~IBV_ACCESS_LOCAL_WRITE);
-  p.slot = *slot_r;
-  p.last_of_op = true;
-  p.wr.wr_id = sendWrId(serial_, *slot_r, slots_[*slot_r].gen, true);
-  pending_.push_back(p);
-  flushPending();
+  ZCX_RETURN_IF_ERROR(queueSingleWr(p, done, "BIND_MW"));
+  std::erase_if(windows_, [](const auto& w) { return w->get() == nullptr; });  // revoked ones
+  windows_.push_back(g->window());
   return Status();
 }
 

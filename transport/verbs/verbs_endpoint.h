@@ -83,6 +83,9 @@ class VerbsEndpoint final : public Endpoint {
   void releaseSlot(uint32_t slot);
   Status queueRma(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
                   Completion* done);
+  /// One op of one WR (SEND, BIND_MW): a slot, the WR signaled as the op's last, queued and
+  /// flushed.
+  Status queueSingleWr(PendingWr p, Completion* done, const char* kind);
   int flushPending();
   /// Marks the endpoint broken: QP to ERR, every outstanding op fails (op `failed_slot` with
   /// `op_status`, the others with kConnectionBroken), then onError(why); the callbacks run

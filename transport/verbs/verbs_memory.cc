@@ -58,8 +58,8 @@ Result<std::unique_ptr<VerbsMemory>> VerbsMemory::create(ibv_pd* pd, void* addre
   // No remote rights here: an rkey guessed by a peer opens nothing (see packedKey()).
   const bool windows = memory_windows && access != kAccessLocal;
   errno = 0;
-  MrPtr mr(ibv_reg_mr(pd, address, length,
-                      IBV_ACCESS_LOCAL_WRITE | (windows ? IBV_ACCESS_MW_BIND : 0)));
+  MrPtr mr(
+      ibv_reg_mr(pd, address, length, IBV_ACCESS_LOCAL_WRITE | (windows ? IBV_ACCESS_MW_BIND : 0)));
   if (!mr) {
     const int err = errno;
     std::ostringstream msg;
@@ -126,14 +126,13 @@ std::vector<uint8_t> VerbsMemory::packedKey() const {
 }
 
 VerbsGrant::VerbsGrant(std::shared_ptr<ibv_mr> mr, MwPtr mw, uint32_t rkey, uint64_t addr,
-                       uint64_t length, uint32_t access, bool enforced)
+                       uint64_t length, uint32_t access)
     : mr_(std::move(mr)),
       window_(mw ? std::make_shared<MemoryWindow>(std::move(mw)) : nullptr),
       rkey_(rkey),
       addr_(addr),
       length_(length),
-      access_(access),
-      enforced_(enforced) {}
+      access_(access) {}
 
 VerbsGrant::~VerbsGrant() {
   if (window_) window_->invalidate();  // before the registration under it goes
@@ -143,26 +142,21 @@ std::vector<uint8_t> VerbsGrant::packedKey() const { return packKey(rkey_, addr_
 
 Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
                                                         std::optional<ConnectionScope> only) {
-  if ((access & ~access_) != 0 || access == kAccessLocal) {
-    return Status(StatusCode::kInvalidArgument,
-                  "verbs: a grant of access " + std::to_string(access) +
-                      " on a registration with access " + std::to_string(access_));
-  }
+  ZCX_RETURN_IF_ERROR(checkGrantAccess("verbs", access, access_));
   const auto addr = reinterpret_cast<uintptr_t>(address_);
   if (!only.has_value() || !memory_windows_) {
     errno = 0;
     MrPtr mr(ibv_reg_mr(mr_->pd, address_, length_, ibvAccessFlags(access)));
     if (!mr) {
-      return Status(StatusCode::kResourceExhausted,
-                    "verbs: registering an exposure of " + std::to_string(length_) +
-                        " bytes: ibv_reg_mr: " + errnoText(errno));
+      return Status(StatusCode::kResourceExhausted, "verbs: registering an exposure of " +
+                                                        std::to_string(length_) +
+                                                        " bytes: ibv_reg_mr: " + errnoText(errno));
     }
     const uint32_t rkey = mr->rkey;
     // Scoped without windows: only that peer is told the rkey, but the NIC does not check who
     // uses it.
     return std::unique_ptr<RemoteGrant>(new VerbsGrant(std::shared_ptr<ibv_mr>(std::move(mr)),
-                                                       nullptr, rkey, addr, length_, access,
-                                                       !only.has_value()));
+                                                       nullptr, rkey, addr, length_, access));
   }
   errno = 0;
   MwPtr mw(ibv_alloc_mw(mr_->pd, IBV_MW_TYPE_2));
@@ -174,7 +168,7 @@ Result<std::unique_ptr<RemoteGrant>> VerbsMemory::grant(uint32_t access,
   // Bound over mr_ itself (MW_BIND, no remote rights), which outlives every grant of it.
   std::shared_ptr<ibv_mr> base(mr_.get(), [](ibv_mr*) {});
   return std::unique_ptr<RemoteGrant>(
-      new VerbsGrant(std::move(base), std::move(mw), rkey, addr, length_, access, true));
+      new VerbsGrant(std::move(base), std::move(mw), rkey, addr, length_, access));
 }
 
 Result<std::unique_ptr<VerbsRemoteKey>> unpackKey(std::span<const uint8_t> bytes) {

@@ -59,8 +59,8 @@ class VerbsMemory final : public MemoryHandle {
   void* address_;
   size_t length_;
   uint32_t access_;
-  MrPtr mr_;     ///< local use (and windows' binds): no remote rights
-  void* owned_;  ///< allocation freed after deregistration (allocate() only)
+  MrPtr mr_;                     ///< local use (and windows' binds): no remote rights
+  void* owned_;                  ///< allocation freed after deregistration (allocate() only)
   bool memory_windows_ = false;  ///< mr_ has MW_BIND: connection-scoped grants are windows
   mutable std::mutex key_mu_;
   mutable MrPtr key_mr_;  ///< packedKey()'s registration, with the remote rights
@@ -91,10 +91,9 @@ class MemoryWindow {
 class VerbsGrant final : public RemoteGrant {
  public:
   VerbsGrant(std::shared_ptr<ibv_mr> mr, MwPtr mw, uint32_t rkey, uint64_t addr, uint64_t length,
-             uint32_t access, bool enforced);
+             uint32_t access);
   ~VerbsGrant() override;
   std::vector<uint8_t> packedKey() const override;
-  bool enforced() const override { return enforced_; }
   bool needsBind() const override { return window_ != nullptr; }
 
   // For VerbsEndpoint::bindGrant.
@@ -112,7 +111,6 @@ class VerbsGrant final : public RemoteGrant {
   uint64_t addr_;
   uint64_t length_;
   uint32_t access_;
-  bool enforced_;
 };
 
 /// A peer's region as seen through a packed key: {rkey, addr, length}.

@@ -72,14 +72,18 @@ class RemoteGrant {
   virtual ~RemoteGrant() = default;
   /// What the peer imports (same format as MemoryHandle::packedKey()).
   virtual std::vector<uint8_t> packedKey() const = 0;
-  /// True if the memory's owner enforces the grant's access and connection scope on every
-  /// access (verbs: the NIC; UCX checked RMA: our handler). False if only the control plane
-  /// does (UCX native RMA, e.g. over shared memory): the key is the registration's own.
-  virtual bool enforced() const = 0;
   /// A connection-scoped grant whose key works only once that connection's endpoint bound it
   /// (Endpoint::bindGrant; verbs: a type-2 memory window bound through the QP).
   virtual bool needsBind() const { return false; }
 };
+
+/// MemoryHandle::grant's argument check: `access` must be a non-empty subset of `registered`.
+inline Status checkGrantAccess(std::string_view transport, uint32_t access, uint32_t registered) {
+  if ((access & ~registered) == 0 && access != kAccessLocal) return Status();
+  return Status(StatusCode::kInvalidArgument,
+                std::string(transport) + ": a grant of access " + std::to_string(access) +
+                    " on a registration with access " + std::to_string(registered));
+}
 
 /// A registration of local memory. Destroying it deregisters the memory.
 class MemoryHandle {
@@ -193,8 +197,9 @@ struct Capabilities {
   bool notify = true;           ///< write with notification
   bool allocate = false;        ///< allocateMemory() gives memory faster than registering
   size_t max_message_size = 0;  ///< largest two-sided message this transport can carry
-  /// The target enforces a RemoteGrant's access and connection scope on every access
-  /// (RemoteGrant::enforced()); false: only the control plane restricts who gets a key.
+  /// The target enforces a RemoteGrant's access and connection scope on every access (verbs:
+  /// the NIC; UCX checked RMA: our handler); false: only the control plane restricts who gets a
+  /// key (UCX native RMA, e.g. over shared memory: grants are the registration's own key).
   bool enforces_grants = true;
 };
 

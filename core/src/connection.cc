@@ -126,6 +126,7 @@ void ConnectionImpl::breakLocked(Status why) {
     blocked_sends_.pop_front();
     abandonLocked(r, broken_);
   }
+  failLandingsLocked();  // before the endpoint's close completes what it was still writing
   if (endpoint_) endpoint_->close(broken_);  // completes what the transport could release
   // What the transport still holds completes for the user now; the transport completes it
   // (releasing its memory) once it no longer touches it. `self` keeps each alive until then.
@@ -139,6 +140,7 @@ void ConnectionImpl::breakLocked(Status why) {
   endpoint_.reset();
   for (auto& p : posted_) finishRecv(p, broken_, 0);
   posted_.clear();
+  for (Unexpected& u : unexpected_) unholdLocked(u);  // the endpoint's close released them
   unexpected_.clear();
   auto& live = engine_->live;
   live.erase(std::remove(live.begin(), live.end(), this), live.end());
@@ -613,22 +615,6 @@ void ConnectionImpl::abandonLocked(RequestState* r, Status why) {
   r->finish(std::move(why));
 }
 
-void ConnectionImpl::consumedLocked() {
-  ++consumed_;
-  const uint64_t window = engine_->options.recv_window;
-  // Grant in batches: one CREDIT frame per half window of messages taken.
-  if (consumed_ + window - granted_ >= std::max<uint64_t>(1, window / 2)) {
-    granted_ = consumed_ + window;
-    (void)queueControlFrame(FrameType::kCredit, encodeCredit(granted_));
-  }
-}
-
-void ConnectionImpl::finishRecv(PostedRecv& p, Status status, size_t bytes) {
-  p.request->setBytes(bytes);
-  engine_->dropLater(p.region.release());
-  p.request->finish(std::move(status));
-}
-
 bool ConnectionImpl::cancelUsesLocked(const RegionState* region) {
   for (auto it = posted_.begin(); it != posted_.end();) {
     if (it->region.get() != region) {
@@ -641,6 +627,13 @@ bool ConnectionImpl::cancelUsesLocked(const RegionState* region) {
                0);
     it = posted_.erase(it);
   }
+  if (landingUses(region)) {
+    breakLocked(Status(StatusCode::kCancelled,
+                       "the MemoryRegion of a receive the transport was still filling was "
+                       "destroyed; the connection to " +
+                           peer_name + " is closed because the transfer cannot be recalled"));
+    return true;
+  }
   for (RequestState* r = head_; r != nullptr; r = r->next) {
     if (!r->uses(region)) continue;
     breakLocked(Status(StatusCode::kCancelled,
@@ -652,56 +645,6 @@ bool ConnectionImpl::cancelUsesLocked(const RegionState* region) {
     return true;
   }
   return false;
-}
-
-// Matches queued messages with posted buffers, in order (engine lock held).
-void ConnectionImpl::deliverMessages() {
-  while (!unexpected_.empty() && !posted_.empty()) {
-    auto& msg = unexpected_.front();
-    PostedRecv p = std::move(posted_.front());
-    posted_.pop_front();
-    if (msg.size() > p.capacity) {
-      finishRecv(p,
-                 Status(StatusCode::kOutOfRange,
-                        "a message of " + std::to_string(msg.size()) +
-                            " bytes does not fit the posted receive buffer of " +
-                            std::to_string(p.capacity) +
-                            " bytes; it stays queued for the next, larger buffer"),
-                 0);
-      continue;
-    }
-    if (!msg.empty()) std::memcpy(p.buffer, msg.data(), msg.size());
-    finishRecv(p, Status::Ok(), msg.size());
-    unexpected_.pop_front();
-    consumedLocked();
-  }
-}
-
-void ConnectionImpl::onMessage(const uint8_t* data, size_t length) {
-  if (closed_) return;
-  if (++received_ > granted_) {
-    // The peer ignored our grant: it could make us hold memory without bound.
-    if (broken_.ok()) {
-      broken_ = Status(StatusCode::kProtocolError,
-                       "peer " + peer_name + " sent message " + std::to_string(received_) +
-                           " but was granted " + std::to_string(granted_) +
-                           " (recv_window); the connection is closed");
-      LOG(WARNING) << "zcx: " << broken_.toString();
-      if (auto self = weak_from_this().lock()) engine_->scheduleClose(std::move(self));
-    }
-    return;
-  }
-  if (unexpected_.empty() && !posted_.empty() && length <= posted_.front().capacity) {
-    PostedRecv p = std::move(posted_.front());  // fast path: straight into the posted buffer
-    posted_.pop_front();
-    if (length) std::memcpy(p.buffer, data, length);
-    finishRecv(p, Status::Ok(), length);
-    consumedLocked();
-    return;
-  }
-  unexpected_.emplace_back(data, data + length);
-  deliverMessages();
-  engine_->event.notify_all();
 }
 
 void ConnectionImpl::onNotify(uint32_t value) {

@@ -72,6 +72,7 @@ class ConnectionImpl final : public transport::EndpointEvents,
 
   // ---- transport events (engine lock held, inside progress) ----
   void onMessage(const uint8_t* data, size_t length) override;
+  bool onMessageHeld(uint64_t held, size_t length) override;
   void onNotify(uint32_t value) override;
   void onError(Status why) override;
 
@@ -86,6 +87,9 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// Why the transport reported this connection broken (set by onError).
   const Status& pendingErrorLocked() const { return broken_; }
   RequestState* oldestOutstanding() const { return head_; }
+  /// Held messages that waited a whole progress round without a receive: fetched into memory
+  /// of our own. Returns how many it started.
+  int spillHeldLocked(uint64_t round);
 
   // ---- control channel (control loop; never blocks) ----
   int controlFd() const { return control_.get(); }
@@ -147,6 +151,35 @@ class ConnectionImpl final : public transport::EndpointEvents,
   };
   /// Finishes a posted receive and releases its buffer (engine lock held).
   void finishRecv(PostedRecv& p, Status status, size_t bytes);
+  /// A receive that took its message but completes only after every earlier one: one the
+  /// transport fills itself (fetchHeld; it completes this when the data is in), or one filled
+  /// while such an earlier one was still landing. Completions thus keep the sending order.
+  struct Landing final : transport::Completion {
+    std::weak_ptr<ConnectionImpl> connection;
+    PostedRecv recv;
+    size_t bytes = 0;
+    bool claimed = false;  ///< filled by the transport (an error then means a lost message)
+    bool consumes = true;  ///< took a message (counts for the peer's credit)
+    bool landed = false;   ///< the data is in (or never will be: status says why)
+    bool queued = true;    ///< still in landings_ (false once the connection broke)
+    Status status;
+    std::shared_ptr<Landing> self;          ///< the transport's hold, until complete()
+    void complete(Status status) override;  ///< engine lock held (progress or close)
+  };
+  std::deque<std::shared_ptr<Landing>> landings_;
+  /// A message the transport announced could not be fetched: later ones must not be matched
+  /// with receives (each would get the message after its own); the connection is closing.
+  bool stream_lost_ = false;
+  void loseStreamLocked(const Status& why);
+  /// Completes a matched receive now, or queues it behind a receive still landing.
+  void settleLocked(PostedRecv p, Status status, size_t bytes, bool consumes);
+  /// Completes the landed receives at the head of landings_.
+  void drainLandingsLocked();
+  /// The connection broke: every queued receive completes (those still being written keep
+  /// their buffer held until the transport completes them).
+  void failLandingsLocked();
+  /// Whether the transport is still writing a receive into `region`.
+  bool landingUses(const RegionState* region) const;
 
   // Flow control of two-sided messages (credits; CREDIT control frames). Engine lock held.
   /// A send the peer has not granted yet: posted once a CREDIT frame raises send_limit_.
@@ -169,7 +202,32 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// A message was taken by a receive: grants more once half the window is used.
   void consumedLocked();
   std::deque<PostedRecv> posted_;
-  std::deque<std::vector<uint8_t>> unexpected_;
+  /// A message no posted receive took yet: its bytes, or a message the transport holds
+  /// (onMessageHeld) until a buffer is posted for it.
+  /// A held message no receive took in time, being fetched into memory of our own.
+  struct Spill final : transport::Completion {
+    std::weak_ptr<ConnectionImpl> connection;
+    std::unique_ptr<uint8_t[]> data;
+    bool landed = false;
+    Status status;
+    std::shared_ptr<Spill> self;            ///< the transport's hold, until complete()
+    void complete(Status status) override;  ///< engine lock held (progress or close)
+  };
+  struct Unexpected {
+    std::vector<uint8_t> data;
+    std::optional<uint64_t> held;  ///< the transport still holds it (not fetched)
+    size_t length = 0;
+    uint64_t round = 0;            ///< the engine's progress round it arrived in (held)
+    std::shared_ptr<Spill> spill;  ///< fetched (or being fetched) into our own memory
+  };
+  std::deque<Unexpected> unexpected_;
+  /// Ends the held state of `u` (it is fetched or dropped).
+  void unholdLocked(Unexpected& u);
+  /// Counts a message from the peer against our grant; false (and the connection is closing) if
+  /// the peer went past it.
+  bool countArrivalLocked();
+  /// Has the transport write held message `held` into the posted receive `p`.
+  void fetchHeldLocked(PostedRecv p, uint64_t held, size_t length);
   std::deque<uint32_t> notifications_;
 
   // Lookups (control thread fulfils them).

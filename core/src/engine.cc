@@ -238,7 +238,11 @@ int EngineImpl::progressOnce() {
   std::vector<std::shared_ptr<ConnectionImpl>> closed;  // dropped outside the lock
   {
     std::lock_guard<std::mutex> lock(mu);
+    ++progress_round;
     n = transport->progress();
+    if (held_messages != 0) {
+      for (ConnectionImpl* c : live) n += c->spillHeldLocked(progress_round);
+    }
     auto now = coarseNow();
     if (now >= next_deadline_check_) {
       checkDeadlines(now);

@@ -166,6 +166,11 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::mutex mu;                      ///< the engine lock
   std::condition_variable event;      ///< notified (under mu) when notifications/messages arrive
   std::vector<ConnectionImpl*> live;  ///< connections with an endpoint (mu)
+  /// Messages transports hold for live connections that no posted receive took yet (mu). Each
+  /// waits one more progress round for a receive, then is fetched into memory of our own (the
+  /// sender's send completes then, as the credit grant promised).
+  size_t held_messages = 0;
+  uint64_t progress_round = 0;  ///< progressOnce calls (mu)
 
   // Registration cache: a live registration of exactly (address, length, access) is shared
   // instead of registering the range again (what NIXL users asked for).

@@ -29,6 +29,7 @@ void TrafficStats::add(const TrafficStats& other) {
     a.latency.sum_us += b.latency.sum_us;
   }
   for (size_t c = 0; c < kStatusCodes; ++c) errors[c] += other.errors[c];
+  recv_zero_copy += other.recv_zero_copy;
 }
 
 namespace detail {
@@ -76,6 +77,7 @@ void ConnMetrics::snapshot(TrafficStats* out) const {
     }
   }
   for (size_t c = 0; c < kStatusCodes; ++c) out->errors[c] = errors_[c].load(kRelaxed);
+  out->recv_zero_copy = recv_zero_copy_.load(kRelaxed);
 }
 
 std::shared_ptr<ConnMetrics> MetricsRegistry::add(uint64_t id, std::string peer) {
@@ -196,6 +198,10 @@ void families(std::string* out, std::string_view prefix, const std::vector<Serie
       line(out, p + "errors_total",
            s.labels + "," + label("code", statusCodeName(static_cast<StatusCode>(c))),
            s.traffic->errors[c]);
+  header(out, p + "recv_zero_copy_total", "counter",
+         "Receives the transport wrote straight into the posted buffer (no copy).");
+  for (const auto& s : series)
+    line(out, p + "recv_zero_copy_total", s.labels, s.traffic->recv_zero_copy);
   header(out, p + "latency_microseconds", "histogram",
          "Time from posting an operation to its Ok completion, in microseconds.");
   for (const auto& s : series) {

@@ -26,6 +26,8 @@ class ConnMetrics {
               Clock::time_point now);
   /// An operation refused before it was posted (no latency).
   void recordError(StatusCode code);
+  /// A receive that completed Ok was written by the transport straight into its buffer.
+  void countZeroCopyRecv() { recv_zero_copy_.fetch_add(1, std::memory_order_relaxed); }
   void markClosed() { open_.store(false, std::memory_order_relaxed); }
   void snapshot(TrafficStats* out) const;
   bool open() const { return open_.load(std::memory_order_relaxed); }
@@ -41,6 +43,7 @@ class ConnMetrics {
   };
   std::array<Op, kOpKinds> ops_{};
   std::array<Counter, kStatusCodes> errors_{};
+  Counter recv_zero_copy_{0};
   std::atomic<bool> open_{true};
 };
 

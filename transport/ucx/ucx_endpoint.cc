@@ -565,6 +565,35 @@ void UcxEndpoint::receiveMessage(uint64_t seq, const uint8_t* data, size_t lengt
   receiveOwned(std::move(m));
 }
 
+bool UcxEndpoint::holdInOrder(uint64_t seq, void* desc, size_t length) {
+  if (closed_ || seq != next_recv_seq_) return false;
+  ++next_recv_seq_;
+  const uint64_t id = next_held_++;
+  held_.emplace(id, HeldMessage{desc, length});
+  // The core may fetch it at once (fetchHeld erases it again).
+  if (!events_->onMessageHeld(id, length)) {
+    held_.erase(id);
+    --next_recv_seq_;  // nothing else was delivered meanwhile: it goes the buffered way
+    return false;
+  }
+  if (!reorder_.empty()) drainReorder();
+  return true;
+}
+
+Status UcxEndpoint::fetchHeld(uint64_t held, const ReceiveTarget& target) {
+  auto it = held_.find(held);
+  if (it == held_.end()) {
+    return Status(StatusCode::kInternal, "ucx: no held message " + std::to_string(held));
+  }
+  HeldMessage m = it->second;
+  held_.erase(it);
+  if (m.length > target.capacity) {
+    ucp_am_data_release(worker_->worker(), m.desc);
+    return Status(StatusCode::kInternal, "ucx: a held message is larger than its buffer");
+  }
+  return worker_->receiveInto(m.desc, m.length, target);
+}
+
 void UcxEndpoint::receiveOwned(BufferedMessage message) {
   if (closed_) return;
   if (message.value < next_recv_seq_) {
@@ -658,6 +687,9 @@ void UcxEndpoint::close(Status why) {
   worker_->removeEndpoint(key_);
   reorder_.clear();
   reorder_bytes_ = 0;
+  // Messages the core never fetched: UCX lets the sender's rendezvous go (before the ep closes).
+  for (auto& [id, m] : held_) ucp_am_data_release(worker_->worker(), m.desc);
+  held_.clear();
   early_notifies_.clear();
   unsent_.clear();
 

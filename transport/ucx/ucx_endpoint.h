@@ -42,6 +42,12 @@ class UcxEndpoint final : public Endpoint {
   /// An in-order-or-not message; delivered at once when it is the next one.
   void receiveMessage(uint64_t seq, const uint8_t* data, size_t length);
   void receiveOwned(BufferedMessage message);
+  /// A rendezvous message whose data is still at the sender (`desc`, from the AM callback): if
+  /// it is the next one in order and the core takes it as a held message (fetched later, straight
+  /// into its posted buffer), returns true and the callback returns UCS_INPROGRESS. false: the
+  /// worker receives it into a buffer of its own and delivers it with onMessage.
+  bool holdInOrder(uint64_t seq, void* desc, size_t length);
+  Status fetchHeld(uint64_t held, const ReceiveTarget& target) override;
   void receiveNotify(uint32_t value);
   /// Delivers what was buffered before the endpoint existed.
   void deliverBuffered();
@@ -114,6 +120,13 @@ class UcxEndpoint final : public Endpoint {
   std::map<uint64_t, BufferedMessage> reorder_;
   size_t reorder_bytes_ = 0;
   std::vector<uint32_t> early_notifies_;
+  /// Rendezvous descriptors the core holds as messages (onMessageHeld), until fetched or closed.
+  struct HeldMessage {
+    void* desc;
+    size_t length;
+  };
+  std::map<uint64_t, HeldMessage> held_;
+  uint64_t next_held_ = 1;
 
   struct UnsentChunk {
     OpRecord* rec;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "ucx/ucx_endpoint.h"
+#include "ucx/ucx_memory.h"
 #include "ucx/ucx_status.h"
 #include "ucx/ucx_wire_sync.h"
 
@@ -76,6 +77,14 @@ UcxWorker::~UcxWorker() {
   }
   context_.reset();  // destroys the worker, then the context
   for (RndvRecv* r : rndv_) delete r;
+  // Receives into posted buffers UCX never finished: the worker is gone, so nothing writes there
+  // any more; their completions cannot run now (the core is tearing down), the buffers' holds
+  // stay with the core's records.
+  if (!landings_.empty()) {
+    LOG(WARNING) << "ucx: " << landings_.size()
+                 << " receive(s) into posted buffers still in flight at shutdown";
+  }
+  for (RndvLanding* l : landings_) delete l;
   for (ReplySend* r : replies_) delete r;
 }
 
@@ -293,8 +302,9 @@ ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header
     self->deliverMessage(key, h.value, static_cast<const uint8_t*>(data), length);
     return UCS_OK;
   }
-  // Rendezvous: receive into a buffer of our own, deliver (in order) when it lands. The length
-  // is the peer's word: nothing beyond the connection's max_message_size is allocated.
+  // Rendezvous: straight into the posted receive buffer when the core has one for it; else into
+  // a buffer of our own, delivered (in order) when it lands. The length is the peer's word:
+  // nothing beyond the connection's max_message_size is received or allocated.
   UcxEndpoint* ep = self->find(key);
   size_t limit = ep != nullptr ? ep->maxMessageSize() : kMaxEarlyMessage;
   if (length > limit) {
@@ -308,6 +318,7 @@ ucs_status_t UcxWorker::onAmMessage(void* arg, const void* header, size_t header
     }
     return UCS_OK;  // UCX releases the rendezvous without receiving it
   }
+  if (ep != nullptr && ep->holdInOrder(h.value, data, length)) return UCS_INPROGRESS;
   auto* r = new RndvRecv{self, key, h.value, std::vector<uint8_t>(length)};
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -369,6 +380,41 @@ void UcxWorker::onRndvDone(void* request, ucs_status_t status, size_t /*length*/
 } catch (const std::exception& e) {
   // An exception must not cross UCX's C frames.
   LOG(ERROR) << "ucx: rendezvous completion: " << e.what();
+}
+
+Status UcxWorker::receiveInto(void* desc, size_t length, const ReceiveTarget& target) {
+  auto* l = new RndvLanding{this, target.landed};
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.recv_am = &onLandingDone;
+  p.user_data = l;
+  if (target.local != nullptr) {
+    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+    p.memh = static_cast<UcxMemory*>(target.local)->memh();
+  }
+  ucs_status_ptr_t ptr = ucp_am_recv_data_nbx(worker(), desc, target.buffer, length, &p);
+  if (UCS_PTR_IS_PTR(ptr)) {
+    landings_.insert(l);
+    return Status::Ok();
+  }
+  delete l;
+  ucs_status_t st = UCS_PTR_STATUS(ptr);
+  if (st != UCS_OK) return statusFromUcs(st, "ucp_am_recv_data_nbx");
+  target.landed->complete(Status::Ok());
+  return Status::Ok();
+}
+
+void UcxWorker::onLandingDone(void* request, ucs_status_t status, size_t /*length*/,
+                              void* user_data) try {
+  auto* l = static_cast<RndvLanding*>(user_data);
+  ucp_request_free(request);
+  l->worker->landings_.erase(l);
+  Completion* landed = l->landed;
+  delete l;
+  landed->complete(status == UCS_OK ? Status::Ok() : statusFromUcs(status, "ucp_am_recv_data_nbx"));
+} catch (const std::exception& e) {
+  // An exception must not cross UCX's C frames.
+  LOG(ERROR) << "ucx: in-place rendezvous completion: " << e.what();
 }
 
 ucs_status_t UcxWorker::onAmNotify(void* arg, const void* header, size_t header_length,

@@ -62,6 +62,9 @@ class UcxWorker {
 
   // --- endpoints ---
   Status addEndpoint(RouteKey key, UcxEndpoint* endpoint);
+  /// Fetches a held rendezvous message (`desc` from the AM callback) into `target`
+  /// (UcxEndpoint::fetchHeld); completes target.landed inside the call if it is there at once.
+  Status receiveInto(void* desc, size_t length, const ReceiveTarget& target);
   /// The endpoint is closing: later messages for `key` are dropped.
   void removeEndpoint(RouteKey key);
   /// Messages that arrived for `key` before addEndpoint (handed over once).
@@ -151,6 +154,12 @@ class UcxWorker {
     uint64_t seq;
     std::vector<uint8_t> buffer;
   };
+  /// A rendezvous receive straight into a buffer the core posted (UcxEndpoint::fetchHeld).
+  struct RndvLanding {
+    UcxWorker* worker;
+    Completion* landed;
+  };
+  static void onLandingDone(void* request, ucs_status_t status, size_t length, void* user_data);
 
   UcxEndpoint* find(RouteKey key) const;
   /// Routes a received message; buffers it if the endpoint does not exist yet.
@@ -177,6 +186,7 @@ class UcxWorker {
   std::vector<RouteKey> connects_;
   std::vector<std::pair<RouteKey, ucs_status_t>> broken_;
   std::unordered_set<RndvRecv*> rndv_;
+  std::unordered_set<RndvLanding*> landings_;
   UcxAccessTable access_;
   std::unordered_map<uint64_t, RmaSlot> rma_ops_;
   uint64_t next_op_id_ = 1;

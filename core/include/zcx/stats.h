@@ -47,6 +47,9 @@ struct TrafficStats {
   /// Operations that completed with an error, indexed by StatusCode (kOk stays 0). Includes
   /// operations refused before posting (a bad range) and those cancelled by a close.
   std::array<uint64_t, kStatusCodes> errors{};
+  /// Of the receives counted under OpKind::kRecv, those the transport wrote straight into the
+  /// posted buffer (zero copy: UCX rendezvous fetched into it); the others were copied once.
+  uint64_t recv_zero_copy = 0;
 
   OpStats& op(OpKind k) { return ops[static_cast<size_t>(k)]; }
   const OpStats& op(OpKind k) const { return ops[static_cast<size_t>(k)]; }

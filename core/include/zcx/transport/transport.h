@@ -125,12 +125,28 @@ struct RmaOp {
   size_t length = 0;  ///< may be 0 (the transport completes it without touching memory)
 };
 
+/// A posted receive buffer the transport writes a held message into itself (zero copy).
+struct ReceiveTarget {
+  MemoryHandle* local = nullptr;  ///< the buffer's registration
+  uint8_t* buffer = nullptr;
+  size_t capacity = 0;  ///< at least the message's length
+  /// Completed exactly once: Ok once the whole message is in the buffer, an error if it never
+  /// will be. Either way the transport no longer writes there afterwards.
+  Completion* landed = nullptr;
+};
+
 /// What an endpoint reports without being asked. Called from inside progress().
 class EndpointEvents {
  public:
   /// A two-sided message, delivered in the order the peer sent them. `data` is valid only
   /// during the call.
   virtual void onMessage(const uint8_t* data, size_t length) = 0;
+  /// The next message in order is `length` bytes whose data has not been fetched yet (UCX
+  /// rendezvous). The transport holds it as `held` without copying it anywhere until the core
+  /// asks for it with Endpoint::fetchHeld (straight into a posted receive buffer, at once or once
+  /// one is posted) or the endpoint closes. It counts as delivered in order like onMessage.
+  /// false: the transport receives it into memory of its own and calls onMessage instead.
+  virtual bool onMessageHeld(uint64_t /*held*/, size_t /*length*/) { return false; }
   /// A notification sent by the peer with postWrite(..., notify). Delivered only after the data
   /// of that write batch is visible in our memory.
   virtual void onNotify(uint32_t value) = 0;
@@ -177,6 +193,14 @@ class Endpoint {
   /// Sends `length` bytes from registered memory; length <= max_message_size.
   virtual Status postSend(MemoryHandle* local, uint64_t local_addr, size_t length,
                           Completion* done) = 0;
+
+  /// Fetches a message announced by EndpointEvents::onMessageHeld into `target` (its capacity
+  /// is at least the message's length). Ok: `target.landed` completes later, or inside this call
+  /// if the data is already there. An error: nothing is written and `landed` is never called
+  /// (the message is lost). Only transports that hold messages implement this.
+  virtual Status fetchHeld(uint64_t /*held*/, const ReceiveTarget& /*target*/) {
+    return Status(StatusCode::kInternal, "this transport holds no messages");
+  }
 
   /// Binds `grant` (made for this connection, needsBind()) to this endpoint; `done` completes
   /// (completion contract above) once peers can use its key. Only transports whose grants need

@@ -183,12 +183,17 @@ ucx_part() {  # tcp | shm
   ZCX_SERVER_ARGS="--transport ucx --ucx-tls $tls ${devs:+--ucx-net-devices $devs}"
   local z="--transport ucx --ucx-tls $tls ${devs:+--ucx-net-devices $devs}"
   local srv="ucx_perftest -p @PORT@" cli="ucx_perftest 127.0.0.1 -p @PORT@"
-  local n64=20000 n4m=1000 nlat=100000 nrate=200000
-  if [[ $part == tcp ]]; then n64=5000; n4m=200; nlat=10000; nrate=50000; fi
+  local n64=20000 n1m=4000 n4m=1000 nlat=100000 nrate=200000
+  if [[ $part == tcp ]]; then n64=5000; n1m=500; n4m=200; nlat=10000; nrate=50000; fi
   measure "$part" put_bw_64K bw "$z --test write_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_put_bw -s 65536 -n $n64" parse_ucx
   measure "$part" put_bw_4M bw "$z --test write_bw --size 4194304 --depth 16 --iters $n4m" "$srv" "$cli -t ucp_put_bw -s 4194304 -n $n4m" parse_ucx
   measure "$part" get_bw_64K bw "$z --test read_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_get -s 65536 -n $n64" parse_ucx
   measure "$part" get_bw_4M bw "$z --test read_bw --size 4194304 --depth 16 --iters $n4m" "$srv" "$cli -t ucp_get -s 4194304 -n $n4m" parse_ucx
+  # Two-sided: zcx send/recv against UCX active messages (what zcx uses) and tag matching. zcx's
+  # send_bw counts a message once the server confirmed it arrived.
+  measure "$part" send_bw_64K bw "$z --test send_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_am_bw -s 65536 -n $n64" parse_ucx
+  measure "$part" send_bw_64K_vs_tag bw "$z --test send_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_tag_bw -s 65536 -n $n64" parse_ucx
+  measure "$part" send_bw_1M bw "$z --test send_bw --size 1048576 --depth 16 --iters $n1m" "$srv" "$cli -t ucp_am_bw -s 1048576 -n $n1m" parse_ucx
   measure "$part" put_lat_8 lat "$z --test write_lat --size 8 --iters $nlat" "$srv" "$cli -t ucp_put_lat -s 8 -n $nlat" parse_ucx
   measure "$part" put_rate_8 rate "$z --test write_bw --size 8 --depth 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   # The same with 64 writes per request (Connection::writeBatch, one completion per 64 messages).

@@ -41,6 +41,9 @@ DEFINE_int64(iters, 0, "operations per connection and size (0: automatic, perfte
 DEFINE_double(duration, 0, "run each size for this many seconds instead of --iters");
 DEFINE_int32(depth, 16, "operations in flight per connection (bandwidth tests)");
 DEFINE_int32(qps, 1, "data connections (bandwidth tests)");
+DEFINE_int32(slots, 0,
+             "buffers per connection that bandwidth tests cycle through (0: one, shared by the "
+             "operations in flight like perftest; with --verify one per operation in flight)");
 DEFINE_int32(batch, 1,
              "write_bw/read_bw: messages per request (writeBatch/readBatch; one completion each)");
 DEFINE_string(transport, "auto", "auto|ucx|verbs");
@@ -703,6 +706,16 @@ class Client {
     const CpuSample cpu_end = CpuSample::now();
     auto result = ctl_.expect(kResult);
     if (!result.ok()) return result.status();
+    if (cfg_.kind == TestKind::kSendBw) {
+      // A send completes once the transport has the message, not once the peer took it: the
+      // run counts as done when the server says every message arrived (its result comes only
+      // then), like perftest's send_bw waiting for the receiver.
+      double secs = std::chrono::duration<double>(Clock::now() - measure_start_).count();
+      res->seconds = secs;
+      res->bw_avg_MBps = double(res->iterations) * double(size) / secs / 1e6;
+      res->bw_peak_MBps = std::max(res->bw_peak_MBps, res->bw_avg_MBps);
+      res->msg_rate_Mpps = double(res->iterations) / secs / 1e6;
+    }
     if (FLAGS_cpu_util) {
       res->cpu_measured = true;
       res->cpu_client_s = std::max(0.0, cpu_end.cpu_s - cpu_start.cpu_s);
@@ -861,6 +874,7 @@ class Client {
     ZCX_RETURN_IF_ERROR(phase(warm, far, false, &total, &peak));
     total = 0;
     auto t0 = Clock::now();
+    measure_start_ = t0;
     uint64_t goal = timed ? UINT64_MAX / 4 : iters;
     ZCX_RETURN_IF_ERROR(phase(goal,
                               timed ? t0 + std::chrono::duration_cast<Clock::duration>(
@@ -997,6 +1011,7 @@ class Client {
   bool tty_ = isatty(2);
   bool progress_shown_ = false;
   Clock::time_point next_progress_{};
+  Clock::time_point measure_start_{};  ///< start of the measured phase (bandwidth tests)
 };
 
 // ------------------------------------------------------------------ main pieces
@@ -1070,8 +1085,18 @@ Status validate(ClientConfig* cfg) {
     }
   }
   // Like perftest, the operations in flight on one connection share one buffer; --verify gives
-  // each its own slot so that data in flight is never overwritten.
+  // each its own slot so that data in flight is never overwritten. --slots overrides.
   cfg->slots = cfg->verify && !isLatency(cfg->kind) ? cfg->depth : 1;
+  if (FLAGS_slots < 0 || FLAGS_slots > 65536)
+    return err(StatusCode::kInvalidArgument, "--slots must be 0 (automatic) to 65536");
+  if (FLAGS_slots > 0 && !isLatency(cfg->kind)) {
+    if (cfg->verify && FLAGS_slots < cfg->depth) {
+      return err(StatusCode::kInvalidArgument,
+                 "--verify needs --slots of at least --depth (operations in flight would "
+                 "overwrite each other's data)");
+    }
+    cfg->slots = FLAGS_slots;
+  }
   uint64_t max_size = *std::max_element(cfg->sizes.begin(), cfg->sizes.end());
   double bytes = double(regionBytes(cfg->kind, max_size, cfg->qps, cfg->slots));
   if (bytes > 8.0 * (1ull << 30)) {

@@ -496,6 +496,7 @@ py::dict trafficDict(const zcx::TrafficStats& t) {
       errors[py::str(std::string(zcx::statusCodeName(static_cast<zcx::StatusCode>(c))))] =
           t.errors[c];
   out["errors"] = errors;
+  out["recv_zero_copy"] = t.recv_zero_copy;
   return out;
 }
 
@@ -1010,7 +1011,8 @@ PYBIND11_MODULE(_zcx, m) {
           "Traffic counters as a dict: {'rails': [{'name', 'traffic'}], 'connections': [{'id', "
           "'peer', 'rail', 'open', 'traffic'}]}; traffic maps 'write'/'read'/'send'/'recv' to "
           "{'operations', 'bytes', 'latency_us': {'buckets': [(le_us or None, count)], 'count', "
-          "'sum_us'}} and 'errors' to {code name: count}")
+          "'sum_us'}}, 'errors' to {code name: count} and 'recv_zero_copy' to the receives "
+          "fetched straight into their buffer")
       .def(
           "metrics_text",
           [](PyEngine& e) {

@@ -41,6 +41,7 @@ def test_stats_count_what_moved(tcp_peer):
     assert t["write"]["operations"] == 3 and t["write"]["bytes"] == sum(sizes)
     assert t["read"]["operations"] == 1 and t["read"]["bytes"] == 4096
     assert t["send"]["operations"] == 0 and t["recv"]["bytes"] == 0
+    assert t["recv_zero_copy"] == 0  # no message was received
     assert t["errors"] == {"OutOfRange": 1}
     lat = t["write"]["latency_us"]
     assert lat["count"] == 3 and sum(c for _, c in lat["buckets"]) == 3

@@ -70,8 +70,10 @@ class ZCX_EXPORT Connection {
 
   /// Two-sided: sends [offset, offset+length) of `local`; at most Engine max message size.
   Request send(const MemoryRegion& local, size_t offset, size_t length);
-  /// Posts a receive buffer. Messages fill posted buffers in the order they were sent; a message
-  /// larger than the buffer fails that receive with kOutOfRange and waits for the next buffer.
+  /// Posts a receive buffer. Messages fill posted buffers in the order they were sent, and the
+  /// receives complete in that order; a message larger than the buffer fails that receive with
+  /// kOutOfRange and waits for the next buffer. Post receives ahead of the messages: a large
+  /// message (UCX rendezvous) then lands straight in its buffer without a copy.
   Request recv(const MemoryRegion& local, size_t offset, size_t capacity);
 
   /// The oldest notification not yet taken, if any.

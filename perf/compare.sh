@@ -197,6 +197,8 @@ ucx_part() {  # tcp | shm
   measure "$part" put_lat_8 lat "$z --test write_lat --size 8 --iters $nlat" "$srv" "$cli -t ucp_put_lat -s 8 -n $nlat" parse_ucx
   measure "$part" put_rate_8 rate "$z --test write_bw --size 8 --depth 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   # The same with 64 writes per request (Connection::writeBatch, one completion per 64 messages).
+  # Unsignaled writes (Connection::writeUnsignaled + flush): no Request per write.
+  measure "$part" put_rate_8_unsignaled rate "$z --test write_bw --size 8 --depth 16 --unsignaled --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   measure "$part" put_rate_8_batch64 rate "$z --test write_bw --size 8 --depth 16 --batch 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   unset UCX_TLS UCX_NET_DEVICES
 }

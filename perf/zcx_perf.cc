@@ -22,7 +22,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -41,6 +43,9 @@ DEFINE_int64(iters, 0, "operations per connection and size (0: automatic, perfte
 DEFINE_double(duration, 0, "run each size for this many seconds instead of --iters");
 DEFINE_int32(depth, 16, "operations in flight per connection (bandwidth tests)");
 DEFINE_int32(qps, 1, "data connections (bandwidth tests)");
+DEFINE_bool(unsignaled, false,
+            "write_bw: Connection::writeUnsignaled with a flush() every --depth x 64 writes "
+            "(at most two outstanding) instead of one Request per write: the raw message rate");
 DEFINE_int32(slots, 0,
              "buffers per connection that bandwidth tests cycle through (0: one, shared by the "
              "operations in flight like perftest; with --verify one per operation in flight)");
@@ -700,6 +705,7 @@ class Client {
     done.type = kDone;
     const CpuSample cpu_start = CpuSample::now();
     Status s = isLatency(cfg_.kind) ? latency(size, iters, timed, res, &done)
+               : FLAGS_unsignaled   ? unsignaledBandwidth(size, iters, timed, res, &done)
                                     : bandwidth(size, iters, timed, res, &done);
     if (!s.ok()) return s;
     ZCX_RETURN_IF_ERROR(ctl_.send(done));
@@ -895,6 +901,75 @@ class Client {
     return Status::Ok();
   }
 
+  /// write_bw with Connection::writeUnsignaled: no Request per write; a flush every depth x 64
+  /// writes per connection, at most two outstanding (like perftest's selective signalling and
+  /// its send-queue depth). The run ends when the last flush completed.
+  Status unsignaledBandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res,
+                             Ctl* done) {
+    const int Q = cfg_.qps;
+    const uint64_t window = uint64_t(cfg_.depth) * 64;
+    std::vector<uint64_t> posted(Q, 0);
+    std::vector<std::deque<Request>> flushes(Q);
+    auto waitOldest = [&](int q) -> Status {
+      Status st = flushes[q].front().wait(std::chrono::milliseconds(120000));
+      flushes[q].pop_front();
+      return st.withContext("flush");
+    };
+    auto run = [&](uint64_t count, Clock::time_point stop_at) -> Status {
+      std::vector<uint64_t> goal(Q);
+      for (int q = 0; q < Q; ++q) goal[q] = posted[q] + count;
+      for (bool more = true; more;) {
+        more = false;
+        for (int q = 0; q < Q; ++q) {
+          if (posted[q] >= goal[q]) continue;
+          more = true;
+          const uint64_t n = posted[q];
+          const size_t off = slotOff(q, n);
+          if (cfg_.verify)
+            fillPattern(buf_.data() + off, size, FLAGS_seed, n + (uint64_t(q) << 40));
+          Status st = data_[q].writeUnsignaled(buf_.region, off, remote_[q], off, size);
+          if (st.code() == StatusCode::kResourceExhausted && !flushes[q].empty()) {
+            ZCX_RETURN_IF_ERROR(waitOldest(q));
+            continue;
+          }
+          ZCX_RETURN_IF_ERROR(st.withContext("writeUnsignaled"));
+          ++posted[q];
+          if (posted[q] % window == 0 || posted[q] == goal[q]) {
+            flushes[q].push_back(data_[q].flush());
+            if (flushes[q].size() > 2) ZCX_RETURN_IF_ERROR(waitOldest(q));
+          }
+          if (stop_at != Clock::time_point{} && (posted[q] & 1023) == 0 &&
+              Clock::now() >= stop_at) {
+            goal[q] = posted[q];
+            flushes[q].push_back(data_[q].flush());
+          }
+        }
+      }
+      for (int q = 0; q < Q; ++q)
+        while (!flushes[q].empty()) ZCX_RETURN_IF_ERROR(waitOldest(q));
+      return Status::Ok();
+    };
+    const uint64_t warm = std::min<uint64_t>(iters / 10 + window, 100000);
+    ZCX_RETURN_IF_ERROR(run(warm, Clock::time_point{}));
+    const uint64_t before = std::accumulate(posted.begin(), posted.end(), uint64_t{0});
+    auto t0 = Clock::now();
+    measure_start_ = t0;
+    ZCX_RETURN_IF_ERROR(run(timed ? UINT64_MAX / 4 : iters,
+                            timed ? t0 + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(FLAGS_duration))
+                                  : Clock::time_point{}));
+    auto t1 = Clock::now();
+    const uint64_t total = std::accumulate(posted.begin(), posted.end(), uint64_t{0}) - before;
+    double secs = std::chrono::duration<double>(t1 - t0).count();
+    res->iterations = total;
+    res->seconds = secs;
+    res->bw_avg_MBps = double(total) * double(size) / secs / 1e6;
+    res->bw_peak_MBps = res->bw_avg_MBps;
+    res->msg_rate_Mpps = double(total) / secs / 1e6;
+    for (int q = 0; q < Q; ++q) done->counts[q] = posted[q];
+    return Status::Ok();
+  }
+
   Status latency(uint64_t size, uint64_t iters, bool timed, PerfResult* res, Ctl* done) {
     Connection& conn = data_[0];
     const RemoteRegion& remote = remote_[0];
@@ -1069,6 +1144,11 @@ Status validate(ClientConfig* cfg) {
   }
   if (FLAGS_batch > 1 && FLAGS_verify)
     return err(StatusCode::kInvalidArgument, "--batch does not combine with --verify");
+  if (FLAGS_unsignaled && (cfg->kind != TestKind::kWriteBw || FLAGS_batch > 1)) {
+    return err(StatusCode::kInvalidArgument,
+               "--unsignaled applies to write_bw without --batch (unsignaled writes are batched "
+               "by the engine)");
+  }
   cfg->batch = FLAGS_batch;
   cfg->depth = FLAGS_depth;
   cfg->qps = FLAGS_qps;

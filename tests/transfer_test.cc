@@ -290,6 +290,77 @@ TEST_P(TransferTest, WriteOddSizesAndOffsetsLandExactly) {
   }
 }
 
+TEST_P(TransferTest, UnsignaledWritesAreAllVisibleOnceFlushed) {
+  // Thousands of writes of 1..700 bytes with no Request each, covering the peer's region end to
+  // end; one flush midway (not waited for) and one at the end: once both complete, every byte is
+  // there and nothing outside the range was touched.
+  connect();
+  const size_t cap = (2u << 20);
+  RemoteRegion dst = peerRegion("dst", cap, kRemoteWrite);
+  Buffer src = makeBuffer(*engine_, cap, kLocalOnly);
+  fillPattern(src.bytes.get(), cap, 77);
+  ASSERT_EQ(cmd("poison dst"), "ok");
+  std::mt19937 rng(5);
+  size_t off = 0, writes = 0;
+  Request midway;
+  while (off < cap - 700) {
+    size_t len = 1 + rng() % 700;
+    Status st = conn_.writeUnsignaled(src.region, off, dst, off, len);
+    ASSERT_TRUE(st.ok()) << "write " << writes << ": " << st.toString();
+    off += len;
+    if (++writes == 1500) midway = conn_.flush();
+  }
+  Request last = conn_.flush();
+  Status m = midway.wait(30s), l = last.wait(30s);
+  ASSERT_TRUE(m.ok()) << m.toString();
+  ASSERT_TRUE(l.ok()) << l.toString();
+  EXPECT_EQ(cmd("check dst 0 " + std::to_string(off) + " 77"), "ok") << writes << " writes";
+  // Counted as writes in batches (one completion each), all the bytes.
+  const auto& t = engine_->stats().connections.at(0).traffic.op(OpKind::kWrite);
+  EXPECT_EQ(t.bytes, off);
+  EXPECT_GE(t.operations, writes / 64);
+  EXPECT_LT(t.operations, writes / 8) << "unsignaled writes were not batched";
+}
+
+TEST_P(TransferTest, UnsignaledWriteArgumentsAreCheckedBeforeAnythingIsPosted) {
+  connect();
+  RemoteRegion dst = peerRegion("dst", 4096, kRemoteWrite);
+  RemoteRegion ro = peerRegion("ro", 4096, kRemoteRead);
+  Buffer src = makeBuffer(*engine_, 4096, kLocalOnly);
+  ASSERT_EQ(cmd("poison dst"), "ok");
+  EXPECT_EQ(conn_.writeUnsignaled(src.region, 0, dst, 4000, 200).code(), StatusCode::kOutOfRange);
+  EXPECT_EQ(conn_.writeUnsignaled(src.region, 4000, dst, 0, 200).code(), StatusCode::kOutOfRange);
+  EXPECT_EQ(conn_.writeUnsignaled(src.region, 0, ro, 0, 8).code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(conn_.writeUnsignaled(MemoryRegion(), 0, dst, 0, 8).code(),
+            StatusCode::kInvalidArgument);
+  Status f = conn_.flush().wait(10s);  // nothing gathered: completes at once
+  EXPECT_TRUE(f.ok()) << f.toString();
+  EXPECT_EQ(cmd("check dst 0 0 1"), "ok");  // all poison: nothing was written
+  EXPECT_TRUE(conn_.status().ok()) << conn_.status().toString();
+}
+
+TEST_P(TransferTest, FlushReportsUnsignaledWritesDroppedWithTheirRegion) {
+  // Writes gathered but not posted yet when their source region is destroyed are dropped (the
+  // memory may be freed right after); the next flush says so, and the connection goes on.
+  connect();
+  RemoteRegion dst = peerRegion("dst", 4096, kRemoteWrite);
+  ASSERT_EQ(cmd("poison dst"), "ok");
+  {
+    Buffer tmp = makeBuffer(*engine_, 4096, kLocalOnly);
+    for (size_t i = 0; i < 10; ++i)
+      ASSERT_TRUE(conn_.writeUnsignaled(tmp.region, i * 8, dst, i * 8, 8).ok());
+  }
+  Status f = conn_.flush().wait(10s);
+  EXPECT_EQ(f.code(), StatusCode::kCancelled) << f.toString();
+  EXPECT_EQ(cmd("check dst 0 0 1"), "ok");  // nothing of the dropped writes arrived
+  Buffer src = makeBuffer(*engine_, 4096, kLocalOnly);
+  fillPattern(src.bytes.get(), 64, 9);
+  ASSERT_TRUE(conn_.writeUnsignaled(src.region, 0, dst, 0, 64).ok());
+  Status again = conn_.flush().wait(10s);
+  EXPECT_TRUE(again.ok()) << again.toString();
+  EXPECT_EQ(cmd("check dst 0 64 9"), "ok");
+}
+
 TEST_P(TransferTest, ReadOddSizesAndOffsetsLandExactly) {
   connect();
   const size_t cap = (2u << 20);

@@ -126,6 +126,7 @@ void ConnectionImpl::breakLocked(Status why) {
     blocked_sends_.pop_front();
     abandonLocked(r, broken_);
   }
+  failUnsignaledLocked();
   failLandingsLocked();  // before the endpoint's close completes what it was still writing
   if (endpoint_) endpoint_->close(broken_);  // completes what the transport could release
   // What the transport still holds completes for the user now; the transport completes it
@@ -473,54 +474,56 @@ Request ConnectionImpl::post(OpKind kind, size_t bytes, PostFn&& post_to_transpo
   return Request(std::move(r));
 }
 
+Status ConnectionImpl::checkRmaOp(bool write, size_t i, const RmaOp& op) const {
+  const char* what = write ? "write" : "read";
+  const uint32_t need = write ? kRemoteWrite : kRemoteRead;
+  auto where = [&] { return std::string(what) + " op " + std::to_string(i) + ": "; };
+  if (!op.local || !op.local->valid() || !op.remote || !op.remote->key_) {
+    return Status(StatusCode::kInvalidArgument,
+                  where() + "needs a registered local region and an imported remote region");
+  }
+  if (op.local->state()->engine != engine_) {
+    return Status(StatusCode::kInvalidArgument, where() + "local region belongs to another engine");
+  }
+  if (op.remote->key_->connection_id != id) {
+    return Status(StatusCode::kInvalidArgument,
+                  where() +
+                      "remote region was imported on another connection (or an earlier "
+                      "connection to this peer); import it on this one with "
+                      "remoteRegion() or importRegion()");
+  }
+  if (!rangeOk(op.local_offset, op.length, op.local->size())) {
+    return Status(
+        StatusCode::kOutOfRange,
+        where() + "local range " + rangeText(op.local_offset, op.length, op.local->size()));
+  }
+  const RegionDescriptor& d = op.remote->descriptor();
+  if (!rangeOk(op.remote_offset, op.length, d.length)) {
+    return Status(StatusCode::kOutOfRange, where() + "remote range " +
+                                               rangeText(op.remote_offset, op.length, d.length) +
+                                               "; nothing was posted");
+  }
+  if (!(d.access & need)) {
+    return Status(StatusCode::kPermissionDenied,
+                  where() + "the peer's region does not allow remote " + what +
+                      "s (registered with access " + std::to_string(d.access) + ")");
+  }
+  return Status::Ok();
+}
+
 Request ConnectionImpl::postRma(bool write, std::span<const RmaOp> ops,
                                 std::optional<uint32_t> notify) {
   const char* what = write ? "write" : "read";
   const OpKind kind = write ? OpKind::kWrite : OpKind::kRead;
-  uint32_t need = write ? kRemoteWrite : kRemoteRead;
   auto& tops = scratch_ops;
   tops.clear();
   size_t total = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
     const RmaOp& op = ops[i];
-    auto where = [&] { return std::string(what) + " op " + std::to_string(i) + ": "; };
-    if (!op.local || !op.local->valid() || !op.remote || !op.remote->key_) {
-      return failed(
-          kind, Status(StatusCode::kInvalidArgument,
-                       where() + "needs a registered local region and an imported remote region"));
-    }
-    if (op.local->state()->engine != engine_) {
-      return failed(kind, Status(StatusCode::kInvalidArgument,
-                                 where() + "local region belongs to another engine"));
-    }
-    if (op.remote->key_->connection_id != id) {
-      return failed(
-          kind, Status(StatusCode::kInvalidArgument,
-                       where() + "remote region was imported on another connection (or an earlier "
-                                 "connection to this peer); import it on this one with "
-                                 "remoteRegion() or importRegion()"));
-    }
-    if (!rangeOk(op.local_offset, op.length, op.local->size())) {
-      return failed(kind, Status(StatusCode::kOutOfRange,
-                                 where() + "local range " +
-                                     rangeText(op.local_offset, op.length, op.local->size())));
-    }
-    const RegionDescriptor& d = op.remote->descriptor();
-    if (!rangeOk(op.remote_offset, op.length, d.length)) {
-      return failed(kind, Status(StatusCode::kOutOfRange,
-                                 where() + "remote range " +
-                                     rangeText(op.remote_offset, op.length, d.length) +
-                                     "; nothing was posted"));
-    }
-    if (!(d.access & need)) {
-      return failed(kind,
-                    Status(StatusCode::kPermissionDenied,
-                           where() + "the peer's region does not allow remote " + what +
-                               "s (registered with access " + std::to_string(d.access) + ")"));
-    }
+    if (Status st = checkRmaOp(write, i, op); !st.ok()) return failed(kind, std::move(st));
     tops.push_back({op.local->state()->handle.get(),
                     reinterpret_cast<uint64_t>(op.local->data()) + op.local_offset, nullptr,
-                    d.address + op.remote_offset, op.length});
+                    op.remote->descriptor().address + op.remote_offset, op.length});
     total += op.length;
   }
   return post(kind, total, [&](RequestState* r) {
@@ -627,6 +630,7 @@ bool ConnectionImpl::cancelUsesLocked(const RegionState* region) {
                0);
     it = posted_.erase(it);
   }
+  dropUnsignaledFromLocked(region);
   if (landingUses(region)) {
     breakLocked(Status(StatusCode::kCancelled,
                        "the MemoryRegion of a receive the transport was still filling was "
@@ -729,6 +733,16 @@ Request Connection::write(const MemoryRegion& local, size_t local_offset,
   RmaOp op{&local, local_offset, &remote, remote_offset, length};
   return impl_ ? impl_->postRma(true, {&op, 1}, std::nullopt) : failedRequest();
 }
+
+Status Connection::writeUnsignaled(const MemoryRegion& local, size_t local_offset,
+                                   const RemoteRegion& remote, size_t remote_offset,
+                                   size_t length) {
+  if (!impl_)
+    return Status(StatusCode::kInvalidArgument, "writeUnsignaled() on an empty Connection");
+  return impl_->writeUnsignaled(RmaOp{&local, local_offset, &remote, remote_offset, length});
+}
+
+Request Connection::flush() { return impl_ ? impl_->flush() : failedRequest(); }
 
 Request Connection::read(const MemoryRegion& local, size_t local_offset, const RemoteRegion& remote,
                          size_t remote_offset, size_t length) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,10 @@ class ConnectionImpl final : public transport::EndpointEvents,
   Result<RemoteRegion> remoteRegion(std::string_view name, std::chrono::milliseconds timeout);
   Result<RemoteRegion> importRegion(const RegionDescriptor& d);
   Request postRma(bool write, std::span<const RmaOp> ops, std::optional<uint32_t> notify);
+  /// The checks every one-sided op passes before anything is posted (op `i` of a batch).
+  Status checkRmaOp(bool write, size_t i, const RmaOp& op) const;
+  Status writeUnsignaled(const RmaOp& op);
+  Request flush();
   Request send(const MemoryRegion& local, size_t offset, size_t length);
   Request recv(const MemoryRegion& local, size_t offset, size_t capacity);
   std::optional<uint32_t> pollNotification();
@@ -87,6 +92,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// Why the transport reported this connection broken (set by onError).
   const Status& pendingErrorLocked() const { return broken_; }
   RequestState* oldestOutstanding() const { return head_; }
+  /// The transport completed unsignaled batch `seq` (RequestState::complete).
+  void unsignaledDoneLocked(uint64_t seq, const Status& status);
   /// Held messages that waited a whole progress round without a receive: fetched into memory
   /// of our own. Returns how many it started.
   int spillHeldLocked(uint64_t round);
@@ -201,6 +208,31 @@ class ConnectionImpl final : public transport::EndpointEvents,
   void abandonLocked(RequestState* r, Status why);
   /// A message was taken by a receive: grants more once half the window is used.
   void consumedLocked();
+  // Unsignaled writes (connection_unsignaled.cc), engine lock: gathered into batches, each
+  // posted as one transport write with one completion; flush() waits for the batches before it.
+  struct UnsignaledBatch {
+    std::vector<transport::RmaOp> ops;
+    std::vector<std::shared_ptr<RegionState>> regions;  ///< distinct consecutive; pinned below
+    std::vector<RegionPin> pins;
+    std::vector<std::shared_ptr<RemoteKeyRef>> keys;
+    size_t bytes = 0;
+  };
+  UnsignaledBatch unsignaled_;
+  uint64_t unsignaled_posted_ = 0;           ///< batches posted so far (their sequence numbers)
+  std::set<uint64_t> unsignaled_in_flight_;  ///< posted, not completed
+  Status unsignaled_error_;                  ///< the first failure; the next flush reports it
+  struct PendingFlush {
+    uint64_t upto;  ///< completes once no batch up to this one is in flight
+    std::shared_ptr<RequestState> request;
+  };
+  std::deque<PendingFlush> flushes_;
+  /// Posts the gathered writes as one batch.
+  void postUnsignaledLocked();
+  void settleFlushesLocked();
+  /// The connection ended: pending writes are dropped, flushes fail.
+  void failUnsignaledLocked();
+  /// `region` is going away: gathered writes from it are dropped (the next flush fails).
+  void dropUnsignaledFromLocked(const RegionState* region);
   std::deque<PostedRecv> posted_;
   /// A message no posted receive took yet: its bytes, or a message the transport holds
   /// (onMessageHeld) until a buffer is posted for it.

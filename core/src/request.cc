@@ -10,6 +10,8 @@ namespace detail {
 void RequestState::complete(Status status) {
   // Keep ourselves alive through finish(): `self` may hold the last reference.
   std::shared_ptr<RequestState> keep = std::move(self);
+  if (connection && unsignaled_batch != 0)
+    connection->unsignaledDoneLocked(unsignaled_batch, status);
   if (connection) connection->unlink(this);
   releasePins();  // the transport no longer touches the memory
   finish(std::move(status));

@@ -60,6 +60,9 @@ class RequestState final : public transport::Completion {
 
   // Counting (set before the request is posted; then under mu_): finish() records the outcome
   // once in its connection's counters and drops the reference.
+  /// An unsignaled batch's sequence number (0: an ordinary operation): complete() reports it to
+  /// its connection so that flushes waiting for it can finish.
+  uint64_t unsignaled_batch = 0;
   std::shared_ptr<ConnMetrics> metrics;
   OpKind op_kind = OpKind::kWrite;
   Clock::time_point posted{};

@@ -68,6 +68,18 @@ class ZCX_EXPORT Connection {
   /// of the batch's data is visible there.
   Request writeWithNotify(std::span<const RmaOp> ops, uint32_t value);
 
+  /// Unsignaled one-sided write, for the raw message rate (like verbs selective signalling):
+  /// checked like write() (a bad argument comes back here, nothing posted) but it returns no
+  /// Request. The engine gathers unsignaled writes into batches (64 writes or 256 KiB), each
+  /// posted as one transport write with one completion. Both buffers stay in use until a flush()
+  /// after it completes. kResourceExhausted: 256 batches are in flight; wait for a flush() first.
+  Status writeUnsignaled(const MemoryRegion& local, size_t local_offset, const RemoteRegion& remote,
+                         size_t remote_offset, size_t length);
+  /// Posts the gathered unsignaled writes and completes once every unsignaled write before it is
+  /// visible in the peer's memory; with the first error any of them met (then the connection is
+  /// closing, as for a failed write), never later than their operation_timeout.
+  Request flush();
+
   /// Two-sided: sends [offset, offset+length) of `local`; at most Engine max message size.
   Request send(const MemoryRegion& local, size_t offset, size_t length);
   /// Posts a receive buffer. Messages fill posted buffers in the order they were sent, and the

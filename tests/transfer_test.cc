@@ -316,7 +316,8 @@ TEST_P(TransferTest, UnsignaledWritesAreAllVisibleOnceFlushed) {
   ASSERT_TRUE(l.ok()) << l.toString();
   EXPECT_EQ(cmd("check dst 0 " + std::to_string(off) + " 77"), "ok") << writes << " writes";
   // Counted as writes in batches (one completion each), all the bytes.
-  const auto& t = engine_->stats().connections.at(0).traffic.op(OpKind::kWrite);
+  const EngineStats stats = engine_->stats();
+  const OpStats& t = stats.connections.at(0).traffic.op(OpKind::kWrite);
   EXPECT_EQ(t.bytes, off);
   EXPECT_GE(t.operations, writes / 64);
   EXPECT_LT(t.operations, writes / 8) << "unsignaled writes were not batched";

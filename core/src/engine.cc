@@ -21,6 +21,7 @@
 #include "connection_impl.h"
 #include "control_protocol.h"
 #include "engine_impl.h"
+#include "engine_metadata.h"
 #include "handshake.h"
 #include "zcx/transport/registry.h"
 
@@ -123,7 +124,7 @@ Status validate(const EngineOptions& o) {
                         "the address of the interface your Prometheus scrapes");
     }
   }
-  return Status::Ok();
+  return validateMetadataOptions(o);
 }
 
 }  // namespace
@@ -191,6 +192,15 @@ Status EngineImpl::start() {
                       "and traffic counts. Listen on 127.0.0.1 unless your network is trusted";
     }
   }
+  if (!options.metadata.empty()) {
+    auto store = MetadataStore::open(metadataConfig(options));
+    if (!store.ok()) return store.status();
+    metadata = std::move(*store);
+    if (listener_.valid()) {
+      auto hp = parseHostPort(listen_address);
+      ZCX_RETURN_IF_ERROR(metadata->publish(name, advertisedAddress(options, hp->host, hp->port)));
+    }
+  }
   control_thread_ = std::thread([this] { controlLoop(); });
   if (options.progress == ProgressMode::kThread)
     progress_thread_ = std::thread([this] { progressLoop(); });
@@ -201,6 +211,7 @@ void EngineImpl::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_ = true;
+  metadata.reset();         // revokes the lease: our keys leave etcd before the listener closes
   metrics_server_.reset();  // joins its thread: no scrape runs past this point
   loop_.wake();
   wake(progress_wake_);
@@ -311,6 +322,10 @@ void EngineImpl::retireRegion(RegionState& region) {
   gone.clear();
   if (region.handle) region.handle->revokeRemoteAccess();
   if (!withdrawn.empty()) announceUnexposed(withdrawn);
+  if (metadata) {
+    for (const Withdrawal& w : withdrawn)
+      if (!w.connections) metadata->unpublishRegion(w.name);  // only unscoped ones are there
+  }
 }
 
 EngineImpl::Withdrawal EngineImpl::withdrawalOf(const std::string& name, const Exposure& e) {
@@ -813,7 +828,24 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
   return conn;
 }
 
-Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& host_port) {
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& target) {
+  if (!metadata || !isEngineName(target)) return connectTo(target);
+  auto address = metadata->resolve(target);
+  if (!address.ok()) return address.status().withContext("connect to '" + target + "'");
+  auto conn = connectTo(*address);
+  if (conn.ok() || conn.status().code() == StatusCode::kPermissionDenied) return conn;
+  // The watch may not have seen a restart yet: ask etcd itself once more.
+  auto fresh = metadata->resolve(target, /*fresh=*/true);
+  if (fresh.ok() && *fresh != *address) conn = connectTo(*fresh);
+  if (!conn.ok()) {
+    return conn.status().withContext("connect to '" + target + "' (published in " +
+                                     metadata->url() + " at " + (fresh.ok() ? *fresh : *address) +
+                                     ")");
+  }
+  return conn;
+}
+
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connectTo(const std::string& host_port) {
   auto hp = parseHostPort(host_port);
   if (!hp.ok()) return hp.status();
   auto deadline = Clock::now() + options.connect_timeout;
@@ -1215,6 +1247,13 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
                       "reaches all of it); only lookups are restricted. See docs/SECURITY.md.";
     }
   }
+  // In etcd (metadata) before peers can look it up here; a peer list keeps it out of etcd.
+  if (impl_->metadata && e->peers.empty()) {
+    ZCX_RETURN_IF_ERROR(
+        impl_->metadata->publishRegion(name, detail::regionValue(region.size(), access))
+            .withContext("expose '" + name + "'"));
+  }
+  const bool scoped_now = !e->peers.empty();
   std::shared_ptr<detail::EngineImpl::Exposure> replaced;  // its grants go after the lock
   std::vector<std::shared_ptr<transport::RemoteGrant>> revoked;
   std::optional<detail::EngineImpl::Withdrawal> withdrawn;
@@ -1231,6 +1270,8 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
   revoked.clear();
   replaced.reset();
   if (withdrawn) impl_->announceUnexposed({*withdrawn});
+  if (impl_->metadata && withdrawn && !withdrawn->connections && !scoped_now)
+    impl_->metadata->unpublishRegion(name);  // was in etcd, its replacement is not
   return Status::Ok();
 }
 
@@ -1250,6 +1291,8 @@ void Engine::unexpose(std::string_view name) {
   revoked.clear();
   gone.reset();
   impl_->announceUnexposed({*withdrawn});
+  if (impl_->metadata && !withdrawn->connections)
+    impl_->metadata->unpublishRegion(std::string(name));
 }
 
 int Engine::progress() { return impl_->progressOnce(); }

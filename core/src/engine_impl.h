@@ -18,6 +18,7 @@
 #include "auth.h"
 #include "control_loop.h"
 #include "control_protocol.h"
+#include "metadata_store.h"
 #include "metrics.h"
 #include "metrics_http.h"
 #include "socket.h"
@@ -139,7 +140,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void progressUntil(const std::function<bool()>& done, Clock::time_point until);
 
   // ---- connections ----
-  Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& host_port);
+  /// `target`: "host:port", or with metadata an engine's name, looked up in etcd.
+  Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& target);
   Result<std::shared_ptr<ConnectionImpl>> accept(std::chrono::milliseconds timeout);
   std::map<std::string, std::vector<uint8_t>> exposedRegions();
   void forgetConnection(ConnectionImpl* conn);
@@ -220,7 +222,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void revokeConnectionGrants(ConnectionImpl& conn);
 
   std::string listen_address;
-  std::string metrics_address;  ///< where metrics_server_ listens ("" without it)
+  std::string metrics_address;
+  /// EngineOptions::metadata: our keys in etcd and name lookups (null without it). Reset first
+  /// in stop(), which revokes the lease.
+  std::unique_ptr<MetadataStore> metadata;  ///< where metrics_server_ listens ("" without it)
 
   /// Engine::stats() rendered for Prometheus.
   std::string metricsText();
@@ -229,6 +234,7 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void progressLoop();
   void controlLoop();
   void checkDeadlines(Clock::time_point now);
+  Result<std::shared_ptr<ConnectionImpl>> connectTo(const std::string& host_port);
   Result<std::shared_ptr<ConnectionImpl>> activeHandshake(Fd fd, Clock::time_point deadline);
   Status waitReadableWithProgress(int fd, Clock::time_point deadline);
 

@@ -836,6 +836,8 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& t
   if (conn.ok() || conn.status().code() == StatusCode::kPermissionDenied) return conn;
   // The watch may not have seen a restart yet: ask etcd itself once more.
   auto fresh = metadata->resolve(target, /*fresh=*/true);
+  if (fresh.status().code() == StatusCode::kNotFound)  // it went meanwhile
+    return fresh.status().withContext("connect to '" + target + "'");
   if (fresh.ok() && *fresh != *address) conn = connectTo(*fresh);
   if (!conn.ok()) {
     return conn.status().withContext("connect to '" + target + "' (published in " +

@@ -188,10 +188,10 @@ Result<Json> EtcdClient::call(std::string_view path, const std::string& body) {
     VLOG(1) << "zcx: etcd " << path << " failed on " << where << ": " << failed.message();
     failures += "; " + failed.message();
   }
-  return Status(StatusCode::kUnavailable, "no member of " + url_ + " answered " +
-                                              std::string(path) + " within " +
-                                              std::to_string(timeout_.count()) + " ms" + failures +
-                                              " (check that etcd runs there and has a leader)");
+  return Status(StatusCode::kUnavailable,
+                "no member of " + url_ + " answered " + std::string(path) + " (" +
+                    std::to_string(timeout_.count()) + " ms allowed)" + failures +
+                    " (check that etcd runs there and has a leader)");
 }
 
 Status EtcdClient::put(std::string_view key, std::string_view value, int64_t lease) {

@@ -61,8 +61,11 @@ Result<HttpExchange> HttpExchange::post(const HostPort& to, std::string_view pat
   std::string where = to.host + ":" + std::to_string(to.port);
   auto fd = connectTcp(to, deadline);
   if (!fd.ok()) {
-    return Status(fd.status().code(), "etcd member " + where + ": cannot connect (" +
-                                          fd.status().message() + "); is etcd running there?");
+    std::string why = fd.status().message();
+    constexpr std::string_view kZcxHint = "; is a zcx engine listening there?";
+    if (auto at = why.find(kZcxHint); at != std::string::npos) why.erase(at, kZcxHint.size());
+    return Status(fd.status().code(), "etcd member " + where + ": cannot connect (" + why +
+                                          "); is etcd running there?");
   }
   std::string host = to.host.find(':') != std::string::npos ? "[" + to.host + "]" : to.host;
   std::string req = "POST " + std::string(path) + " HTTP/1.1\r\nHost: " + host + ":" +

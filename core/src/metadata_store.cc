@@ -250,7 +250,7 @@ void MetadataStore::keeperLoop() {
           regions_[op.region] = op.value;
         else
           regions_.erase(op.region);
-      } else if (!op.put) {
+      } else if (!op.put && s.code() != StatusCode::kCancelled) {
         LOG(WARNING) << "zcx: could not delete " << key << " from " << config_.url << ": "
                      << s.message() << "; it goes when the engine's lease ends";
       }

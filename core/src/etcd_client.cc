@@ -2,6 +2,9 @@
 
 #include <glog/logging.h>
 
+#include <map>
+#include <mutex>
+
 #include "base64.h"
 
 namespace zcx::detail {
@@ -130,22 +133,69 @@ std::string prefixEnd(std::string_view prefix) {
 
 Result<std::unique_ptr<EtcdClient>> EtcdClient::create(std::string url,
                                                        std::chrono::milliseconds call_timeout,
-                                                       int cancel_fd) {
+                                                       int cancel_fd,
+                                                       std::shared_ptr<Health> health) {
   auto members = parseEtcdUrl(url);
   if (!members.ok()) return members.status();
   if (call_timeout.count() <= 0)
     return Status(StatusCode::kInvalidArgument, "etcd call timeout must be positive");
-  return std::unique_ptr<EtcdClient>(
-      new EtcdClient(std::move(url), std::move(*members), call_timeout, cancel_fd));
+  if (!health) {
+    // Shared by every client of this URL in the process: a new engine need not find out again
+    // that a member hangs.
+    static std::mutex mu;
+    static std::map<std::string, std::weak_ptr<Health>> known;
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = known.begin(); it != known.end();)
+      it = it->second.expired() ? known.erase(it) : std::next(it);
+    health = known[url].lock();
+    if (!health) {
+      health = std::make_shared<Health>(members->size());
+      known[url] = health;
+    }
+  }
+  return std::unique_ptr<EtcdClient>(new EtcdClient(std::move(url), std::move(*members),
+                                                    call_timeout, cancel_fd, std::move(health)));
+}
+
+namespace {
+/// A member that failed this recently is tried after the others.
+constexpr auto kFailureMemory = std::chrono::seconds(10);
+int64_t nowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+std::vector<size_t> EtcdClient::Health::order() const {
+  const size_t first = preferred_.load(std::memory_order_relaxed) % members_;
+  const int64_t recent =
+      nowNs() - std::chrono::duration_cast<std::chrono::nanoseconds>(kFailureMemory).count();
+  std::vector<size_t> ok, failed;
+  for (size_t i = 0; i < members_; ++i) {
+    size_t m = (first + i) % members_;
+    int64_t at = failed_at_[m].load(std::memory_order_relaxed);
+    (at != 0 && at > recent ? failed : ok).push_back(m);
+  }
+  ok.insert(ok.end(), failed.begin(), failed.end());
+  return ok;
+}
+
+void EtcdClient::Health::succeeded(size_t member) {
+  preferred_.store(member, std::memory_order_relaxed);
+  failed_at_[member].store(0, std::memory_order_relaxed);
+}
+
+void EtcdClient::Health::failed(size_t member) {
+  failed_at_[member].store(nowNs(), std::memory_order_relaxed);
 }
 
 Result<Json> EtcdClient::call(std::string_view path, const std::string& body) {
   const auto deadline = Clock::now() + timeout_;
   const size_t n = members_.size();
-  const size_t first = preferred_.load(std::memory_order_relaxed) % n;
+  const std::vector<size_t> order = health_->order();
   std::string failures;
   for (size_t i = 0; i < n; ++i) {
-    const size_t m = (first + i) % n;
+    const size_t m = order[i];
     const std::string where = memberName(members_[m]);
     auto now = Clock::now();
     if (now >= deadline) {
@@ -166,7 +216,7 @@ Result<Json> EtcdClient::call(std::string_view path, const std::string& body) {
                         "etcd member " + where + " answered " + std::string(path) + " with " +
                             (j.ok() ? std::string("a non-object") : j.status().message()));
       } else if (x->statusCode() == 200) {
-        preferred_.store(m, std::memory_order_relaxed);
+        health_->succeeded(m);
         return j;
       } else {
         const Json* code = j->get("code");
@@ -179,13 +229,14 @@ Result<Json> EtcdClient::call(std::string_view path, const std::string& body) {
         // An answer from etcd itself: final, unless it says this member cannot serve now.
         if (grpc >= 0 && grpc != kGrpcUnavailable && grpc != kGrpcDeadlineExceeded &&
             x->statusCode() < 500) {
-          preferred_.store(m, std::memory_order_relaxed);
+          health_->succeeded(m);
           return Status(codeOfGrpc(grpc), "etcd " + url_ + " " + std::string(path) + ": " + text);
         }
       }
     }
     if (failed.code() == StatusCode::kCancelled) return failed;
     VLOG(1) << "zcx: etcd " << path << " failed on " << where << ": " << failed.message();
+    health_->failed(m);
     failures += "; " + failed.message();
   }
   return Status(StatusCode::kUnavailable,
@@ -279,10 +330,10 @@ Result<std::unique_ptr<EtcdWatch>> EtcdClient::watch(std::string_view key,
   body += "}}";
   const auto deadline = Clock::now() + timeout_;
   const size_t n = members_.size();
-  const size_t first = preferred_.load(std::memory_order_relaxed) % n;
+  const std::vector<size_t> order = health_->order();
   std::string failures;
   for (size_t i = 0; i < n; ++i) {
-    const size_t m = (first + i) % n;
+    const size_t m = order[i];
     const std::string where = memberName(members_[m]);
     auto now = Clock::now();
     if (now >= deadline) break;
@@ -290,10 +341,12 @@ Result<std::unique_ptr<EtcdWatch>> EtcdClient::watch(std::string_view key,
     auto x = HttpExchange::post(members_[m], "/v3/watch", body, attempt_deadline, cancel_fd_);
     if (!x.ok()) {
       if (x.status().code() == StatusCode::kCancelled) return x.status();
+      health_->failed(m);
       failures += "; " + x.status().message();
       continue;
     }
     if (x->statusCode() != 200) {
+      health_->failed(m);
       failures += "; etcd member " + where + " answered HTTP " + std::to_string(x->statusCode());
       continue;
     }
@@ -302,6 +355,7 @@ Result<std::unique_ptr<EtcdWatch>> EtcdClient::watch(std::string_view key,
     std::unique_ptr<EtcdWatch> w(new EtcdWatch(std::move(*x), where));
     auto created = w->x_.readMessage(attempt_deadline);
     if (!created.ok() || !*created) {
+      health_->failed(m);
       failures += "; " + (created.ok() ? "etcd member " + where + " ended the watch at once"
                                        : created.status().message());
       continue;
@@ -309,6 +363,7 @@ Result<std::unique_ptr<EtcdWatch>> EtcdClient::watch(std::string_view key,
     auto j = parseJson(**created);
     const Json* res = j.ok() ? j->get("result") : nullptr;
     if (!res || !res->get("created") || !res->get("created")->boolean()) {
+      health_->failed(m);
       failures += "; etcd member " + where +
                   " did not create the watch: " + created->value().substr(0, 256);
       continue;
@@ -319,7 +374,7 @@ Result<std::unique_ptr<EtcdWatch>> EtcdClient::watch(std::string_view key,
                     "etcd " + url_ + " refused the watch: " +
                         (why && why->isString() ? why->text().substr(0, 256) : "?"));
     }
-    preferred_.store(m, std::memory_order_relaxed);
+    health_->succeeded(m);
     return w;
   }
   return Status(StatusCode::kUnavailable, "no member of " + url_ + " accepted a watch within " +

@@ -50,10 +50,10 @@ class EtcdWatch {
     std::vector<EtcdWatchEvent> events;
     int64_t revision = 0;  ///< the store's revision when this batch was sent
   };
-  /// The next batch of events. Waits until one comes, the cancel fd is readable (kCancelled),
-  /// the stream breaks (kConnectionBroken), etcd cancels the watch (kAborted-like
-  /// kUnavailable: e.g. the start revision was compacted, so the caller reads the range again),
-  /// or `deadline` passes (kTimedOut; the stream is still usable).
+  /// The next batch of events (possibly none: a progress notification). Waits until one comes,
+  /// or fails: kCancelled (the cancel fd became readable), kConnectionBroken (the stream broke),
+  /// kUnavailable (etcd cancelled the watch, e.g. its start revision was compacted: read the
+  /// range again), kTimedOut (`deadline` passed).
   Result<Batch> next(Clock::time_point deadline);
   const std::string& member() const { return member_; }
 
@@ -66,11 +66,33 @@ class EtcdWatch {
 
 class EtcdClient {
  public:
+  /// What the clients of one URL learnt about its members: which answered last (tried first)
+  /// and which failed lately (tried last, so a member that hangs costs its deadline once, not on
+  /// every call).
+  class Health {
+   public:
+    explicit Health(size_t members)
+        : failed_at_(std::make_unique<std::atomic<int64_t>[]>(members)), members_(members) {}
+    /// Members in the order to try them.
+    std::vector<size_t> order() const;
+    void succeeded(size_t member);
+    void failed(size_t member);
+
+   private:
+    std::atomic<size_t> preferred_{0};
+    std::unique_ptr<std::atomic<int64_t>[]> failed_at_;  ///< steady clock ns; 0: not lately
+    const size_t members_;
+  };
+
   /// `url` as in parseEtcdUrl. `call_timeout` bounds each call over all members tried.
   /// `cancel_fd` (-1: none): when readable, every call in flight and later fails kCancelled.
+  /// `health`: what to share with other clients (null: that of every client of `url` in this
+  /// process).
   static Result<std::unique_ptr<EtcdClient>> create(std::string url,
                                                     std::chrono::milliseconds call_timeout,
-                                                    int cancel_fd = -1);
+                                                    int cancel_fd = -1,
+                                                    std::shared_ptr<Health> health = nullptr);
+  const std::shared_ptr<Health>& health() const { return health_; }
 
   const std::string& url() const { return url_; }
 
@@ -100,11 +122,12 @@ class EtcdClient {
 
  private:
   EtcdClient(std::string url, std::vector<HostPort> members, std::chrono::milliseconds timeout,
-             int cancel_fd)
+             int cancel_fd, std::shared_ptr<Health> health)
       : url_(std::move(url)),
         members_(std::move(members)),
         timeout_(timeout),
-        cancel_fd_(cancel_fd) {}
+        cancel_fd_(cancel_fd),
+        health_(std::move(health)) {}
   /// POSTs `body` to `path` on the members in turn (the last one that answered first) and
   /// returns the reply's JSON object.
   Result<Json> call(std::string_view path, const std::string& body);
@@ -113,7 +136,7 @@ class EtcdClient {
   const std::vector<HostPort> members_;
   const std::chrono::milliseconds timeout_;
   const int cancel_fd_;
-  std::atomic<size_t> preferred_{0};  ///< the member that answered last
+  const std::shared_ptr<Health> health_;
 };
 
 }  // namespace zcx::detail

@@ -74,7 +74,7 @@ Result<std::unique_ptr<MetadataStore>> MetadataStore::open(MetadataConfig config
   auto c = EtcdClient::create(s->config_.url, s->config_.call_timeout, s->stop_fd_.get());
   if (!c.ok()) return c.status();
   s->client_ = std::move(*c);
-  auto d = EtcdClient::create(s->config_.url, s->config_.call_timeout);
+  auto d = EtcdClient::create(s->config_.url, s->config_.call_timeout, -1, s->client_->health());
   if (!d.ok()) return d.status();
   s->direct_ = std::move(*d);
   s->watcher_ = std::thread([p = s.get()] { p->watchLoop(); });

@@ -195,11 +195,12 @@ Status EngineImpl::start() {
   if (!options.metadata.empty()) {
     auto store = MetadataStore::open(metadataConfig(options));
     if (!store.ok()) return store.status();
-    metadata = std::move(*store);
     if (listener_.valid()) {
       auto hp = parseHostPort(listen_address);
-      ZCX_RETURN_IF_ERROR(metadata->publish(name, advertisedAddress(options, hp->host, hp->port)));
+      ZCX_RETURN_IF_ERROR((*store)->publish(name, advertisedAddress(options, hp->host, hp->port)));
     }
+    std::lock_guard<std::mutex> lock(metadata_mu_);
+    metadata_ = std::move(*store);
   }
   control_thread_ = std::thread([this] { controlLoop(); });
   if (options.progress == ProgressMode::kThread)
@@ -211,7 +212,14 @@ void EngineImpl::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_ = true;
-  metadata.reset();         // revokes the lease: our keys leave etcd before the listener closes
+  {
+    std::shared_ptr<MetadataStore> store;
+    {
+      std::lock_guard<std::mutex> lock(metadata_mu_);
+      store.swap(metadata_);
+    }
+    store.reset();  // revokes the lease: our keys leave etcd before the listener closes
+  }
   metrics_server_.reset();  // joins its thread: no scrape runs past this point
   loop_.wake();
   wake(progress_wake_);
@@ -322,9 +330,9 @@ void EngineImpl::retireRegion(RegionState& region) {
   gone.clear();
   if (region.handle) region.handle->revokeRemoteAccess();
   if (!withdrawn.empty()) announceUnexposed(withdrawn);
-  if (metadata) {
+  if (auto store = metadataStore()) {
     for (const Withdrawal& w : withdrawn)
-      if (!w.connections) metadata->unpublishRegion(w.name);  // only unscoped ones are there
+      if (!w.connections) store->unpublishRegion(w.name);  // only unscoped ones are there
   }
 }
 
@@ -829,6 +837,7 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
 }
 
 Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& target) {
+  auto metadata = metadataStore();
   if (!metadata || !isEngineName(target)) return connectTo(target);
   auto address = metadata->resolve(target);
   if (!address.ok()) return address.status().withContext("connect to '" + target + "'");
@@ -1250,10 +1259,10 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
     }
   }
   // In etcd (metadata) before peers can look it up here; a peer list keeps it out of etcd.
-  if (impl_->metadata && e->peers.empty()) {
-    ZCX_RETURN_IF_ERROR(
-        impl_->metadata->publishRegion(name, detail::regionValue(region.size(), access))
-            .withContext("expose '" + name + "'"));
+  auto metadata = impl_->metadataStore();
+  if (metadata && e->peers.empty()) {
+    ZCX_RETURN_IF_ERROR(metadata->publishRegion(name, detail::regionValue(region.size(), access))
+                            .withContext("expose '" + name + "'"));
   }
   const bool scoped_now = !e->peers.empty();
   std::shared_ptr<detail::EngineImpl::Exposure> replaced;  // its grants go after the lock
@@ -1272,8 +1281,8 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
   revoked.clear();
   replaced.reset();
   if (withdrawn) impl_->announceUnexposed({*withdrawn});
-  if (impl_->metadata && withdrawn && !withdrawn->connections && !scoped_now)
-    impl_->metadata->unpublishRegion(name);  // was in etcd, its replacement is not
+  if (metadata && withdrawn && !withdrawn->connections && !scoped_now)
+    metadata->unpublishRegion(name);  // was in etcd, its replacement is not
   return Status::Ok();
 }
 
@@ -1293,8 +1302,8 @@ void Engine::unexpose(std::string_view name) {
   revoked.clear();
   gone.reset();
   impl_->announceUnexposed({*withdrawn});
-  if (impl_->metadata && !withdrawn->connections)
-    impl_->metadata->unpublishRegion(std::string(name));
+  if (auto metadata = impl_->metadataStore(); metadata && !withdrawn->connections)
+    metadata->unpublishRegion(std::string(name));
 }
 
 int Engine::progress() { return impl_->progressOnce(); }

@@ -222,10 +222,14 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void revokeConnectionGrants(ConnectionImpl& conn);
 
   std::string listen_address;
-  std::string metrics_address;
-  /// EngineOptions::metadata: our keys in etcd and name lookups (null without it). Reset first
-  /// in stop(), which revokes the lease.
-  std::unique_ptr<MetadataStore> metadata;  ///< where metrics_server_ listens ("" without it)
+  std::string metrics_address;  ///< where metrics_server_ listens ("" without it)
+  /// EngineOptions::metadata: our keys in etcd and name lookups (null without it, and once
+  /// stop() began: the last holder's drop revokes the lease). A MemoryRegion that outlives the
+  /// engine may retire on another thread meanwhile, hence the lock.
+  std::shared_ptr<MetadataStore> metadataStore() {
+    std::lock_guard<std::mutex> lock(metadata_mu_);
+    return metadata_;
+  }
 
   /// Engine::stats() rendered for Prometheus.
   std::string metricsText();
@@ -276,6 +280,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   Fd progress_wake_;
   /// Serves GET /metrics (metrics_address); stopped first in stop(), so it never outlives us.
   std::unique_ptr<MetricsServer> metrics_server_;
+  std::mutex metadata_mu_;
+  std::shared_ptr<MetadataStore> metadata_;
   std::thread control_thread_;
   std::thread progress_thread_;
   std::atomic<bool> stopping_{false};

@@ -146,12 +146,12 @@ Status MetadataStore::publish(const std::string& name, const std::string& addres
   if (!existing.ok() || !existing->kvs.empty()) {
     (void)client_->leaseRevoke(*lease);
     if (!existing.ok()) return existing.status().withContext("publishing '" + name + "' in etcd");
-    return Status(StatusCode::kInvalidArgument,
-                  "an engine named '" + name + "' is already published in " + config_.url +
-                      " (key '" + addressKey(name) + "' holds " + existing->kvs[0].value +
-                      "); give this engine another name, or wait up to " +
-                      std::to_string(config_.lease_ttl.count()) +
-                      " s for a dead one's lease to expire");
+    return Status(
+        StatusCode::kInvalidArgument,
+        "an engine named '" + name + "' is already published in " + config_.url + " (key '" +
+            addressKey(name) + "' holds " + existing->kvs[0].value.substr(0, 64) +
+            "); give this engine another name, or wait up to " +
+            std::to_string(config_.lease_ttl.count()) + " s for a dead one's lease to expire");
   }
   Status put = client_->put(addressKey(name), address, *lease);
   if (!put.ok()) {
@@ -229,7 +229,8 @@ void MetadataStore::keeperLoop() {
   Clock::time_point last_warning{};
   for (;;) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_until(lock, next, [&] { return stopping_ || !ops_.empty(); });
+    // While the lease is lost, queued ops wait for it (and must not wake us in a loop).
+    cv_.wait_until(lock, next, [&] { return stopping_ || (!lost && !ops_.empty()); });
     if (stopping_) return;
     if (!lost && !ops_.empty()) {
       Op op = std::move(ops_.front());

@@ -180,6 +180,14 @@ TEST(EtcdOptions, EngineCreateChecksMetadataOptions) {
   EngineOptions advertise = options(true);
   advertise.advertise_host = "10.0.0.1";
   expectInvalid(advertise, "set metadata too");
+  // Without metadata a name cannot be resolved: the error says how to connect.
+  auto plain = Engine::create(options(false));
+  ASSERT_TRUE(plain.ok()) << plain.status().toString();
+  auto byName = (*plain)->connect("server-a");
+  ASSERT_FALSE(byName.ok());
+  EXPECT_EQ(byName.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(byName.status().message().find("EngineOptions::metadata"), std::string::npos)
+      << byName.status().toString();
 }
 
 TEST(EtcdOptions, UnreachableEtcdFailsCreateWithinItsDeadline) {

@@ -838,7 +838,13 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
 
 Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& target) {
   auto metadata = metadataStore();
-  if (!metadata || !isEngineName(target)) return connectTo(target);
+  if (!isEngineName(target)) return connectTo(target);
+  if (!metadata) {
+    return Status(StatusCode::kInvalidArgument,
+                  "connect to '" + target +
+                      "': no port; write host:port (e.g. 127.0.0.1:18515), or set "
+                      "EngineOptions::metadata (etcd://...) to connect by engine name");
+  }
   auto address = metadata->resolve(target);
   if (!address.ok()) return address.status().withContext("connect to '" + target + "'");
   auto conn = connectTo(*address);

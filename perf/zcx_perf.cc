@@ -64,6 +64,12 @@ DEFINE_string(auth_secret_file, "",
               "content on every side; chmod 600). Without it anyone who reaches the port may "
               "connect");
 DEFINE_string(name, "zcx_perf", "this engine's name, as peers see it (and match --expose_to)");
+DEFINE_string(metadata, "",
+              "etcd://HOST:PORT[,HOST:PORT...]: the server publishes itself there under --name; "
+              "a client then takes that name where it took the server's host");
+DEFINE_string(advertise_host, "",
+              "with --metadata: the host published for clients to dial (needed with --listen "
+              "0.0.0.0)");
 DEFINE_string(expose_to, "",
               "NAME,NAME,...: expose this side's buffer only to peers of these --name values "
               "(others cannot look it up, and the target refuses their keys; see "
@@ -180,6 +186,8 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   o.listen_address = listen;
   o.auth_secret_file = FLAGS_auth_secret_file;
   o.name = FLAGS_name;
+  o.metadata = FLAGS_metadata;
+  o.advertise_host = FLAGS_advertise_host;
   o.progress = mode;
   o.progress_spin = std::chrono::microseconds(FLAGS_progress_spin_us);
   o.connect_timeout = 20s;
@@ -1134,6 +1142,8 @@ Status validate(ClientConfig* cfg) {
   if (FLAGS_mem != "alloc" && FLAGS_mem != "user") {
     return err(StatusCode::kInvalidArgument, "--mem must be alloc or user");
   }
+  if (FLAGS_mpi && !FLAGS_metadata.empty())
+    return err(StatusCode::kInvalidArgument, "--metadata does not combine with --mpi");
   if (FLAGS_mpi_pattern != "pairs" && FLAGS_mpi_pattern != "ring") {
     return err(StatusCode::kInvalidArgument, "--mpi_pattern must be pairs or ring");
   }
@@ -1187,6 +1197,7 @@ Status validate(ClientConfig* cfg) {
 }
 
 std::string hostPort(const std::string& server) {
+  if (!FLAGS_metadata.empty() && server.find(':') == std::string::npos) return server;  // a name
   if (server.find(':') != std::string::npos && server.find(':') == server.rfind(':')) return server;
   return server + ":" + std::to_string(FLAGS_port);
 }
@@ -1463,6 +1474,8 @@ int main(int argc, char** argv) {
       "perftest-style benchmark for zcx.\n"
       "  server:   zcx_perf --listen HOST[:PORT] [--auth-secret-file PATH] [options]\n"
       "  client:   zcx_perf [--auth-secret-file PATH] [options] SERVER\n"
+      "  by name:  zcx_perf --metadata etcd://HOST:PORT --name NAME [options]   (server)\n"
+      "            zcx_perf --metadata etcd://HOST:PORT [options] NAME          (client)\n"
       "  loopback: zcx_perf --loopback [options]\n"
       "  MPI:      mpirun -np N zcx_perf --mpi [options]");
   gflags::ParseCommandLineFlags(&argc, &argv, true);

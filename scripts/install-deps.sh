@@ -20,6 +20,9 @@ PACKAGES=(
   qemu-system-x86 busybox-static iproute2 cpio kmod xz-utils
   # the fault suite's 100% packet loss between network namespaces (tests/fault_test.cc)
   nftables
+  # discovery through etcd (EngineOptions::metadata): tests/etcd_test.cc starts real etcd
+  # members on loopback (etcd-server); etcdctl (etcd-client) to look at the keys by hand
+  etcd-server etcd-client
   # the Python package (python/): pybind11 extension, its pytest suite, examples/param_sync.py,
   # and `pip install --no-build-isolation ./python` (setuptools + pip, no downloads)
   python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-setuptools

@@ -21,6 +21,7 @@
 #include "connection_impl.h"
 #include "control_protocol.h"
 #include "engine_impl.h"
+#include "engine_metadata.h"
 #include "handshake.h"
 #include "zcx/transport/registry.h"
 
@@ -123,7 +124,7 @@ Status validate(const EngineOptions& o) {
                         "the address of the interface your Prometheus scrapes");
     }
   }
-  return Status::Ok();
+  return validateMetadataOptions(o);
 }
 
 }  // namespace
@@ -191,6 +192,16 @@ Status EngineImpl::start() {
                       "and traffic counts. Listen on 127.0.0.1 unless your network is trusted";
     }
   }
+  if (!options.metadata.empty()) {
+    auto store = MetadataStore::open(metadataConfig(options));
+    if (!store.ok()) return store.status();
+    if (listener_.valid()) {
+      auto hp = parseHostPort(listen_address);
+      ZCX_RETURN_IF_ERROR((*store)->publish(name, advertisedAddress(options, hp->host, hp->port)));
+    }
+    std::lock_guard<std::mutex> lock(metadata_mu_);
+    metadata_ = std::move(*store);
+  }
   control_thread_ = std::thread([this] { controlLoop(); });
   if (options.progress == ProgressMode::kThread)
     progress_thread_ = std::thread([this] { progressLoop(); });
@@ -201,6 +212,14 @@ void EngineImpl::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_ = true;
+  {
+    std::shared_ptr<MetadataStore> store;
+    {
+      std::lock_guard<std::mutex> lock(metadata_mu_);
+      store.swap(metadata_);
+    }
+    store.reset();  // revokes the lease: our keys leave etcd before the listener closes
+  }
   metrics_server_.reset();  // joins its thread: no scrape runs past this point
   loop_.wake();
   wake(progress_wake_);
@@ -315,6 +334,10 @@ void EngineImpl::retireRegion(RegionState& region) {
   gone.clear();
   if (region.handle) region.handle->revokeRemoteAccess();
   if (!withdrawn.empty()) announceUnexposed(withdrawn);
+  if (auto store = metadataStore()) {
+    for (const Withdrawal& w : withdrawn)
+      if (!w.connections) store->unpublishRegion(w.name);  // only unscoped ones are there
+  }
 }
 
 EngineImpl::Withdrawal EngineImpl::withdrawalOf(const std::string& name, const Exposure& e) {
@@ -817,7 +840,33 @@ Result<std::shared_ptr<ConnectionImpl>> EngineImpl::activeHandshake(Fd fd,
   return conn;
 }
 
-Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& host_port) {
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connect(const std::string& target) {
+  auto metadata = metadataStore();
+  if (!isEngineName(target)) return connectTo(target);
+  if (!metadata) {
+    return Status(StatusCode::kInvalidArgument,
+                  "connect to '" + target +
+                      "': no port; write host:port (e.g. 127.0.0.1:18515), or set "
+                      "EngineOptions::metadata (etcd://...) to connect by engine name");
+  }
+  auto address = metadata->resolve(target);
+  if (!address.ok()) return address.status().withContext("connect to '" + target + "'");
+  auto conn = connectTo(*address);
+  if (conn.ok() || conn.status().code() == StatusCode::kPermissionDenied) return conn;
+  // The watch may not have seen a restart yet: ask etcd itself once more.
+  auto fresh = metadata->resolve(target, /*fresh=*/true);
+  if (fresh.status().code() == StatusCode::kNotFound)  // it went meanwhile
+    return fresh.status().withContext("connect to '" + target + "'");
+  if (fresh.ok() && *fresh != *address) conn = connectTo(*fresh);
+  if (!conn.ok()) {
+    return conn.status().withContext("connect to '" + target + "' (published in " +
+                                     metadata->url() + " at " + (fresh.ok() ? *fresh : *address) +
+                                     ")");
+  }
+  return conn;
+}
+
+Result<std::shared_ptr<ConnectionImpl>> EngineImpl::connectTo(const std::string& host_port) {
   auto hp = parseHostPort(host_port);
   if (!hp.ok()) return hp.status();
   auto deadline = Clock::now() + options.connect_timeout;
@@ -1219,6 +1268,13 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
                       "reaches all of it); only lookups are restricted. See docs/SECURITY.md.";
     }
   }
+  // In etcd (metadata) before peers can look it up here; a peer list keeps it out of etcd.
+  auto metadata = impl_->metadataStore();
+  if (metadata && e->peers.empty()) {
+    ZCX_RETURN_IF_ERROR(metadata->publishRegion(name, detail::regionValue(region.size(), access))
+                            .withContext("expose '" + name + "'"));
+  }
+  const bool scoped_now = !e->peers.empty();
   std::shared_ptr<detail::EngineImpl::Exposure> replaced;  // its grants go after the lock
   std::vector<std::shared_ptr<transport::RemoteGrant>> revoked;
   std::optional<detail::EngineImpl::Withdrawal> withdrawn;
@@ -1235,6 +1291,8 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
   revoked.clear();
   replaced.reset();
   if (withdrawn) impl_->announceUnexposed({*withdrawn});
+  if (metadata && withdrawn && !withdrawn->connections && !scoped_now)
+    metadata->unpublishRegion(name);  // was in etcd, its replacement is not
   return Status::Ok();
 }
 
@@ -1254,6 +1312,8 @@ void Engine::unexpose(std::string_view name) {
   revoked.clear();
   gone.reset();
   impl_->announceUnexposed({*withdrawn});
+  if (auto metadata = impl_->metadataStore(); metadata && !withdrawn->connections)
+    metadata->unpublishRegion(std::string(name));
 }
 
 int Engine::progress() { return impl_->progressOnce(); }

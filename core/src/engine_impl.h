@@ -18,6 +18,7 @@
 #include "auth.h"
 #include "control_loop.h"
 #include "control_protocol.h"
+#include "metadata_store.h"
 #include "metrics.h"
 #include "metrics_http.h"
 #include "socket.h"
@@ -139,7 +140,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void progressUntil(const std::function<bool()>& done, Clock::time_point until);
 
   // ---- connections ----
-  Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& host_port);
+  /// `target`: "host:port", or with metadata an engine's name, looked up in etcd.
+  Result<std::shared_ptr<ConnectionImpl>> connect(const std::string& target);
   Result<std::shared_ptr<ConnectionImpl>> accept(std::chrono::milliseconds timeout);
   std::map<std::string, std::vector<uint8_t>> exposedRegions();
   void forgetConnection(ConnectionImpl* conn);
@@ -226,6 +228,13 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
 
   std::string listen_address;
   std::string metrics_address;  ///< where metrics_server_ listens ("" without it)
+  /// EngineOptions::metadata: our keys in etcd and name lookups (null without it, and once
+  /// stop() began: the last holder's drop revokes the lease). A MemoryRegion that outlives the
+  /// engine may retire on another thread meanwhile, hence the lock.
+  std::shared_ptr<MetadataStore> metadataStore() {
+    std::lock_guard<std::mutex> lock(metadata_mu_);
+    return metadata_;
+  }
 
   /// Engine::stats() rendered for Prometheus.
   std::string metricsText();
@@ -234,6 +243,7 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void progressLoop();
   void controlLoop();
   void checkDeadlines(Clock::time_point now);
+  Result<std::shared_ptr<ConnectionImpl>> connectTo(const std::string& host_port);
   Result<std::shared_ptr<ConnectionImpl>> activeHandshake(Fd fd, Clock::time_point deadline);
   Status waitReadableWithProgress(int fd, Clock::time_point deadline);
 
@@ -275,6 +285,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   Fd progress_wake_;
   /// Serves GET /metrics (metrics_address); stopped first in stop(), so it never outlives us.
   std::unique_ptr<MetricsServer> metrics_server_;
+  std::mutex metadata_mu_;
+  std::shared_ptr<MetadataStore> metadata_;
   std::thread control_thread_;
   std::thread progress_thread_;
   std::atomic<bool> stopping_{false};

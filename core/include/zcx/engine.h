@@ -55,10 +55,14 @@ class ZCX_EXPORT Engine {
   /// access through it fails, also from peers that kept the descriptor (not over UCX native RMA,
   /// i.e. shared memory, where only lookups are withdrawn: docs/SECURITY.md). Exposing a name
   /// again replaces (and revokes) the previous exposure. `options`: narrower access, peer list.
+  /// With EngineOptions::metadata, an exposure without a peer list is also listed in etcd
+  /// (name, size, access; no key), and expose fails if etcd cannot be told.
   Status expose(std::string name, const MemoryRegion& region, const ExposeOptions& options = {});
   void unexpose(std::string_view name);
 
-  /// Connects to a listening engine at "host:port" (handshake: version, transport, addresses).
+  /// Connects to a listening engine at "host:port" (handshake: version, transport, addresses),
+  /// or, with EngineOptions::metadata, to the engine published in etcd under a name (anything
+  /// without ':'); a name etcd does not have gives kNotFound naming the etcd and the key.
   Result<Connection> connect(std::string_view host_port);
   /// The next connection a peer made to our listener.
   Result<Connection> accept(std::chrono::milliseconds timeout);

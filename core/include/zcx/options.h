@@ -50,8 +50,32 @@ struct EngineOptions {
   /// warns if the group or others can read it. Unreadable or empty: Engine::create fails.
   /// Set at most one of auth_secret and auth_secret_file.
   std::string auth_secret_file;
-  /// A name peers see in logs and errors (default: hostname:pid).
+  /// A name peers see in logs and errors (default: hostname:pid). With `metadata` and a
+  /// listen_address it is also the name others connect to, and must be set: 1-128 characters of
+  /// A-Z a-z 0-9 . _ - (no ':', so that connect() tells a name from a "host:port").
   std::string name;
+
+  /// Discovery through etcd: "etcd://host:port[,host:port...]" (etcd's client URLs; with several
+  /// members a call that fails on one tries the next). Empty (default): no server, peers connect
+  /// by "host:port". With it:
+  ///  - an engine with a listen_address publishes, on an etcd lease of metadata_lease_ttl kept
+  ///    alive by a thread of the engine, `<metadata_prefix><name>/address` = "host:port" and,
+  ///    for every exposure without a peer list, `<metadata_prefix><name>/regions/<region>` =
+  ///    "size=<bytes> access=<none|r|w|rw>" (unexpose deletes it). Destroying the engine revokes
+  ///    the lease (its keys go at once); a dead engine's keys go when the lease expires. Another
+  ///    live engine already published under `name` makes Engine::create fail.
+  ///  - Engine::connect("name") looks the name up (a watch on the prefix keeps the engine's view
+  ///    current); a "host:port" still connects directly.
+  /// etcd must be reachable when Engine::create runs (it fails with the reason otherwise).
+  std::string metadata;
+  /// Prefix of every key (starts and ends with '/').
+  std::string metadata_prefix = "/zcx/";
+  /// Lease of the published keys, 2-10 s: how long a dead engine stays resolvable.
+  std::chrono::seconds metadata_lease_ttl{10};
+  /// The host published with the listener's port, for peers to dial. Empty: listen_address's
+  /// host, which must then not be a wildcard (0.0.0.0 or ::, which no peer can dial: Engine::
+  /// create refuses it and asks for advertise_host, e.g. this node's address on the fabric).
+  std::string advertise_host;
 
   ProgressMode progress = ProgressMode::kThread;
   /// How long progress keeps polling after the last event before it sleeps on the transport's

@@ -10,11 +10,13 @@ namespace detail {
 void RequestState::complete(Status status) {
   // Keep ourselves alive through finish(): `self` may hold the last reference.
   std::shared_ptr<RequestState> keep = std::move(self);
-  if (connection && unsignaled_batch != 0)
-    connection->unsignaledDoneLocked(unsignaled_batch, status);
+  ConnectionImpl* batch_of = unsignaled_batch != 0 ? connection : nullptr;
   if (connection) connection->unlink(this);
   releasePins();  // the transport no longer touches the memory
+  const Status outcome = batch_of ? status : Status();
   finish(std::move(status));
+  // After finish(): a flush it lets complete sees this batch already counted in the stats.
+  if (batch_of) batch_of->unsignaledDoneLocked(unsignaled_batch, outcome);
 }
 
 void RequestState::releasePins() {

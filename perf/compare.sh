@@ -115,7 +115,7 @@ parse_perftest() {
     END { exit !found }' "$2"
 }
 
-median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) { print "nan"; exit } if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+median() { { grep -v '^$' || true; } | sort -g | awk '{a[NR] = $1} END { if (NR == 0) { print "nan"; exit } if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 ROWS=$OUT/rows.tsv  # part case metric zcx raw ratio target verdict
 
@@ -192,7 +192,7 @@ ucx_part() {  # tcp | shm
   # Two-sided: zcx send/recv against UCX active messages (what zcx uses) and tag matching. zcx's
   # send_bw counts a message once the server confirmed it arrived.
   measure "$part" send_bw_64K bw "$z --test send_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_am_bw -s 65536 -n $n64" parse_ucx
-  measure "$part" send_bw_64K_vs_tag bw "$z --test send_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_tag_bw -s 65536 -n $n64" parse_ucx
+  measure "$part" send_bw_64K_vs_tag bw "$z --test send_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t tag_bw -s 65536 -n $n64" parse_ucx
   measure "$part" send_bw_1M bw "$z --test send_bw --size 1048576 --depth 16 --iters $n1m" "$srv" "$cli -t ucp_am_bw -s 1048576 -n $n1m" parse_ucx
   measure "$part" put_lat_8 lat "$z --test write_lat --size 8 --iters $nlat" "$srv" "$cli -t ucp_put_lat -s 8 -n $nlat" parse_ucx
   measure "$part" put_rate_8 rate "$z --test write_bw --size 8 --depth 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx

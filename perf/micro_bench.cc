@@ -2,8 +2,8 @@
 //  - RegionDescriptor encode / decode;
 //  - registering a range that is already registered (is it a cache hit?), against a first
 //    registration of a fresh range;
-//  - the submit cost of Connection::write() (the call alone), and a whole write (post +
-//  completion),
+//  - the submit cost of Connection::write() (the call alone), a whole write (post +
+//  completion), 64 writes in one writeBatch, and unsignaled writes (writeUnsignaled + flush),
 //    on two engines connected in this process over UCX (shm by default; ZCX_BENCH_TLS to change).
 #include <benchmark/benchmark.h>
 #include <glog/logging.h>
@@ -183,6 +183,38 @@ void BM_WriteBatch64(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 64 * static_cast<int64_t>(size));
 }
 BENCHMARK(BM_WriteBatch64)->Arg(8)->Arg(65536);
+
+/// Unsignaled writes (no Request each), a flush every 4096 with at most two outstanding: the
+/// per-write cost with the engine's batching (64 writes per transport completion).
+void BM_WriteUnsignaled(benchmark::State& state) {
+  size_t size = static_cast<size_t>(state.range(0));
+  Pair p(size);
+  zcx::Request older, newer;
+  int64_t n = 0;
+  for (auto _ : state) {
+    zcx::Status st = p.conn.writeUnsignaled(p.origin_mem, 0, p.remote, 0, size);
+    CHECK(st.ok()) << st.toString();
+    if (++n % 4096 == 0) {
+      if (older.valid()) {
+        while (!older.done()) p.progress();
+        CHECK(older.test()->ok());
+      }
+      older = std::move(newer);
+      newer = p.conn.flush();
+    }
+  }
+  for (zcx::Request* r : {&older, &newer}) {
+    if (!r->valid()) continue;
+    while (!r->done()) p.progress();
+    CHECK(r->test()->ok());
+  }
+  zcx::Request last = p.conn.flush();
+  while (!last.done()) p.progress();
+  CHECK(last.test()->ok());
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(size));
+}
+BENCHMARK(BM_WriteUnsignaled)->Arg(8)->Arg(65536);
 
 }  // namespace
 

@@ -117,6 +117,13 @@ TEST(EtcdJson, RejectsMalformedInput) {
   auto d = detail::parseJson(deep);
   ASSERT_FALSE(d.ok());
   EXPECT_NE(d.status().message().find("deeply"), std::string::npos) << d.status().toString();
+  // A short reply of many tiny values is refused, not parsed into 100x its size.
+  std::string many = "[0";
+  for (int i = 0; i < 200000; ++i) many += ",0";
+  many += "]";
+  auto m = detail::parseJson(many);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("values"), std::string::npos) << m.status().toString();
   auto big = detail::parseJson("{\"n\":\"99999999999999999999\"}");
   ASSERT_TRUE(big.ok());
   EXPECT_FALSE(big->get("n")->int64().has_value());  // out of int64 range: not a number to use
@@ -352,6 +359,15 @@ TEST(EtcdOneMember, PublishConnectByNameMoveBytesUnexpose) {
   EXPECT_TRUE(waitFor([&] { return !getKey(*kv, "/zcx/server-a/regions/buf"); }, 5s))
       << "unexpose left /zcx/server-a/regions/buf in etcd";
   EXPECT_TRUE(getKey(*kv, "/zcx/server-a/regions/second").has_value());
+
+  // Re-exposing a name: an unscoped replacement keeps the key (with the new value); a scoped one
+  // takes it out of etcd.
+  ASSERT_TRUE((*server)->expose("second", *region).ok());
+  std::this_thread::sleep_for(300ms);  // a wrongly queued delete would have run by now
+  EXPECT_EQ(getKey(*kv, "/zcx/server-a/regions/second"), "size=262144 access=rw");
+  ASSERT_TRUE((*server)->expose("second", *region, {.access = kRemoteRead, .peers = {"x"}}).ok());
+  EXPECT_TRUE(waitFor([&] { return !getKey(*kv, "/zcx/server-a/regions/second"); }, 5s))
+      << "a scoped replacement left /zcx/server-a/regions/second in etcd";
 
   // Destroying the engine revokes its lease: every key goes at once.
   *conn = Connection();

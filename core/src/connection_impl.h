@@ -219,10 +219,14 @@ class ConnectionImpl final : public transport::EndpointEvents,
   };
   UnsignaledBatch unsignaled_;
   uint64_t unsignaled_posted_ = 0;           ///< batches posted so far (their sequence numbers)
+  uint64_t unsignaled_flushed_ = 0;          ///< `upto` of the newest flush
   std::set<uint64_t> unsignaled_in_flight_;  ///< posted, not completed
-  Status unsignaled_error_;                  ///< the first failure; the next flush reports it
+  std::map<uint64_t, Status> batch_errors_;  ///< failed batches, until a flush covering them
+  Status dropped_;  ///< gathered writes dropped (region destroyed): the next flush says so
   struct PendingFlush {
-    uint64_t upto;  ///< completes once no batch up to this one is in flight
+    uint64_t from;   ///< covers batches from+1 .. upto
+    uint64_t upto;   ///< completes once no batch up to this one is in flight
+    Status dropped;  ///< writes before it that were dropped unposted
     std::shared_ptr<RequestState> request;
   };
   std::deque<PendingFlush> flushes_;
@@ -240,6 +244,7 @@ class ConnectionImpl final : public transport::EndpointEvents,
   struct Spill final : transport::Completion {
     std::weak_ptr<ConnectionImpl> connection;
     std::unique_ptr<uint8_t[]> data;
+    size_t length = 0;
     bool landed = false;
     Status status;
     std::shared_ptr<Spill> self;            ///< the transport's hold, until complete()

@@ -132,7 +132,9 @@ void ConnectionImpl::unholdLocked(Unexpected& u) {
 }
 
 int ConnectionImpl::spillHeldLocked(uint64_t round) {
-  int started = 0;
+  // Marked first, fetched after: a fetch may complete inside the call and deliver (pop) queued
+  // messages, which must not happen while this loop walks the queue.
+  std::vector<std::pair<uint64_t, std::shared_ptr<Spill>>> fetches;
   for (Unexpected& u : unexpected_) {
     if (closed_ || stream_lost_) break;
     if (!u.held || u.round >= round) continue;
@@ -143,18 +145,21 @@ int ConnectionImpl::spillHeldLocked(uint64_t round) {
     // Uninitialised: the transport writes all of it. At most max_message_size bytes, and at most
     // recv_window messages are ever unmatched (credits).
     s->data.reset(new uint8_t[std::max<size_t>(u.length, 1)]);
+    s->length = u.length;
     s->self = s;
     u.spill = s;
+    fetches.emplace_back(held, std::move(s));
+  }
+  for (auto& [held, s] : fetches) {
     transport::ReceiveTarget target;
     target.buffer = s->data.get();
-    target.capacity = u.length;
+    target.capacity = s->length;
     target.landed = s.get();
     Status st = endpoint_ ? endpoint_->fetchHeld(held, target)
                           : Status(StatusCode::kConnectionBroken, "no endpoint");
     if (!st.ok()) s->complete(std::move(st));
-    ++started;
   }
-  return started;
+  return static_cast<int>(fetches.size());
 }
 
 void ConnectionImpl::Spill::complete(Status s) {

@@ -31,7 +31,8 @@ Status ConnectionImpl::writeUnsignaled(const RmaOp& op) {
                     "connection");
     }
     UnsignaledBatch& b = unsignaled_;
-    if (b.ops.size() + 1 >= kBatchWrites && unsignaled_in_flight_.size() >= kMaxBatchesInFlight) {
+    const bool posts = b.ops.size() + 1 >= kBatchWrites || b.bytes + op.length >= kBatchBytes;
+    if (posts && unsignaled_in_flight_.size() >= kMaxBatchesInFlight) {
       return Status(StatusCode::kResourceExhausted,
                     std::to_string(kMaxBatchesInFlight) +
                         " batches of unsignaled writes are in flight to " + peer_name +
@@ -47,7 +48,7 @@ Status ConnectionImpl::writeUnsignaled(const RmaOp& op) {
     }
     if (b.keys.empty() || b.keys.back() != key) b.keys.push_back(key);
     b.bytes += op.length;
-    if (b.ops.size() >= kBatchWrites || b.bytes >= kBatchBytes) {
+    if (posts) {
       postUnsignaledLocked();
       posted = true;
     }
@@ -65,7 +66,9 @@ Request ConnectionImpl::flush() {
       r->finish(broken_);
     } else {
       postUnsignaledLocked();
-      flushes_.push_back({unsignaled_posted_, r});
+      flushes_.push_back(
+          {unsignaled_flushed_, unsignaled_posted_, std::exchange(dropped_, Status::Ok()), r});
+      unsignaled_flushed_ = unsignaled_posted_;
       settleFlushesLocked();
     }
   }
@@ -84,27 +87,25 @@ void ConnectionImpl::postUnsignaledLocked() {
   r->self = r;
   link(r.get());
   // The request holds the memory now (its own pins); the batch's holds end.
-  size_t k = 0;
-  for (const auto& region : b.regions) {
-    r->pin(region, k < b.keys.size() ? b.keys[k] : nullptr);
-    ++k;
+  for (size_t k = 0; k < std::max(b.regions.size(), b.keys.size()); ++k) {
+    r->pin(k < b.regions.size() ? b.regions[k] : nullptr, k < b.keys.size() ? b.keys[k] : nullptr);
   }
-  for (; k < b.keys.size(); ++k) r->pin(nullptr, b.keys[k]);
   for (RegionPin& p : b.pins) engine_->dropLater(p.release());
   const uint64_t seq = ++unsignaled_posted_;
-  Status st = endpoint_->postWrite(b.ops, std::nullopt, r.get());
-  if (!st.ok()) {
-    if (unsignaled_error_.ok()) unsignaled_error_ = st;
-    abandonLocked(r.get(), st);  // nothing was posted: no complete() comes
-    return;
-  }
+  // In flight before it is posted: its completion, whenever it comes, finds it.
   r->unsignaled_batch = seq;
   unsignaled_in_flight_.insert(seq);
+  Status st = endpoint_->postWrite(b.ops, std::nullopt, r.get());
+  if (!st.ok()) {
+    unsignaled_in_flight_.erase(seq);
+    batch_errors_.emplace(seq, st);
+    abandonLocked(r.get(), st);  // nothing was posted: no complete() comes
+  }
 }
 
 void ConnectionImpl::unsignaledDoneLocked(uint64_t seq, const Status& status) {
   unsignaled_in_flight_.erase(seq);
-  if (!status.ok() && unsignaled_error_.ok()) unsignaled_error_ = status;
+  if (!status.ok()) batch_errors_.emplace(seq, status);
   settleFlushesLocked();
 }
 
@@ -112,11 +113,16 @@ void ConnectionImpl::settleFlushesLocked() {
   const uint64_t oldest =
       unsignaled_in_flight_.empty() ? UINT64_MAX : *unsignaled_in_flight_.begin();
   while (!flushes_.empty() && flushes_.front().upto < oldest) {
-    std::shared_ptr<RequestState> r = std::move(flushes_.front().request);
+    PendingFlush f = std::move(flushes_.front());
     flushes_.pop_front();
-    // Reported once: a dropped batch (its region destroyed) leaves the connection usable; a
-    // failed one closes it, and later calls get that.
-    r->finish(std::exchange(unsignaled_error_, Status::Ok()));
+    // Each flush reports what happened to its own writes: those dropped before it was made,
+    // else the first failed batch it covers. (A failed batch also closes the connection.)
+    Status outcome = std::move(f.dropped);
+    auto first_failed = batch_errors_.upper_bound(f.from);
+    if (outcome.ok() && first_failed != batch_errors_.end() && first_failed->first <= f.upto)
+      outcome = first_failed->second;
+    batch_errors_.erase(batch_errors_.begin(), batch_errors_.upper_bound(f.upto));
+    f.request->finish(std::move(outcome));
   }
 }
 
@@ -124,7 +130,8 @@ void ConnectionImpl::failUnsignaledLocked() {
   for (RegionPin& p : unsignaled_.pins) engine_->dropLater(p.release());
   unsignaled_ = UnsignaledBatch{};
   unsignaled_in_flight_.clear();  // their requests fail with the connection (breakLocked)
-  unsignaled_error_ = Status::Ok();
+  batch_errors_.clear();
+  dropped_ = Status::Ok();
   for (PendingFlush& f : flushes_) f.request->finish(broken_);
   flushes_.clear();
 }
@@ -138,11 +145,10 @@ void ConnectionImpl::dropUnsignaledFromLocked(const RegionState* region) {
   // Not posted yet: they can still be recalled, so they are, and the next flush says so.
   for (RegionPin& p : b.pins) engine_->dropLater(p.release());
   unsignaled_ = UnsignaledBatch{};
-  if (unsignaled_error_.ok()) {
-    unsignaled_error_ =
-        Status(StatusCode::kCancelled,
-               "a MemoryRegion used by unsignaled writes not posted yet was destroyed; the "
-               "unsignaled writes gathered with them were dropped");
+  if (dropped_.ok()) {
+    dropped_ = Status(StatusCode::kCancelled,
+                      "a MemoryRegion used by unsignaled writes not posted yet was destroyed; the "
+                      "unsignaled writes gathered with them were dropped");
   }
 }
 

@@ -1291,8 +1291,8 @@ Status Engine::expose(std::string name, const MemoryRegion& region, const Expose
   revoked.clear();
   replaced.reset();
   if (withdrawn) impl_->announceUnexposed({*withdrawn});
-  if (metadata && withdrawn && !withdrawn->connections && !scoped_now)
-    metadata->unpublishRegion(name);  // was in etcd, its replacement is not
+  if (metadata && withdrawn && !withdrawn->connections && scoped_now)
+    metadata->unpublishRegion(name);  // was in etcd, its replacement (peer list) is not
   return Status::Ok();
 }
 

@@ -22,7 +22,8 @@ std::optional<int64_t> Json::int64() const {
 
 class JsonParser {
  public:
-  JsonParser(std::string_view s, int max_depth) : s_(s), max_depth_(max_depth) {}
+  JsonParser(std::string_view s, int max_depth, size_t max_values)
+      : s_(s), max_depth_(max_depth), max_values_(max_values) {}
 
   Result<Json> parseAll() {
     Json v;
@@ -50,6 +51,10 @@ class JsonParser {
 
   Status value(Json* out, int depth) {
     if (depth > max_depth_) return fail("nested too deeply");
+    // Each value costs ~100 bytes parsed: a short reply of "[0,0,0,..." must not cost 100x
+    // its size.
+    if (++values_ > max_values_)
+      return fail("more than " + std::to_string(max_values_) + " values");
     skipSpace();
     if (pos_ >= s_.size()) return fail("unexpected end");
     char c = s_[pos_];
@@ -235,11 +240,13 @@ class JsonParser {
 
   std::string_view s_;
   int max_depth_;
+  size_t max_values_;
+  size_t values_ = 0;
   size_t pos_ = 0;
 };
 
-Result<Json> parseJson(std::string_view text, int max_depth) {
-  return JsonParser(text, max_depth).parseAll();
+Result<Json> parseJson(std::string_view text, int max_depth, size_t max_values) {
+  return JsonParser(text, max_depth, max_values).parseAll();
 }
 
 std::string jsonQuote(std::string_view s) {

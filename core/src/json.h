@@ -42,8 +42,9 @@ class Json {
 };
 
 /// Parses one JSON value filling all of `text` (whitespace around it allowed). At most
-/// `max_depth` nested arrays/objects. kProtocolError says where it went wrong.
-Result<Json> parseJson(std::string_view text, int max_depth = 32);
+/// `max_depth` nested arrays/objects and `max_values` values in all (memory stays within about
+/// 100 bytes per value). kProtocolError says where it went wrong.
+Result<Json> parseJson(std::string_view text, int max_depth = 32, size_t max_values = 1u << 17);
 
 /// `s` as a JSON string literal (with quotes).
 std::string jsonQuote(std::string_view s);

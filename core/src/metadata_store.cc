@@ -174,16 +174,18 @@ Status MetadataStore::publish(const std::string& name, const std::string& addres
 Status MetadataStore::publishRegion(const std::string& region, const std::string& value) {
   auto done = std::make_shared<std::promise<Status>>();
   auto future = done->get_future();
+  auto abandoned = std::make_shared<std::atomic<bool>>(false);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (name_.empty()) return Status::Ok();  // nothing published: no listener
     if (stopping_) return Status(StatusCode::kCancelled, "engine shut down");
-    ops_.push_back(Op{true, region, value, done});
+    ops_.push_back(Op{true, region, value, done, abandoned});
   }
   cv_.notify_all();
   // The keeper runs it within its call timeout; a keepalive in progress may come first.
   if (future.wait_for(2 * config_.call_timeout + std::chrono::seconds(1)) !=
       std::future_status::ready) {
+    abandoned->store(true);  // the expose fails: the keeper must not publish it later
     return Status(StatusCode::kTimedOut, "publishing region '" + region + "' in " + config_.url +
                                              ": no answer in time; is etcd up?");
   }
@@ -194,7 +196,7 @@ void MetadataStore::unpublishRegion(const std::string& region) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (name_.empty() || stopping_) return;
-    ops_.push_back(Op{false, region, {}, nullptr});
+    ops_.push_back(Op{false, region, {}, nullptr, nullptr});
   }
   cv_.notify_all();
 }
@@ -239,13 +241,20 @@ void MetadataStore::keeperLoop() {
       const int64_t lease = lease_;
       lock.unlock();
       Status s;
-      if (op.put) {
+      auto given_up = [&] { return op.abandoned && op.abandoned->load(); };
+      if (op.put && given_up()) {
+        s = Status(StatusCode::kCancelled, "the expose gave up waiting");
+      } else if (op.put) {
         s = client_->put(key, op.value, lease);
+        if (s.ok() && given_up()) {  // it ran after its expose had failed: take it back
+          (void)client_->deleteRange(key);
+          s = Status(StatusCode::kCancelled, "the expose gave up waiting");
+        }
       } else {
         auto d = client_->deleteRange(key);
         s = d.status();
       }
-      if (s.ok()) {
+      if (s.ok()) {  // (an abandoned put is never recorded: a new lease would publish it)
         std::lock_guard<std::mutex> relock(mu_);
         if (op.put)
           regions_[op.region] = op.value;

@@ -9,6 +9,7 @@
 // go at once), and a dead engine's keys expire with the lease (TTL at most 10 s).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -77,6 +78,8 @@ class MetadataStore {
     std::string region;
     std::string value;
     std::shared_ptr<std::promise<Status>> done;  ///< null: nobody waits
+    /// Set when the caller gave up waiting (its expose failed): not run, or undone if it ran.
+    std::shared_ptr<std::atomic<bool>> abandoned;
   };
   void keeperLoop();
   void watchLoop();

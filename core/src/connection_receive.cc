@@ -35,6 +35,9 @@ void ConnectionImpl::settleLocked(PostedRecv p, Status status, size_t bytes, boo
   // completes after it, so completions keep the order the messages were sent in.
   auto l = std::make_shared<Landing>();
   l->recv = std::move(p);
+  // The data is in: the buffer's registration need not wait for the earlier receive (destroying
+  // its region must not block behind a transfer into another one).
+  engine_->dropLater(l->recv.region.release());
   l->bytes = bytes;
   l->consumes = consumes;
   l->landed = true;
@@ -76,6 +79,7 @@ void ConnectionImpl::Landing::complete(Status s) {
     if (auto c = connection.lock()) {
       landed = true;
       status = std::move(s);
+      recv.request->engine()->dropLater(recv.region.release());  // the transport is done with it
       c->drainLandingsLocked();
       return;
     }

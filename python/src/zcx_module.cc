@@ -335,6 +335,9 @@ struct PyConnection {
   zcx::Connection conn;
   py::object engine;  // the zcx.Engine: alive while a connection of it is
   bool manual = false;
+  // The regions unsignaled writes used since the last flush(): kept alive until that flush
+  // completes (consecutive repeats kept once).
+  py::list unsignaled_keep;
 };
 
 struct PyRemote {
@@ -774,6 +777,48 @@ PYBIND11_MODULE(_zcx, m) {
           },
           py::arg("local"), py::arg("local_offset"), py::arg("remote"), py::arg("remote_offset"),
           py::arg("length"), "One-sided write: completes once the data is visible at the peer")
+      .def(
+          "write_unsignaled",
+          [](py::object self, py::object local, size_t local_offset, py::object remote,
+             size_t remote_offset, size_t length) {
+            auto& c = py::cast<PyConnection&>(self);
+            auto& l = regionArg(local, "local");
+            auto& rr = remoteArg(remote, "remote");
+            auto lr = l.get();
+            zcx::Status st;
+            {
+              py::gil_scoped_release release;
+              st = c.conn.writeUnsignaled(lr->region, local_offset, rr.remote, remote_offset,
+                                          length);
+            }
+            check(st);
+            for (py::handle h : {local, remote}) {
+              const size_t n = py::len(c.unsignaled_keep);
+              bool repeat = false;
+              for (size_t k = n >= 2 ? n - 2 : 0; k < n; ++k)
+                repeat |= c.unsignaled_keep[k].ptr() == h.ptr();
+              if (!repeat) c.unsignaled_keep.append(h);
+            }
+          },
+          py::arg("local"), py::arg("local_offset"), py::arg("remote"), py::arg("remote_offset"),
+          py::arg("length"),
+          "One-sided write with no Request (the raw rate): checked at once (raises on a bad "
+          "argument), posted in batches by the engine, visible once a later flush() completes")
+      .def(
+          "flush",
+          [](py::object self) {
+            auto& c = py::cast<PyConnection&>(self);
+            auto req = startRequest(self);
+            for (py::handle h : c.unsignaled_keep) req->keep.append(h);
+            c.unsignaled_keep = py::list();
+            {
+              py::gil_scoped_release release;
+              req->req = c.conn.flush();
+            }
+            return req;
+          },
+          "Completes once every write_unsignaled before it is visible at the peer (raises the "
+          "first error of those writes)")
       .def(
           "read",
           [](py::object self, py::object local, size_t local_offset, py::object remote,

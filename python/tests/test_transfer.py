@@ -79,6 +79,31 @@ def test_batches(peer, kind):
     assert_bytes(dst[total:], np.full(10, POISON, np.uint8), "past read_batch")
 
 
+def test_write_unsignaled_then_flush(peer, kind):
+    name = f"unsig-{kind}"
+    remote = peer.region(name, SIZE, zcx.Access.RemoteReadWrite)
+    rng = np.random.default_rng(11)
+    src_obj, src = local_buffer(kind, SIZE)
+    src[:] = pattern(SIZE, 5)
+    src_region = peer.engine.register(src_obj)
+    # 300 writes of 1..3000 bytes with no request each, then one flush for all of them.
+    pieces, off = [], 0
+    for _ in range(300):
+        n = int(rng.integers(1, 3000))
+        peer.conn.write_unsignaled(src_region, off, remote, off, n)
+        pieces.append((off, n))
+        off += n + int(rng.integers(0, 500))
+    assert off < SIZE
+    peer.conn.flush().wait(timeout=20)
+    img = np.full(SIZE, POISON, np.uint8)
+    for o, n in pieces:
+        img[o:o + n] = src[o:o + n]
+    assert_bytes(peer.dump(name), img, "write_unsignaled")
+    with pytest.raises(zcx.Error) as e:  # checked at once: out of range
+        peer.conn.write_unsignaled(src_region, 0, remote, SIZE - 10, 20)
+    assert e.value.code == zcx.StatusCode.OutOfRange
+
+
 def test_write_with_notify(peer, kind):
     name = f"notify-{kind}"
     remote = peer.region(name, SIZE, zcx.Access.RemoteWrite)

@@ -307,6 +307,15 @@ class CtlChannel {
 };
 
 /// Bytes of the test region on each side.
+/// The figures of `messages` of `size` bytes moved in `secs`; the peak is at least the average.
+void setRates(PerfResult* res, uint64_t messages, uint64_t size, double secs, double peak = 0) {
+  res->iterations = messages;
+  res->seconds = secs;
+  res->bw_avg_MBps = double(messages) * double(size) / secs / 1e6;
+  res->bw_peak_MBps = std::max(peak, res->bw_avg_MBps);
+  res->msg_rate_Mpps = double(messages) / secs / 1e6;
+}
+
 size_t regionBytes(TestKind k, uint64_t max_size, int qps, int slots) {
   if (isLatency(k)) return 2 * max_size;  // [0,max): receive area; [max,2max): send area
   return static_cast<size_t>(qps) * slots * max_size;
@@ -725,10 +734,7 @@ class Client {
       // run counts as done when the server says every message arrived (its result comes only
       // then), like perftest's send_bw waiting for the receiver.
       double secs = std::chrono::duration<double>(Clock::now() - measure_start_).count();
-      res->seconds = secs;
-      res->bw_avg_MBps = double(res->iterations) * double(size) / secs / 1e6;
-      res->bw_peak_MBps = std::max(res->bw_peak_MBps, res->bw_avg_MBps);
-      res->msg_rate_Mpps = double(res->iterations) / secs / 1e6;
+      setRates(res, res->iterations, size, secs, res->bw_peak_MBps);
     }
     if (FLAGS_cpu_util) {
       res->cpu_measured = true;
@@ -898,11 +904,7 @@ class Client {
     auto t1 = Clock::now();
     clearProgress();
     double secs = std::chrono::duration<double>(t1 - t0).count();
-    res->iterations = total * B;
-    res->seconds = secs;
-    res->bw_avg_MBps = total * B * size / secs / 1e6;
-    res->bw_peak_MBps = std::max(peak, res->bw_avg_MBps);
-    res->msg_rate_Mpps = total * B / secs / 1e6;
+    setRates(res, total * B, size, secs, peak);
     res->verify_errors = verify_errors;
     res->verified_bytes = verified;
     for (int q = 0; q < Q; ++q) done->counts[q] = posted[q];
@@ -969,11 +971,7 @@ class Client {
     auto t1 = Clock::now();
     const uint64_t total = std::accumulate(posted.begin(), posted.end(), uint64_t{0}) - before;
     double secs = std::chrono::duration<double>(t1 - t0).count();
-    res->iterations = total;
-    res->seconds = secs;
-    res->bw_avg_MBps = double(total) * double(size) / secs / 1e6;
-    res->bw_peak_MBps = res->bw_avg_MBps;
-    res->msg_rate_Mpps = double(total) / secs / 1e6;
+    setRates(res, total, size, secs);
     for (int q = 0; q < Q; ++q) done->counts[q] = posted[q];
     return Status::Ok();
   }
@@ -1070,11 +1068,7 @@ class Client {
     auto t1 = Clock::now();
     clearProgress();
     double secs = std::chrono::duration<double>(t1 - t0).count();
-    res->iterations = measured;
-    res->seconds = secs;
-    res->msg_rate_Mpps = measured / secs / 1e6;
-    res->bw_avg_MBps = measured * size / secs / 1e6;
-    res->bw_peak_MBps = res->bw_avg_MBps;
+    setRates(res, measured, size, secs);
     res->verify_errors = verify_errors;
     res->verified_bytes = verified;
     done->counts[0] = i;

@@ -228,10 +228,7 @@ ucp_request_param_t UcxEndpoint::requestParam(OpRecord* rec, MemoryHandle* local
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   p.cb.send = &UcxWorker::onRequestDone;
   p.user_data = rec;
-  if (local != nullptr) {
-    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-    p.memh = static_cast<UcxMemory*>(local)->memh();
-  }
+  setMemh(&p, local);
   return p;
 }
 

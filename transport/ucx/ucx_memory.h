@@ -51,6 +51,13 @@ class UcxMemory final : public MemoryHandle {
   std::shared_ptr<AccessEntry> grant_;
 };
 
+/// Hands UCX the registration of `local` (if any) for a request on its memory.
+inline void setMemh(ucp_request_param_t* p, MemoryHandle* local) {
+  if (local == nullptr) return;
+  p->op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+  p->memh = static_cast<UcxMemory*>(local)->memh();
+}
+
 /// Checked RMA: an entry of its own in the access table, revoked on destruction. Native RMA:
 /// the registration's own rkey (nothing below us could enforce less), not enforced.
 class UcxGrant final : public RemoteGrant {

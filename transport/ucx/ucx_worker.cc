@@ -388,10 +388,7 @@ Status UcxWorker::receiveInto(void* desc, size_t length, const ReceiveTarget& ta
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   p.cb.recv_am = &onLandingDone;
   p.user_data = l;
-  if (target.local != nullptr) {
-    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-    p.memh = static_cast<UcxMemory*>(target.local)->memh();
-  }
+  setMemh(&p, target.local);
   ucs_status_ptr_t ptr = ucp_am_recv_data_nbx(worker(), desc, target.buffer, length, &p);
   if (UCS_PTR_IS_PTR(ptr)) {
     landings_.insert(l);

@@ -419,12 +419,14 @@ Result<RemoteRegion> ConnectionImpl::importRegion(const RegionDescriptor& d) {
 
 // ---------------------------------------------------------------- operations
 
-void ConnectionImpl::link(RequestState* r) {
+void ConnectionImpl::trackLocked(const std::shared_ptr<RequestState>& r) {
+  r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
+  r->self = r;
   r->connection = this;
   r->prev = tail_;
   r->next = nullptr;
-  (tail_ ? tail_->next : head_) = r;
-  tail_ = r;
+  (tail_ ? tail_->next : head_) = r.get();
+  tail_ = r.get();
 }
 
 void ConnectionImpl::unlink(RequestState* r) {
@@ -463,9 +465,7 @@ Request ConnectionImpl::post(OpKind kind, size_t bytes, PostFn&& post_to_transpo
     if (closed_) {
       r->finish(broken_);
     } else {
-      r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
-      r->self = r;
-      link(r.get());
+      trackLocked(r);
       Status st = post_to_transport(r.get());
       if (!st.ok()) abandonLocked(r.get(), st);  // nothing was posted: no complete() comes
     }

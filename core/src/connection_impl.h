@@ -129,7 +129,9 @@ class ConnectionImpl final : public transport::EndpointEvents,
   std::shared_ptr<RequestState> newRequest(OpKind kind);
   template <class PostFn>
   Request post(OpKind kind, size_t bytes, PostFn&& post_to_transport);
-  void link(RequestState* r);
+  /// Makes `r` outstanding until the transport completes it: its deadline starts now, `self`
+  /// keeps it alive, and it joins the outstanding list (engine lock held).
+  void trackLocked(const std::shared_ptr<RequestState>& r);
   void deliverMessages();
   void handleControlFrame(Frame f, Status* end);
   void endControl(Status why);

@@ -83,9 +83,7 @@ void ConnectionImpl::postUnsignaledLocked() {
   unsignaled_ = UnsignaledBatch{};
   auto r = newRequest(OpKind::kWrite);
   r->setBytes(b.bytes);
-  r->deadline = EngineImpl::coarseNow() + engine_->options.operation_timeout;
-  r->self = r;
-  link(r.get());
+  trackLocked(r);
   // The request holds the memory now (its own pins); the batch's holds end.
   for (size_t k = 0; k < std::max(b.regions.size(), b.keys.size()); ++k) {
     r->pin(k < b.regions.size() ? b.regions[k] : nullptr, k < b.keys.size() ? b.keys[k] : nullptr);

@@ -1,4 +1,4 @@
-// Shared pieces of zcx_perf: test kinds, data patterns, latency statistics, result printing.
+// Shared pieces of zcx_perf: test kinds, exit codes, data patterns, latency statistics, results.
 #pragma once
 
 #include <algorithm>
@@ -46,6 +46,8 @@ inline const char* testName(TestKind k) {
 inline bool isLatency(TestKind k) {
   return k == TestKind::kWriteLat || k == TestKind::kReadLat || k == TestKind::kSendLat;
 }
+
+constexpr int kExitUsage = 2, kExitFail = 1, kExitVerify = 3;
 
 // ------------------------------------------------------------------ data patterns
 
@@ -144,9 +146,5 @@ struct CpuSample {
   std::chrono::steady_clock::time_point wall;
   static CpuSample now();
 };
-
-std::string toJson(const PerfResult& r);
-void printHeader(bool latency);
-void printRow(const PerfResult& r);
 
 }  // namespace zcx::perf

@@ -1,0 +1,85 @@
+// zcx_perf's engine and memory, made from the command line.
+#include "perf_engine.h"
+
+#include <cstring>
+
+#include "perf_flags.h"
+
+namespace zcx::perf {
+namespace {
+
+constexpr size_t kMaxMessage = (8u << 20) + 4096;  // send tests take messages up to 8 MiB
+
+}  // namespace
+
+ExposeOptions exposeOptions() {
+  ExposeOptions o;
+  std::string list = FLAGS_expose_to;
+  for (size_t start = 0; start < list.size();) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    if (comma > start) o.peers.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return o;
+}
+
+Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMode mode) {
+  EngineOptions o;
+  o.transport = FLAGS_transport;
+  o.device = FLAGS_device;
+  o.gid_index = FLAGS_gid_index;
+  if (!FLAGS_ucx_tls.empty()) o.transport_params["ucx.tls"] = FLAGS_ucx_tls;
+  if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;
+  o.listen_address = listen;
+  o.auth_secret_file = FLAGS_auth_secret_file;
+  o.name = FLAGS_name;
+  o.metadata = FLAGS_metadata;
+  o.advertise_host = FLAGS_advertise_host;
+  o.progress = mode;
+  o.progress_spin = std::chrono::microseconds(FLAGS_progress_spin_us);
+  o.connect_timeout = 20s;
+  o.operation_timeout = 120s;
+  o.max_message_size = kMaxMessage;
+  return Engine::create(o);
+}
+
+std::string listenAddress(int default_port) {
+  const std::string& l = FLAGS_listen;
+  const auto colon = l.rfind(':');
+  const bool has_port = l.front() == '[' ? l.find("]:") != std::string::npos
+                                         : colon != std::string::npos && l.find(':') == colon;
+  if (has_port) return l;
+  const bool bare_v6 = l.front() != '[' && l.find(':') != std::string::npos;
+  return (bare_v6 ? "[" + l + "]" : l) + ":" + std::to_string(default_port);
+}
+
+std::string listenHost() {
+  std::string host = listenAddress(0);
+  host.resize(host.rfind(':'));
+  return host;
+}
+
+Status makeBuffer(Engine& eng, size_t len, uint32_t access, Buffer* b) {
+  if (FLAGS_mem == "user") {
+    void* p = nullptr;
+    if (posix_memalign(&p, 4096, len) != 0)
+      return err(StatusCode::kResourceExhausted, "posix_memalign failed");
+    std::memset(p, 0, len);
+    auto r = eng.registerMemory(p, len, access);
+    if (!r.ok()) {
+      std::free(p);
+      return r.status();
+    }
+    b->owned = p;
+    b->region = std::move(r.value());
+  } else {
+    auto r = eng.allocate(len, access);
+    if (!r.ok()) return r.status();
+    b->region = std::move(r.value());
+    std::memset(b->region.data(), 0, len);
+  }
+  return Status::Ok();
+}
+
+}  // namespace zcx::perf

@@ -3,6 +3,7 @@
 // scripts/test-rxe.sh creates rxe0 and rxe1 and sets RXE_DEVS=rxe0,rxe1).
 #include <gtest/gtest.h>
 #include <infiniband/verbs.h>
+#include <poll.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -367,6 +368,24 @@ TEST_F(VerbsRails, SlicesOfAFailedRailAreRetriedOnTheOther) {
   bytes = railBytes(*ta_);
   EXPECT_EQ(bytes[0], 2 * kSize);
   EXPECT_EQ(bytes[1], 0u);
+}
+
+TEST_F(VerbsRails, AnIdleConnectionLetsTheCallerSleepOnTheEventFd) {
+  // Nothing to do: progress() settles to 0, arm() says so and the fd stays quiet, so a waiting
+  // thread sleeps instead of spinning (the engine's manual-progress waiters rely on it).
+  pump([] { return false; }, 200ms);
+  for (auto* t : {ta_.get(), tb_.get()}) {
+    EXPECT_EQ(t->progress(), 0);
+    ASSERT_TRUE(t->arm());
+    pollfd p{t->eventFd(), POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 50), 0) << "the event fd is readable with nothing to do";
+  }
+  // A write wakes the target's fd... no: a one-sided write raises no event there; a message does.
+  Done& sd = newDone();
+  ASSERT_TRUE(a_->postSend(ma_.get(), addrA(0), 64, &sd).ok());
+  pollfd p{tb_->eventFd(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 5000), 1) << "a message did not wake the receiver's event fd";
+  ASSERT_TRUE(pump([&] { return sd.calls > 0 && !eb_.messages.empty(); }));
 }
 
 TEST_F(VerbsRails, LosingRailZeroBreaksTheConnection) {

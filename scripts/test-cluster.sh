@@ -17,6 +17,12 @@
 #                  the link is back, a new connection moves verified data again
 #      node kill   node 0 writes to node 2; node 2's guest is stopped (QEMU quit, like a crashed
 #                  host): node 0 must fail within KILL_BOUND seconds (peer_timeout 10 s + slack)
+#   3. if that passed, a second cluster run with two nodes and two rails (rxe-cluster.sh -n 2 -r 2):
+#      rails       zcx_perf write_bw/read_bw node 0 -> node 1 with --device=rxe0,rxe1, every
+#                  byte verified and both rails carrying data ("rails" in the JSON)
+#      rail cut    node 1's rail-1 NIC loses its link under a 45 s write_bw: the run still
+#                  ends well with every byte verified, rail 1 stops carrying data (its slices
+#                  move to rail 0); once the link is back a new connection uses both rails
 # Fails (non-zero) if the build fails, any check fails, a test process does not end in time, or
 # the cluster cannot run. Logs: build/cluster-logs/ (one file per process). See docs/soft-roce.md.
 #
@@ -47,8 +53,9 @@ build() {
 guest_script() {
   cat <<'EOF'
 set -uo pipefail
-build=$1 logs=$2
+build=$1 logs=$2 mode=${3:-main}
 perf=$build/perf/zcx_perf
+DEVICE=rxe0
 me=$ZCX_NODE n=$ZCX_NODES
 read -r -a ips <<< "$ZCX_NODE_IPS"
 readonly LINK_BOUND=60 KILL_BOUND=40 WAIT=300 BARRIER_WAIT=600
@@ -74,7 +81,7 @@ barrier() {
 
 # start_server TAG PORT: a one-client zcx_perf server on this node (pid in SERVER_PID).
 start_server() {
-  "$perf" --transport=verbs --device=rxe0 --listen="$RXE_IP" --port="$2" --ready_fd=3 \
+  "$perf" --transport=verbs --device="$DEVICE" --listen="$RXE_IP" --port="$2" --ready_fd=3 \
     3> "$logs/$1.ready" > "$logs/$1.server.log" 2>&1 &
   SERVER_PID=$!
 }
@@ -107,7 +114,7 @@ client() {
   local tag=$1 ip=$2 port=$3 rc=0 line bytes verified
   shift 3
   wait_ready "$tag" || return 0
-  timeout -k 5 "$WAIT" "$perf" --transport=verbs --device=rxe0 --port="$port" --json --verify "$@" \
+  timeout -k 5 "$WAIT" "$perf" --transport=verbs --device="$DEVICE" --port="$port" --json --verify "$@" \
     "$ip" > "$logs/$tag.client.log" 2>&1 || rc=$?
   line=$(grep '^{' "$logs/$tag.client.log" | tail -1)
   if [ "$rc" != 0 ]; then
@@ -125,6 +132,89 @@ client() {
     fi
   fi
 }
+
+# rails_bytes TAG: the bytes of every rail in the client's JSON line ("rails"), one per line.
+rails_bytes() {
+  grep '^{' "$logs/$1.client.log" | tail -1 | grep -o '"rails":\[[^]]*\]' | grep -o '"bytes":[0-9]*' | cut -d: -f2
+}
+
+report() {
+  echo "=== node $me summary (logs in $logs)"
+  for s in "${summary[@]}"; do echo "  ok    $s"; done
+  for f in "${failures[@]}"; do echo "  FAIL  $f"; done
+}
+
+# ------------------------------------------------------------------ multi-rail (-r 2 run)
+if [ "$mode" = rails ]; then
+  DEVICE=$RXE_DEVS   # rxe0,rxe1: one QP per rail, large operations striped
+  echo "=== rails ($DEVICE, node 0 -> node 1, verified, both rails carry data)"
+  rail_tests=(
+    "write_bw --size=1048576 --depth=8 --iters=8"
+    "write_bw --size=4194304 --depth=4 --iters=4"
+    "read_bw --size=1048576 --iters=32"
+    "read_bw --size=300007 --iters=64"
+  )
+  i=0
+  for t in "${rail_tests[@]}"; do
+    tag=rails$i port=$((19600 + i))
+    read -r -a targs <<< "$t"
+    if [ "$me" = 1 ]; then start_server "$tag" "$port"; wait_server "$tag"; fi
+    if [ "$me" = 0 ]; then
+      nf=${#failures[@]}
+      client "$tag" "${ips[1]}" "$port" --test="${targs[@]}"
+      read -r -d "" -a rb <<< "$(rails_bytes "$tag")" || true
+      if [ "${#failures[@]}" = "$nf" ]; then
+        if [ "${#rb[@]}" != 2 ] || [ "${rb[0]}" = 0 ] || [ "${rb[1]}" = 0 ]; then
+          fail "$tag: not striped over both rails: rails bytes '${rb[*]}'"
+        else ok "$tag: rxe0 ${rb[0]} B, rxe1 ${rb[1]} B"
+        fi
+      fi
+    fi
+    i=$((i + 1))
+  done
+  barrier rails 0 1
+
+  # Rail 1 of node 1 loses its link under load: the slices it had move to rail 0, the run
+  # finishes with every byte verified, and rail 1 carried less than rail 0.
+  echo "=== rail cut under load (node 1's rail 1)"
+  if [ "$me" = 1 ]; then start_server railcut 19650; wait_server railcut; fi
+  if [ "$me" = 0 ]; then
+    wait_ready railcut
+    GLOG_logtostderr=1 timeout -k 5 $WAIT "$perf" --transport=verbs --device="$DEVICE" --port=19650 \
+      --json --verify --test=write_bw --size=1048576 --depth=8 --duration=45 "${ips[1]}" \
+      > "$logs/railcut.client.log" 2>&1 &
+    cpid=$!
+    sleep 8
+    kill -0 "$cpid" 2>/dev/null || fail "rail cut: the client ended before the cut: $(tail -n 3 "$logs/railcut.client.log" | tr '\n' ' ')"
+    "$ZCX_CLUSTER_CTL/ctl" link 1 1 down || fail "rail cut: could not cut node 1's rail 1"
+    rc=0; wait "$cpid" || rc=$?
+    line=$(grep '^{' "$logs/railcut.client.log" | tail -1)
+    read -r -d "" -a rb <<< "$(rails_bytes railcut)" || true
+    verified=$(sed -n 's/.*"verified_bytes":\([0-9]*\).*/\1/p' <<< "$line")
+    errors=$(sed -n 's/.*"verify_errors":\([0-9]*\).*/\1/p' <<< "$line")
+    if [ "$rc" != 0 ]; then fail "rail cut: the client failed (status $rc): $(grep -v '^{' "$logs/railcut.client.log" | tail -n 3 | tr '\n' ' ')"
+    elif [ "${errors:-1}" != 0 ] || [ "${verified:-0}" = 0 ]; then fail "rail cut: verification: $line"
+    elif ! grep -q 'rail rxe1 failed' "$logs/railcut.client.log"; then fail "rail cut: the client never saw rail rxe1 fail"
+    elif [ "${#rb[@]}" != 2 ] || [ "${rb[1]}" -ge "${rb[0]}" ]; then fail "rail cut: rail 1 did not stop carrying data: rails bytes '${rb[*]}'"
+    else ok "rail cut: the run finished over rail 0, $verified bytes verified; rxe0 ${rb[0]} B, rxe1 ${rb[1]} B"
+    fi
+    "$ZCX_CLUSTER_CTL/ctl" link 1 1 up || fail "rail cut: could not restore node 1's rail 1"
+  fi
+  barrier railcut 0 1
+  # Once the link is back a new connection stripes over both rails again.
+  if [ "$me" = 1 ]; then
+    for _ in $(seq 100); do grep -q ACTIVE /sys/class/infiniband/rxe1/ports/1/state && break; sleep 0.1; done
+    start_server rejoin 19651; wait_server rejoin
+  fi
+  if [ "$me" = 0 ]; then
+    client rejoin "${ips[1]}" 19651 --test=write_bw --size=1048576 --depth=8 --iters=8
+    read -r -d "" -a rb <<< "$(rails_bytes rejoin)" || true
+    [ "${#rb[@]}" = 2 ] && [ "${rb[1]:-0}" != 0 ] || fail "rejoin: rail 1 carries nothing: '${rb[*]}'"
+  fi
+  report
+  [ ${#failures[@]} -eq 0 ]
+  exit
+fi
 
 # ------------------------------------------------------------------ pairs: node 0 -> node 1
 # write_bw --verify checks the last write of every slot (one per operation in flight): with
@@ -237,11 +327,6 @@ if [ "$me" = 0 ]; then client relink "${ips[1]}" 19201 --test=write_bw --size=65
 barrier relinked
 
 # ------------------------------------------------------------------ node kill: node 0 -> node 2
-report() {
-  echo "=== node $me summary (logs in $logs)"
-  for s in "${summary[@]}"; do echo "  ok    $s"; done
-  for f in "${failures[@]}"; do echo "  FAIL  $f"; done
-}
 if [ "$n" -ge 3 ]; then
   echo "=== node killed mid-transfer (node 0 -> node 2)"
   if [ "$me" = 2 ]; then
@@ -288,12 +373,20 @@ main() {
   scripts/install-deps.sh
   step "build ($BUILD_DIR)"
   build
-  rm -rf "$logs" && mkdir -p "$logs"
+  rm -rf "$logs" && mkdir -p "$logs/rails"
   step "cluster run (scripts/rxe-cluster.sh -n 3)"
   t1=$(date +%s)
   scripts/rxe-cluster.sh -n 3 -t "$TIME_LIMIT" -s "$REPO_ROOT" -C "$REPO_ROOT" -- \
     bash -c "$(guest_script)" test-cluster "$BUILD_DIR" "$logs" || rc=$?
   step "cluster wall time $(( $(date +%s) - t1 )) s (boot included); total $(( $(date +%s) - t0 )) s"
+  if [ "$rc" = 0 ]; then
+    # Multi-rail: two nodes with two NICs each (rxe0 on rail 0, rxe1 on rail 1).
+    step "multi-rail run (scripts/rxe-cluster.sh -n 2 -r 2)"
+    t1=$(date +%s)
+    scripts/rxe-cluster.sh -n 2 -r 2 -t "$TIME_LIMIT" -s "$REPO_ROOT" -C "$REPO_ROOT" -- \
+      bash -c "$(guest_script)" test-cluster "$BUILD_DIR" "$logs/rails" rails || rc=$?
+    step "multi-rail wall time $(( $(date +%s) - t1 )) s (boot included)"
+  fi
   case $rc in
     0) step "PASSED" ;;
     124) step "FAILED: the cluster run timed out" ;;

@@ -15,7 +15,8 @@
 #      IPv4 GID chosen by index (works, or is refused with the reason; rxe here has none, which
 #      is noted), and ib_write_bw (perftest) over rxe0 as a reference.
 # Fails (non-zero) if the build fails, if neither test binary exists, if a binary fails, runs
-# no test or skips any (nothing may be skipped where a device exists), or if perftest fails.
+# no test or skips any (nothing may be skipped where a device exists), or if the IPv6 zcx_perf
+# run, the RoCE v1 check or perftest fails.
 # Logs of the guest run: build/rxe-logs/. See docs/soft-roce.md.
 #
 # Usage: scripts/test-rxe.sh

@@ -9,9 +9,14 @@
 #        build/tests/verbs_transport_test                    (the transport's own tests)
 #        build/tests/verbs_rails_test                        (multi-rail: rxe0 + rxe1 on dummy1)
 #        build/tests/security_test --gtest_filter='*verbs*'  (forged/revoked accesses refused)
-#      each if built; then ib_write_bw (perftest) over rxe0 as a reference.
+#      each if built (rxe0's netdev also gets the IPv6 address fd00::1 first, so the verbs tests
+#      see IPv6 GIDs next to the IPv4 one); then zcx_perf write_bw --verify between two processes
+#      over the IPv6 RoCE v2 GID (server by --listen fd00::1, client by --gid_index), a RoCE v1
+#      IPv4 GID chosen by index (works, or is refused with the reason; rxe here has none, which
+#      is noted), and ib_write_bw (perftest) over rxe0 as a reference.
 # Fails (non-zero) if the build fails, if neither test binary exists, if a binary fails, runs
-# no test or skips any (nothing may be skipped where a device exists), or if perftest fails.
+# no test or skips any (nothing may be skipped where a device exists), or if the IPv6 zcx_perf
+# run, the RoCE v1 check or perftest fails.
 # Logs of the guest run: build/rxe-logs/. See docs/soft-roce.md.
 #
 # Usage: scripts/test-rxe.sh
@@ -58,6 +63,88 @@ ipv4_gid_index() {
   return 1
 }
 
+# Index of the RoCE v2 GID of IPv6 address $1 (written as sysfs does, e.g. fd00:0000:...:0001).
+gid_index_of() {
+  local d=/sys/class/infiniband/$RXE_DEV/ports/1 f i
+  for f in "$d"/gids/*; do
+    i=${f##*/}
+    [ "$(cat "$f" 2>/dev/null)" = "$1" ] || continue
+    [ "$(cat "$d/gid_attrs/types/$i" 2>/dev/null)" = "RoCE v2" ] && { echo "$i"; return 0; }
+  done
+  return 1
+}
+
+# IPv6 on rxe: the device's netdev gets fd00::1; the kernel adds its RoCE v2 GID.
+add_ipv6() {
+  local ndev i
+  ndev=$(cat "/sys/class/infiniband/$RXE_DEV/ports/1/gid_attrs/ndevs/$1" 2>/dev/null)
+  [ -n "$ndev" ] || { fail "no netdev behind $RXE_DEV gid $1"; return 1; }
+  ip -6 addr add "$IP6/64" dev "$ndev" nodad || { fail "ip -6 addr add $IP6 dev $ndev"; return 1; }
+  for i in $(seq 50); do
+    gid6=$(gid_index_of "$IP6_GID") && { echo "RoCE v2 IPv6 GID index: $gid6 ($IP6 on $ndev)"; return 0; }
+    sleep 0.1
+  done
+  fail "$RXE_DEV has no RoCE v2 GID for $IP6 five seconds after it was added to $ndev"
+  return 1
+}
+
+# zcx_perf write_bw --verify between two processes over the IPv6 GID: the server is told its
+# address (--listen, the engine's bind host), the client the GID index; both must say IPv6.
+run_perf_ipv6() {
+  local port=18600 srv rc=0 srv_rc=0 common
+  common=(--transport verbs --device "$RXE_DEV" --test write_bw --size 65536 --iters 2000 --verify)
+  echo "=== zcx_perf over IPv6: server --listen $IP6, client --gid_index $gid6"
+  timeout 300 "$build/perf/zcx_perf" "${common[@]}" --listen "$IP6" --port "$port" --quiet=false \
+    > "$logs/zcx_perf-ipv6-server.log" 2>&1 &
+  srv=$!
+  for _ in $(seq 300); do
+    ss -Hltn "sport = :$port" | grep -q . && break
+    sleep 0.1
+  done
+  timeout 300 "$build/perf/zcx_perf" "${common[@]}" --gid_index "$gid6" --port "$port" "$IP6" \
+    > "$logs/zcx_perf-ipv6.log" 2>&1 || rc=$?
+  wait "$srv" || srv_rc=$?
+  [ "$rc" != 0 ] || rc=$srv_rc
+  cat "$logs/zcx_perf-ipv6.log"
+  if [ "$rc" != 0 ]; then
+    cat "$logs/zcx_perf-ipv6-server.log"; fail "zcx_perf over IPv6 (status $rc)"
+  elif ! grep -q "RoCE v2 IPv6 on .*) \[$IP6\]:" "$logs/zcx_perf-ipv6.log"; then
+    fail "zcx_perf over IPv6: the client's transport is not on the IPv6 GID"
+  elif ! grep -q "gid $gid6 (RoCE v2 IPv6 $IP6 on .*): bind host $IP6 is its address" \
+      "$logs/zcx_perf-ipv6-server.log"; then
+    cat "$logs/zcx_perf-ipv6-server.log"; fail "zcx_perf over IPv6: the server did not choose the IPv6 GID by its bind host"
+  else
+    summary+=("zcx_perf write_bw --verify over IPv6 ($IP6, gid $gid6): $(awk '$1 == 65536 { print $4 " MB/s" }' "$logs/zcx_perf-ipv6.log" | head -1)")
+  fi
+}
+
+# Choosing a RoCE v1 IPv4 GID by index: rdma_cm uses RoCE v2 on the port unless configfs
+# default_roce_mode says otherwise, so zcx must refuse it and say how to switch (or, if rdma_cm
+# was switched, use it). rxe in Debian's 6.1 kernel has RoCE v2 GIDs only (and its configfs
+# refuses "IB/RoCE v1"): then this is noted, and the choice is covered by verbs_unit_test.
+run_roce_v1_check() {
+  local d=/sys/class/infiniband/$RXE_DEV/ports/1 f i v1= out rc=0
+  for f in $(grep -lsx "IB/RoCE v1" "$d"/gid_attrs/types/*); do
+    i=${f##*/}
+    [[ $(cat "$d/gids/$i") == 0000:0000:0000:0000:0000:ffff:* ]] && { v1=$i; break; }
+  done
+  if [ -z "$v1" ]; then
+    summary+=("RoCE v1: $RXE_DEV has no RoCE v1 GID (rxe is RoCE v2 only here): choice covered by verbs_unit_test")
+    return
+  fi
+  echo "=== RoCE v1 IPv4 GID $v1 chosen by index"
+  out=$(timeout 120 "$build/perf/zcx_perf" --transport verbs --device "$RXE_DEV" --gid_index "$v1" \
+        --test write_bw --size 65536 --iters 200 --verify --loopback 2>&1) || rc=$?
+  echo "$out" | tail -3 | cut -c1-600
+  if [ "$rc" = 0 ] && echo "$out" | grep -q "verify: ok"; then
+    summary+=("RoCE v1 IPv4 GID $v1 by index: bytes moved and verified")
+  elif echo "$out" | grep -q "a RoCE v1 GID, but rdma_cm on $RXE_DEV port 1 uses RoCE v2"; then
+    summary+=("RoCE v1 IPv4 GID $v1 by index: refused, saying rdma_cm uses RoCE v2 and how to switch")
+  else
+    fail "RoCE v1 IPv4 GID $v1 by index neither worked nor was refused with the reason"
+  fi
+}
+
 # run_gtest NAME BINARY [ARGS...]: runs one GoogleTest binary and checks its counts.
 # Returns 2 when the binary is not built.
 run_gtest() {
@@ -102,6 +189,8 @@ echo "=== device"
 ibv_devinfo -d "$RXE_DEV" | grep -E 'hca_id|state|active_mtu|link_layer'
 gid=$(ipv4_gid_index) || { fail "no RoCE v2 IPv4 GID on $RXE_DEV"; gid=1; }
 echo "RoCE v2 IPv4 GID index: $gid"
+IP6=fd00::1 IP6_GID=fd00:0000:0000:0000:0000:0000:0000:0001 gid6=
+add_ipv6 "$gid"
 
 # A second rail for the multi-rail tests: rxe1 on its own dummy netdev and subnet (rail k of
 # every node on one fabric; here both "nodes" are this guest). RXE_DEVS tells the tests.
@@ -128,6 +217,12 @@ run_gtest verbs_rails_test "$build/tests/verbs_rails_test"; [ $? = 2 ] || built=
 # The trust boundary on verbs: forged descriptors and revoked regions, refused by the NIC.
 run_gtest security_test "$build/tests/security_test" --gtest_filter='*verbs*'; [ $? = 2 ] || built=$((built + 1))
 [ "$built" -gt 0 ] || fail "neither build/tests/transfer_test nor build/tests/verbs_transport_test is built"
+if [ -x "$build/perf/zcx_perf" ]; then
+  [ -z "$gid6" ] || run_perf_ipv6
+  run_roce_v1_check
+else
+  fail "build/perf/zcx_perf is not built (the IPv6 and RoCE v1 checks need it)"
+fi
 run_perftest "$gid"
 
 echo "=== summary (logs in $logs)"

@@ -6,6 +6,7 @@
 // Verbs/TransportContractTest.*/verbs; this file adds what is verbs' own: rdma_cm connection
 // setup, remote access rights enforced by the device, the completion channel behind eventFd(),
 // QP draining on close and the device's async events.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <infiniband/verbs.h>
 #include <poll.h>
@@ -15,9 +16,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -108,12 +111,18 @@ struct Events final : EndpointEvents {
 
 class VerbsTransport : public ::testing::Test {
  protected:
+  /// The two transports' configurations (subclasses choose GIDs) and why they cannot run.
+  virtual TransportConfig configA() { return {}; }
+  virtual TransportConfig configB() { return {}; }
+  virtual std::string unavailable() { return ""; }
+
   void SetUp() override {
     if (std::string why = noDeviceReason(); !why.empty()) GTEST_SKIP() << why;
-    auto a = verbs::create(TransportConfig{});
+    if (std::string why = unavailable(); !why.empty()) GTEST_SKIP() << why;
+    auto a = verbs::create(configA());
     ASSERT_TRUE(a.ok()) << "verbs transport needs an RDMA device (run in the rxe guest): "
                         << a.status().toString();
-    auto b = verbs::create(TransportConfig{});
+    auto b = verbs::create(configB());
     ASSERT_TRUE(b.ok()) << b.status().toString();
     ta_ = std::move(*a);
     tb_ = std::move(*b);
@@ -186,6 +195,33 @@ class VerbsTransport : public ::testing::Test {
 
   uint64_t addrA(size_t off) { return reinterpret_cast<uintptr_t>(bufa_.data()) + off; }
   uint64_t addrB(size_t off) { return reinterpret_cast<uintptr_t>(bufb_.data()) + off; }
+
+  /// Moves bytes both ways over the connection (a write with a notification, a read, a message)
+  /// and checks every byte.
+  void checkBytesMove() {
+    const size_t n = 1 << 20;
+    for (size_t i = 0; i < n; ++i) bufa_[i] = static_cast<uint8_t>(i * 7 + 3);
+    RmaOp w{ma_.get(), addrA(0), kb_.get(), addrB(0), n};
+    Done& wd = newDone();
+    ASSERT_TRUE(a_->postWrite({&w, 1}, 77u, &wd).ok());
+    ASSERT_TRUE(pump([&] { return wd.calls > 0 && !eb_.notifies.empty(); }, 60s));
+    ASSERT_TRUE(wd.status.ok()) << wd.status.toString();
+    EXPECT_EQ(eb_.notifies, std::vector<uint32_t>{77});
+    EXPECT_TRUE(std::equal(bufa_.begin(), bufa_.begin() + n, bufb_.begin()));
+    for (size_t i = 0; i < n; ++i) bufb_[n + i] = static_cast<uint8_t>(i * 13 + 1);
+    RmaOp r{ma_.get(), addrA(n), kb_.get(), addrB(n), n};
+    Done& rd = newDone();
+    ASSERT_TRUE(a_->postRead({&r, 1}, &rd).ok());
+    ASSERT_TRUE(pump([&] { return rd.calls > 0; }, 60s));
+    ASSERT_TRUE(rd.status.ok()) << rd.status.toString();
+    EXPECT_TRUE(std::equal(bufb_.begin() + n, bufb_.end(), bufa_.begin() + n));
+    Done& sd = newDone();
+    ASSERT_TRUE(a_->postSend(ma_.get(), addrA(100), 4000, &sd).ok());
+    ASSERT_TRUE(pump([&] { return sd.calls > 0 && !eb_.messages.empty(); }, 60s));
+    ASSERT_TRUE(sd.status.ok()) << sd.status.toString();
+    ASSERT_EQ(eb_.messages.size(), 1u);
+    EXPECT_EQ(eb_.messages[0], std::vector<uint8_t>(bufa_.begin() + 100, bufa_.begin() + 4100));
+  }
 
   Done& newDone() { return dones_.emplace_back(); }
 
@@ -466,6 +502,124 @@ TEST_F(VerbsTransport, VerbsCqErrorAsyncEventBreaksTheCqOwnersEndpoints) {
   EXPECT_EQ(d.calls, 1);
 }
 
+// ---- GIDs by type and family (docs/soft-roce.md, "Which GID"). scripts/test-rxe.sh gives dummy0
+// an IPv6 address (fd00::1) first, so rxe0 has IPv6 RoCE v2 GIDs next to the IPv4 one.
+
+struct SysfsGid {
+  std::string device;
+  int index = -1;
+  std::string text;  ///< the address as rdma_cm takes it: "fd00::1"
+};
+
+/// The first RoCE v2 GID of port 1 of an RDMA device whose address is IPv6 and global
+/// (`link_local` false) or link-local (true), from sysfs.
+std::optional<SysfsGid> findIpv6Gid(bool link_local) {
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  std::vector<std::string> devices;
+  for (int i = 0; i < n; ++i) devices.emplace_back(ibv_get_device_name(list[i]));
+  if (list != nullptr) ibv_free_device_list(list);
+  for (const std::string& dev : devices) {
+    const std::string port = "/sys/class/infiniband/" + dev + "/ports/1/";
+    for (int i = 0; i < 256; ++i) {
+      std::ifstream g(port + "gids/" + std::to_string(i));
+      std::ifstream t(port + "gid_attrs/types/" + std::to_string(i));
+      std::string gid, type;
+      if (!std::getline(g, gid) || !std::getline(t, type) || type != "RoCE v2") continue;
+      in6_addr a{};
+      std::string hex;
+      for (char c : gid) {
+        if (c != ':') hex += c;
+      }
+      if (hex.size() != 32) continue;
+      for (int b = 0; b < 16; ++b) a.s6_addr[b] = std::stoi(hex.substr(2 * b, 2), nullptr, 16);
+      if (IN6_IS_ADDR_V4MAPPED(&a) || IN6_IS_ADDR_UNSPECIFIED(&a)) continue;
+      if (bool(IN6_IS_ADDR_LINKLOCAL(&a)) != link_local) continue;
+      char text[INET6_ADDRSTRLEN] = {};
+      inet_ntop(AF_INET6, &a, text, sizeof(text));
+      return SysfsGid{dev, i, text};
+    }
+  }
+  return std::nullopt;
+}
+
+constexpr const char* kNoIpv6 =
+    "no RoCE v2 GID with a global IPv6 address on port 1 of any RDMA device: give the netdev one "
+    "(in the rxe guest: `ip -6 addr add fd00::1/64 dev dummy0 nodad`; scripts/test-rxe.sh does)";
+
+/// Both sides on the IPv6 RoCE v2 GID: a through bind_host (an IPv6 literal), b through gid_index.
+class VerbsIpv6 : public VerbsTransport {
+ protected:
+  TransportConfig configA() override {
+    TransportConfig c;
+    c.device = gid_->device;
+    c.bind_host = gid_->text;
+    return c;
+  }
+  TransportConfig configB() override {
+    TransportConfig c;
+    c.device = gid_->device;
+    c.gid_index = gid_->index;
+    return c;
+  }
+  std::string unavailable() override { return gid_ ? "" : kNoIpv6; }
+  std::optional<SysfsGid> gid_ = findIpv6Gid(false);
+};
+
+/// a on the default (IPv4) GID connects to b listening on the IPv6 one.
+class VerbsMixedFamilies : public VerbsIpv6 {
+ protected:
+  TransportConfig configA() override {
+    TransportConfig c;
+    c.device = gid_->device;
+    return c;
+  }
+};
+
+/// Both sides on the IPv6 link-local RoCE v2 GID (fe80::, scoped to the netdev), pinned by index.
+class VerbsLinkLocal : public VerbsTransport {
+ protected:
+  TransportConfig configA() override {
+    TransportConfig c;
+    c.device = gid_->device;
+    c.gid_index = gid_->index;
+    return c;
+  }
+  TransportConfig configB() override { return configA(); }
+  std::string unavailable() override {
+    return gid_ ? "" : "no RoCE v2 GID with an IPv6 link-local address on port 1";
+  }
+  std::optional<SysfsGid> gid_ = findIpv6Gid(true);
+};
+
+TEST_F(VerbsIpv6, ListenerAndConnectionUseTheIpv6GidAndBytesMove) {
+  for (Transport* t : {ta_.get(), tb_.get()}) {
+    const std::string d = t->description();
+    EXPECT_NE(d.find("RoCE v2 IPv6"), std::string::npos) << d;
+    EXPECT_NE(d.find(" gid " + std::to_string(gid_->index) + " "), std::string::npos) << d;
+    EXPECT_NE(d.find("[" + gid_->text + "]:"), std::string::npos) << d;
+    auto addr = verbs::unpackAddress(t->localAddress());
+    ASSERT_TRUE(addr.ok()) << addr.status().toString();
+    EXPECT_EQ(addr->family(), AF_INET6);
+    EXPECT_EQ(addr->host(), gid_->text);
+    EXPECT_NE(addr->port(), 0);
+  }
+  checkBytesMove();
+}
+
+TEST_F(VerbsMixedFamilies, AnIpv4SideReachesAnIpv6Listener) {
+  EXPECT_EQ(verbs::unpackAddress(ta_->localAddress())->family(), AF_INET) << ta_->description();
+  EXPECT_EQ(verbs::unpackAddress(tb_->localAddress())->family(), AF_INET6) << tb_->description();
+  checkBytesMove();
+}
+
+TEST_F(VerbsLinkLocal, ALinkLocalGidChosenByIndexWorks) {
+  const std::string d = ta_->description();
+  EXPECT_NE(d.find("RoCE v2 IPv6 link-local"), std::string::npos) << d;
+  EXPECT_NE(d.find("[" + gid_->text + "%"), std::string::npos) << d;  // scoped to its netdev
+  checkBytesMove();
+}
+
 TEST(VerbsNoDevice, CreateExplainsWhatItFound) {
   auto t = verbs::create(TransportConfig{});
   if (rdmaDeviceCount() == 0) {
@@ -478,10 +632,18 @@ TEST(VerbsNoDevice, CreateExplainsWhatItFound) {
     const std::string d = (*t)->description();
     EXPECT_NE(d.find("verbs "), std::string::npos) << d;
     EXPECT_NE(d.find(" gid "), std::string::npos) << d;
-    EXPECT_NE(d.find("RoCE v2"), std::string::npos) << d;
+    EXPECT_NE(d.find("RoCE v2 IPv4"), std::string::npos) << d;  // first by preference
     if (const char* dev = std::getenv("RXE_DEV")) {
       EXPECT_NE(d.find(std::string("verbs ") + dev + " port"), std::string::npos) << d;
     }
+    // A GID index that holds nothing is refused with what to look at.
+    TransportConfig empty;
+    empty.gid_index = 100000;
+    auto none = verbs::create(empty);
+    EXPECT_EQ(none.status().code(), StatusCode::kUnavailable) << none.status().toString();
+    EXPECT_NE(none.status().message().find("gid_index 100000 is an empty GID table entry"),
+              std::string::npos)
+        << none.status().toString();
     // A device that does not exist is refused by name.
     TransportConfig c;
     c.device = "no_such_dev";

@@ -65,10 +65,13 @@ int main(int argc, char** argv) {
   full.transport = "verbs";
   full.token = 0x0123456789abcdef;
   full.max_message_size = 1 << 20;
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(0x0a000001);
-  sa.sin_port = htons(18515);
+  in_addr ip4{};
+  ip4.s_addr = htonl(0x0a000001);
+  const auto sa = transport::verbs::CmAddress::ipv4(ip4, 18515);
+  in6_addr ip6{};
+  ip6.s6_addr[0] = 0xfd;
+  ip6.s6_addr[15] = 1;
+  const auto sa6 = transport::verbs::CmAddress::ipv6(ip6, 18515);
   full.address = transport::verbs::packAddress(sa);
   full.regions["buf"] = verbs_desc.encode();
   full.regions["ro"] = local_desc.encode();
@@ -126,6 +129,7 @@ int main(int argc, char** argv) {
   put("ucx_frame", "address", transport::ucx::frameAddress(ucx_addr));
 
   put("verbs_wire", "address", transport::verbs::packAddress(sa));
+  put("verbs_wire", "address_ipv6", transport::verbs::packAddress(sa6));
   put("verbs_wire", "connect_data", transport::verbs::packConnectData({0xfeedface, 65536}));
   Bytes padded = transport::verbs::packConnectData({42, 4096});
   padded.resize(56, 0);  // RC private data as rdma_cm delivers it

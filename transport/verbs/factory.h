@@ -8,7 +8,7 @@
 
 namespace zcx::transport::verbs {
 
-/// A verbs transport on config.device/port/gid_index (or the first ACTIVE RoCE v2 port), or
+/// A verbs transport on config.device/port/gid_index (or the best usable GID: chooseDevice), or
 /// kUnavailable explaining why this machine has none ("no RDMA device found: ...").
 Result<std::unique_ptr<Transport>> create(const TransportConfig& config);
 

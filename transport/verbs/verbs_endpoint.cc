@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <glog/logging.h>
+#include <net/if.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -75,25 +76,36 @@ Result<std::unique_ptr<RemoteKey>> VerbsEndpoint::importKey(std::span<const uint
 
 // ------------------------------------------------------------------ connection setup
 
-Status VerbsEndpoint::startActive(const sockaddr_in& peer) {
+Status VerbsEndpoint::startActive(const CmAddress& peer) {
   rdma_cm_id* raw = nullptr;
   if (rdma_create_id(transport_->eventChannel(), &raw, reinterpret_cast<void*>(uintptr_t{serial_}),
                      RDMA_PS_TCP) != 0) {
     return Status(StatusCode::kUnavailable, "rdma_create_id failed (" + errnoText(errno) + ")");
   }
   id_.reset(raw);
-  sockaddr_in src{};
-  src.sin_family = AF_INET;
-  src.sin_addr = transport_->localIp();
-  sockaddr_in dst = peer;
-  if (rdma_resolve_addr(id_.get(), reinterpret_cast<sockaddr*>(&src),
-                        reinterpret_cast<sockaddr*>(&dst), kResolveTimeoutMs) != 0) {
+  // From our GID's address when the peer's is of the same family; otherwise rdma_cm picks the
+  // source by routing (createQp refuses a route through another device).
+  const CmAddress& local = transport_->localIp();
+  CmAddress src = local;
+  CmAddress dst = peer;
+  if (dst.isLinkLocal()) {
+    // A peer's link-local address is reached through our netdev; its scope id is ours.
+    dst.setScopeId(local.family() == AF_INET6 && local.scopeId() != 0
+                       ? local.scopeId()
+                       : if_nametoindex(transport_->device().netdev.c_str()));
+  }
+  const bool same_family = src.family() == dst.family();
+  if (!same_family) {
+    VLOG(1) << "verbs: peer " << dst.toString() << " is " << dst.familyName()
+            << ", this side's GID " << local.familyName() << ": rdma_cm chooses the source address";
+  }
+  if (rdma_resolve_addr(id_.get(), same_family ? src.get() : nullptr, dst.get(),
+                        kResolveTimeoutMs) != 0) {
     const int err = errno;
     id_.reset();
     return Status(StatusCode::kConnectionRefused,
-                  "rdma_resolve_addr " + ipv4String(transport_->localIp()) + " -> " +
-                      ipv4String(peer.sin_addr) + ":" + std::to_string(ntohs(peer.sin_port)) +
-                      " failed (" + errnoText(err) + ")");
+                  "rdma_resolve_addr " + (same_family ? local.host() : std::string("(any)")) +
+                      " -> " + dst.toString() + " failed (" + errnoText(err) + ")");
   }
   return Status();
 }

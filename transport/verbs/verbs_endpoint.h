@@ -40,7 +40,7 @@ class VerbsEndpoint final : public Endpoint {
   /// The QP number (0 while there is no QP).
   uint32_t qpNum() const { return qp_ != nullptr ? qp_->qp_num : 0; }
   /// Active side: creates the cm id and starts address resolution.
-  Status startActive(const sockaddr_in& peer);
+  Status startActive(const CmAddress& peer);
   /// Passive side: takes the connect request's id, creates the QP and accepts.
   void accept(CmIdPtr id, const ConnectData& data, uint8_t initiator_depth,
               uint8_t responder_resources);

@@ -88,23 +88,26 @@ Result<std::unique_ptr<VerbsTransport>> VerbsTransport::create(const TransportCo
     return Status(StatusCode::kUnavailable, "rdma_create_id failed (" + errnoText(errno) + ")");
   }
   t->listen_id_.reset(raw);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr = d.ipv4;
-  addr.sin_port = 0;
-  if (rdma_bind_addr(raw, reinterpret_cast<sockaddr*>(&addr)) != 0) {
-    return Status(StatusCode::kUnavailable, "rdma_bind_addr(" + ipv4String(d.ipv4) + ") failed (" +
-                                                errnoText(errno) + ") on " + d.name);
+  CmAddress addr = d.address;
+  addr.setPort(0);
+  if (rdma_bind_addr(raw, addr.get()) != 0) {
+    return Status(StatusCode::kUnavailable,
+                  "rdma_bind_addr(" + addr.host() + ") failed (" + errnoText(errno) + ") on " +
+                      d.name + " (" + d.gid_type + " gid " + std::to_string(d.gid_index) + ")");
   }
   if (raw->verbs != nullptr && raw->verbs != d.context) {
-    return Status(StatusCode::kUnavailable,
-                  "address " + ipv4String(d.ipv4) + " belongs to RDMA device " +
-                      ibv_get_device_name(raw->verbs->device) + ", not " + d.name);
+    return Status(StatusCode::kUnavailable, "address " + addr.host() + " belongs to RDMA device " +
+                                                ibv_get_device_name(raw->verbs->device) + ", not " +
+                                                d.name);
   }
   if (rdma_listen(raw, 128) != 0) {
     return Status(StatusCode::kUnavailable, "rdma_listen failed (" + errnoText(errno) + ")");
   }
-  t->listen_addr_ = *reinterpret_cast<sockaddr_in*>(rdma_get_local_addr(raw));
+  t->listen_addr_ = CmAddress::fromSockaddr(rdma_get_local_addr(raw));
+  if (t->listen_addr_.empty()) {
+    return Status(StatusCode::kInternal, "the rdma_cm listener on " + addr.host() +
+                                             " reports no local address of a known family");
+  }
 
   // One fd for the core to sleep on: the completion channel, the cm channel, the device's async
   // event fd (shared with other transports on this context: see verbs_async.h) and our wake fd.
@@ -169,10 +172,9 @@ Capabilities VerbsTransport::capabilities() const {
 std::string VerbsTransport::description() const {
   std::ostringstream s;
   s << "verbs " << device_.name << " port " << int{device_.port} << " gid " << device_.gid_index
-    << " (" << device_.gid_type;
+    << " (" << device_.gid_type << " " << device_.address.familyName();
   if (!device_.netdev.empty()) s << " on " << device_.netdev;
-  s << ") " << ipv4String(listen_addr_.sin_addr) << ":" << ntohs(listen_addr_.sin_port) << " mtu "
-    << (128 << device_.port_attr.active_mtu)
+  s << ") " << listen_addr_.toString() << " mtu " << (128 << device_.port_attr.active_mtu)
     << (memoryWindows() ? " mw=type2" : " mw=none");  // how peer lists are enforced
   return s.str();
 }

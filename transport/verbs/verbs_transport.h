@@ -51,7 +51,8 @@ class VerbsTransport final : public Transport {
   ibv_pd* pd() const { return pd_.get(); }
   ibv_cq* cq() const { return cq_.get(); }
   rdma_event_channel* eventChannel() const { return channel_.get(); }
-  in_addr localIp() const { return device_.ipv4; }
+  /// The chosen GID's IP address (port 0): the source address of active connections.
+  const CmAddress& localIp() const { return device_.address; }
   /// Reserves CQ entries for a QP (grows the CQ if needed); kResourceExhausted if it cannot.
   Status reserveCq(uint32_t entries);
   void releaseCq(uint32_t entries);
@@ -96,7 +97,7 @@ class VerbsTransport final : public Transport {
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;  ///< eventfd: the async event hub queued events for us
   bool async_subscribed_ = false;
-  sockaddr_in listen_addr_{};
+  CmAddress listen_addr_;
   uint32_t cq_capacity_ = 0;
   uint32_t cq_reserved_ = 0;
   unsigned unacked_cq_events_ = 0;

@@ -2,10 +2,13 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "zcx/status.h"
@@ -22,10 +25,49 @@ inline uint64_t getLe(const uint8_t* p, int bytes) {
   return v;
 }
 
-/// localAddress(): "ZVA" magic, version 1, IPv4 (4 bytes, network order), port (2 bytes, network
-/// order) = 10 bytes.
-std::vector<uint8_t> packAddress(const sockaddr_in& addr);
-Result<sockaddr_in> unpackAddress(std::span<const uint8_t> bytes);
+/// An IPv4 or IPv6 socket address as rdma_cm binds to or resolves (empty: AF_UNSPEC).
+class CmAddress {
+ public:
+  CmAddress() = default;
+  static CmAddress ipv4(const in_addr& addr, uint16_t port = 0);
+  /// scope_id: the interface of a link-local address (fe80::/10), 0 otherwise.
+  static CmAddress ipv6(const in6_addr& addr, uint16_t port = 0, uint32_t scope_id = 0);
+  /// An AF_INET or AF_INET6 sockaddr (anything else, or null: empty).
+  static CmAddress fromSockaddr(const sockaddr* sa);
+  /// A numeric IPv4 or IPv6 address ("10.0.0.1", "fd00::1", "[fd00::1]"); nullopt otherwise.
+  static std::optional<CmAddress> parse(std::string_view host);
+
+  int family() const { return storage_.ss_family; }  ///< AF_INET, AF_INET6 or AF_UNSPEC
+  bool empty() const { return family() != AF_INET && family() != AF_INET6; }
+  uint16_t port() const;  ///< host order
+  void setPort(uint16_t port);
+  uint32_t scopeId() const;  ///< IPv6 only (0 for IPv4)
+  void setScopeId(uint32_t scope_id);
+  bool isLinkLocal() const;  ///< IPv6 fe80::/10
+  /// Same family and address (port and scope ignored).
+  bool sameHost(const CmAddress& other) const;
+  /// The address bytes: 4 (IPv4) or 16 (IPv6), network order; empty span when empty().
+  std::span<const uint8_t> bytes() const;
+
+  sockaddr* get() { return reinterpret_cast<sockaddr*>(&storage_); }
+  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage_); }
+  std::string host() const;        ///< "10.0.0.1", "fd00::1", "fe80::1%dummy0"
+  std::string toString() const;    ///< "10.0.0.1:4791", "[fd00::1]:4791"
+  std::string familyName() const;  ///< "IPv4", "IPv6", "IPv6 link-local"
+
+ private:
+  sockaddr_storage storage_{};
+};
+
+/// localAddress() bytes. Version 1 (IPv4 only; what zcx before IPv6 support sends and accepts):
+///   "ZVA", 1, IPv4 (4 bytes, network order), port (2 bytes, network order) = 10 bytes.
+/// Version 2 (any family): "ZVA", 2, family (4 or 6), port (2 bytes, network order), address
+///   (4 or 16 bytes, network order) = 11 or 23 bytes.
+/// packAddress writes version 1 for IPv4 (so older peers keep working) and version 2 for IPv6;
+/// an empty address packs to no bytes (a peer refuses them). unpackAddress takes both versions,
+/// checks the exact length for the version and family, and refuses anything else.
+std::vector<uint8_t> packAddress(const CmAddress& addr);
+Result<CmAddress> unpackAddress(std::span<const uint8_t> bytes);
 
 /// rdma_connect / rdma_accept private data (RC connect allows 56 bytes; we use 24).
 struct ConnectData {

@@ -19,7 +19,8 @@ enum class ProgressMode {
 struct EngineOptions {
   /// "auto" (verbs if an RDMA port is ACTIVE, else ucx; the choice is logged), "ucx" or "verbs".
   std::string transport = "auto";
-  /// RDMA device ("rxe0", "mlx5_0"), port and GID index; empty/0/-1 = choose automatically.
+  /// RDMA device ("rxe0", "mlx5_0"), port and GID index; empty/0/-1 = choose automatically
+  /// (verbs: the best usable GID, or the one of listen_address's host; docs/soft-roce.md).
   std::string device;
   /// Several RDMA devices used together as rails: "rxe0,rxe1" (rail k of every node on one
   /// fabric, paired by position) or "all" (every usable device, sorted by name). Large one-sided

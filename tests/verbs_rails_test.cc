@@ -94,7 +94,7 @@ TEST(VerbsRailsWire, DeviceListsNameDistinctDevices) {
   EXPECT_TRUE(std::is_sorted(all->begin(), all->end()));
 }
 
-TEST(VerbsRailsWire, SliceSizeIsAVerbsParameter) {
+TEST(VerbsRailsWire, SliceSizeAndRetryCountAreVerbsParameters) {
   TransportConfig c;
   c.params["verbs.slice_size"] = "16384";
   auto o = verbs::parseOptions(c);
@@ -104,6 +104,12 @@ TEST(VerbsRailsWire, SliceSizeIsAVerbsParameter) {
     c.params["verbs.slice_size"] = bad;
     EXPECT_EQ(verbs::parseOptions(c).status().code(), StatusCode::kInvalidArgument) << bad;
   }
+  c.params.erase("verbs.slice_size");
+  EXPECT_EQ(verbs::parseOptions(c)->retry_count, 7u);  // rails other than 0 get 6 (factory.cc)
+  c.params["verbs.retry_count"] = "3";
+  EXPECT_EQ(verbs::parseOptions(c)->retry_count, 3u);
+  c.params["verbs.retry_count"] = "8";
+  EXPECT_EQ(verbs::parseOptions(c).status().code(), StatusCode::kInvalidArgument);
 }
 
 // ------------------------------------------------------------------ on two RDMA devices

@@ -22,6 +22,11 @@ Result<std::unique_ptr<Transport>> create(const TransportConfig& config) {
   for (const std::string& name : *names) {
     TransportConfig one = config;
     one.device = name;
+    // Rails other than 0 carry no keepalive: their QPs must give up on a dead link (soft-RoCE
+    // retries forever with 7) so that their slices move to the other rails.
+    if (!rails.empty() && one.params.count("verbs.retry_count") == 0) {
+      one.params["verbs.retry_count"] = "6";
+    }
     auto r = VerbsTransport::create(one);
     if (!r.ok() && config.device != "all") {
       return Status(r.status().code(), "rail " + name + ": " + r.status().message());

@@ -213,7 +213,7 @@ void VerbsEndpoint::accept(CmIdPtr id, const ConnectData& data, uint8_t initiato
       static_cast<uint8_t>(std::min({a.max_qp_rd_atom, int{initiator_depth}, 255}));
   param.initiator_depth =
       static_cast<uint8_t>(std::min({a.max_qp_init_rd_atom, int{responder_resources}, 255}));
-  param.retry_count = 7;
+  param.retry_count = transport_->options().retry_count;
   param.rnr_retry_count = 7;
   param.flow_control = 1;
   read_limit_ = std::max<uint32_t>(1, param.initiator_depth);
@@ -248,7 +248,7 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
       param.private_data_len = static_cast<uint8_t>(pdata.size());
       param.responder_resources = static_cast<uint8_t>(std::min(a.max_qp_rd_atom, 255));
       param.initiator_depth = static_cast<uint8_t>(std::min(a.max_qp_init_rd_atom, 255));
-      param.retry_count = 7;
+      param.retry_count = transport_->options().retry_count;
       param.rnr_retry_count = 7;
       param.flow_control = 1;
       if (rdma_connect(id_.get(), &param) != 0) {

@@ -37,10 +37,15 @@ Result<VerbsOptions> parseOptions(const TransportConfig& config) {
       auto v = parseParam(key, value, 4096, 1u << 30);
       if (!v.ok()) return v.status();
       options.slice_size = *v;
+    } else if (key == "verbs.retry_count") {
+      auto v = parseParam(key, value, 0, 7);
+      if (!v.ok()) return v.status();
+      options.retry_count = *v;
     } else {
-      return Status(StatusCode::kInvalidArgument,
-                    "unknown verbs transport parameter '" + key +
-                        "' (known: verbs.sq_depth, verbs.recv_depth, verbs.slice_size)");
+      return Status(
+          StatusCode::kInvalidArgument,
+          "unknown verbs transport parameter '" + key +
+              "' (known: verbs.sq_depth, verbs.recv_depth, verbs.slice_size, verbs.retry_count)");
     }
   }
   return options;

@@ -16,10 +16,15 @@ struct VerbsOptions {
   /// Multi-rail: one-sided operations longer than this are striped over the rails in slices
   /// of this size (verbs_rails.h); shorter ones stay on their connection's rail.
   uint32_t slice_size = 64 * 1024;
+  /// Transport retries of an unacknowledged packet before the QP fails with "retry exceeded".
+  /// 7 is the IB maximum, but soft-RoCE takes it as "retry forever" (a dead peer is then seen
+  /// only by the connection's keepalive); a multi-rail transport uses 6 on rails other than 0,
+  /// which have no keepalive of their own, so a dead rail fails and its slices move on.
+  uint32_t retry_count = 7;
 };
 
 /// Accepts verbs.sq_depth and verbs.recv_depth (decimal numbers in [2, 65536]) and
-/// verbs.slice_size (bytes, [4096, 1 GiB]); anything else is
+/// verbs.slice_size (bytes, [4096, 1 GiB]) and verbs.retry_count ([0, 7]); anything else is
 /// kInvalidArgument naming the key. The device, port and GID index are TransportConfig fields,
 /// not params (chooseDevice, verbs_device.h).
 Result<VerbsOptions> parseOptions(const TransportConfig& config);

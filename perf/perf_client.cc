@@ -111,6 +111,7 @@ class Client {
 
     Ctl done;
     done.type = kDone;
+    rails_start_ = eng_.stats().devices;  // the tests take it again once warmed up
     const CpuSample cpu_start = CpuSample::now();
     Status s = isLatency(cfg_.kind) ? latency(size, iters, timed, res, &done)
                : FLAGS_unsignaled   ? unsignaledBandwidth(size, iters, timed, res, &done)
@@ -118,6 +119,12 @@ class Client {
     if (!s.ok()) return s;
     ZCX_RETURN_IF_ERROR(ctl_.send(done));
     const CpuSample cpu_end = CpuSample::now();
+    res->rails.clear();
+    for (const DeviceStats& d : eng_.stats().devices) {
+      uint64_t before = 0;
+      for (const DeviceStats& b : rails_start_) before = b.device == d.device ? b.bytes : before;
+      res->rails.emplace_back(d.device, d.bytes - before);
+    }
     auto result = ctl_.expect(kResult);
     if (!result.ok()) return result.status();
     if (cfg_.kind == TestKind::kSendBw) {
@@ -284,6 +291,7 @@ class Client {
     auto far = Clock::now() + 24h;
     ZCX_RETURN_IF_ERROR(phase(warm, far, false, &total, &peak));
     total = 0;
+    rails_start_ = eng_.stats().devices;
     auto t0 = Clock::now();
     measure_start_ = t0;
     uint64_t goal = timed ? UINT64_MAX / 4 : iters;
@@ -353,6 +361,7 @@ class Client {
     const uint64_t warm = std::min<uint64_t>(iters / 10 + window, 100000);
     ZCX_RETURN_IF_ERROR(run(warm, Clock::time_point{}));
     const uint64_t before = std::accumulate(posted.begin(), posted.end(), uint64_t{0});
+    rails_start_ = eng_.stats().devices;
     auto t0 = Clock::now();
     measure_start_ = t0;
     ZCX_RETURN_IF_ERROR(run(timed ? UINT64_MAX / 4 : iters,
@@ -383,7 +392,10 @@ class Client {
     uint64_t measured = 0;
     uint64_t i = 0;
     for (;; ++i) {
-      if (i == warm) t0 = Clock::now();
+      if (i == warm) {
+        rails_start_ = eng_.stats().devices;
+        t0 = Clock::now();
+      }
       if (i >= warm) {
         if (timed ? Clock::now() >= stop_at : measured >= iters) break;
       }
@@ -480,6 +492,8 @@ class Client {
   bool progress_shown_ = false;
   Clock::time_point next_progress_{};
   Clock::time_point measure_start_{};  ///< start of the measured phase (bandwidth tests)
+  /// Each rail's bytes when the measured phase started (PerfResult::rails is the difference).
+  std::vector<DeviceStats> rails_start_;
 };
 
 std::string hostPort(const std::string& server) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace zcx::perf {
@@ -138,6 +139,9 @@ struct PerfResult {
   double cpu_server_s = 0, cpu_server_wall_s = 0;
   /// Bytes the size moved (for CPU-seconds per GB).
   double bytes_moved = 0;
+  /// Bytes each device (rail) of this side carried in the measured phase (warm-up operations
+  /// still in flight when it starts count too). EngineStats::devices.
+  std::vector<std::pair<std::string, uint64_t>> rails;
 };
 
 /// This process's CPU time (user + system, every thread) and the wall clock, for --cpu_util.

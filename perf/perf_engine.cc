@@ -31,7 +31,12 @@ ExposeOptions exposeOptions() {
 Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMode mode) {
   EngineOptions o;
   o.transport = FLAGS_transport;
-  o.device = FLAGS_device;
+  // Several devices ("rxe0,rxe1", "all") are rails: EngineOptions::devices.
+  if (FLAGS_device == "all" || FLAGS_device.find(',') != std::string::npos) {
+    o.devices = FLAGS_device;
+  } else {
+    o.device = FLAGS_device;
+  }
   o.gid_index = FLAGS_gid_index;
   if (!FLAGS_ucx_tls.empty()) o.transport_params["ucx.tls"] = FLAGS_ucx_tls;
   if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;

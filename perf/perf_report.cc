@@ -62,6 +62,12 @@ std::string toJson(const PerfResult& r) {
         << ",\"server\":" << num(r.cpu_server_s / gb) << "}";
     }
   }
+  o << ",\"rails\":[";
+  for (size_t i = 0; i < r.rails.size(); ++i) {
+    o << (i == 0 ? "" : ",") << "{\"device\":" << jsonString(r.rails[i].first)
+      << ",\"bytes\":" << r.rails[i].second << "}";
+  }
+  o << "]";
   o << ",\"transport_description\":" << jsonString(r.transport_description) << "}";
   return o.str();
 }

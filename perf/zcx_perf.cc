@@ -49,7 +49,9 @@ DEFINE_int32(slots, 0,
 DEFINE_int32(batch, 1,
              "write_bw/read_bw: messages per request (writeBatch/readBatch; one completion each)");
 DEFINE_string(transport, "auto", "auto|ucx|verbs");
-DEFINE_string(device, "", "RDMA device (verbs), e.g. rxe0");
+DEFINE_string(device, "",
+              "RDMA device (verbs), e.g. rxe0; several are rails: rxe0,rxe1 or all (large "
+              "operations striped over them, JSON \"rails\" shows each one's bytes)");
 DEFINE_int32(gid_index, -1, "GID index (verbs; -1: automatic)");
 DEFINE_int32(port, 18515, "TCP port of the zcx control listener");
 DEFINE_string(listen, "127.0.0.1",

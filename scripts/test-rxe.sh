@@ -7,6 +7,7 @@
 #   3. one guest run: the rxe0 summary, then
 #        build/tests/transfer_test --gtest_filter='*verbs*'   (core suite on the verbs transport)
 #        build/tests/verbs_transport_test                    (the transport's own tests)
+#        build/tests/verbs_rails_test                        (multi-rail: rxe0 + rxe1 on dummy1)
 #        build/tests/security_test --gtest_filter='*verbs*'  (forged/revoked accesses refused)
 #      each if built; then ib_write_bw (perftest) over rxe0 as a reference.
 # Fails (non-zero) if the build fails, if neither test binary exists, if a binary fails, runs
@@ -102,9 +103,28 @@ ibv_devinfo -d "$RXE_DEV" | grep -E 'hca_id|state|active_mtu|link_layer'
 gid=$(ipv4_gid_index) || { fail "no RoCE v2 IPv4 GID on $RXE_DEV"; gid=1; }
 echo "RoCE v2 IPv4 GID index: $gid"
 
+# A second rail for the multi-rail tests: rxe1 on its own dummy netdev and subnet (rail k of
+# every node on one fabric; here both "nodes" are this guest). RXE_DEVS tells the tests.
+add_second_rail() {
+  local i=0
+  ip link add dummy1 mtu "$(cat /sys/class/net/dummy0/mtu)" type dummy && ip link set dummy1 up &&
+    ip addr add 10.11.1.1/24 dev dummy1 && rdma link add rxe1 type rxe netdev dummy1 || return 1
+  until grep -q ACTIVE /sys/class/infiniband/rxe1/ports/1/state 2>/dev/null; do
+    i=$((i + 1)); [ $i -le 100 ] || return 1
+    sleep 0.1
+  done
+}
+if add_second_rail; then
+  export RXE_DEVS=rxe0,rxe1
+else
+  fail "cannot create rxe1 on dummy1 (second rail for the multi-rail tests)"
+fi
+
 built=0
 run_gtest transfer_test "$build/tests/transfer_test" --gtest_filter='*verbs*'; [ $? = 2 ] || built=$((built + 1))
 run_gtest verbs_transport_test "$build/tests/verbs_transport_test"; [ $? = 2 ] || built=$((built + 1))
+# Multi-rail: striping over rxe0+rxe1, rail failover, the contract suite on two rails.
+run_gtest verbs_rails_test "$build/tests/verbs_rails_test"; [ $? = 2 ] || built=$((built + 1))
 # The trust boundary on verbs: forged descriptors and revoked regions, refused by the NIC.
 run_gtest security_test "$build/tests/security_test" --gtest_filter='*verbs*'; [ $? = 2 ] || built=$((built + 1))
 [ "$built" -gt 0 ] || fail "neither build/tests/transfer_test nor build/tests/verbs_transport_test is built"

@@ -35,16 +35,28 @@ struct TransportParam {
   std::string name;       ///< in every test name: tcp, shm, verbs
   std::string transport;  ///< ucx, verbs
   std::map<std::string, std::string> params;
-  std::string host;  ///< the address peers listen on
+  std::string host;     ///< the address peers listen on
+  std::string devices;  ///< EngineOptions::devices (verbs_rails: RXE_DEVS, e.g. "rxe0,rxe1")
 };
 
 /// The parameters of transport `name` ("tcp", "shm", "verbs"), without probing anything.
 TransportParam paramNamed(const std::string& name) {
   if (name == "tcp")
-    return {"tcp", "ucx", {{"ucx.tls", "tcp,self"}, {"ucx.net_devices", "lo"}}, "127.0.0.1"};
-  if (name == "shm") return {"shm", "ucx", {{"ucx.tls", "posix,cma,self"}}, "127.0.0.1"};
+    return {"tcp", "ucx", {{"ucx.tls", "tcp,self"}, {"ucx.net_devices", "lo"}}, "127.0.0.1", ""};
+  if (name == "shm") return {"shm", "ucx", {{"ucx.tls", "posix,cma,self"}}, "127.0.0.1", ""};
   const char* ip = std::getenv("RXE_IP");  // rdma_cm needs the RDMA netdev's address
-  return {"verbs", "verbs", {}, ip ? ip : "127.0.0.1"};
+  if (name == "verbs_rails") {
+    // Every rail of RXE_DEVS; rail 0 (RXE_IP's) carries the messages.
+    const char* devs = std::getenv("RXE_DEVS");
+    return {"verbs_rails", "verbs", {}, ip ? ip : "127.0.0.1", devs ? devs : ""};
+  }
+  return {"verbs", "verbs", {}, ip ? ip : "127.0.0.1", ""};
+}
+
+/// Two or more rails to test striping on (scripts/test-rxe.sh makes rxe1 and sets RXE_DEVS).
+bool railsHere() {
+  const char* devs = std::getenv("RXE_DEVS");
+  return devs != nullptr && std::string(devs).find(',') != std::string::npos;
 }
 
 ZCX_TEST_PEER(probeVerbs) { return Engine::probeTransport("verbs").ok() ? 0 : 1; }
@@ -54,7 +66,10 @@ std::vector<TransportParam> transportsHere() {
   // Probe verbs in another process: this one must not open RDMA devices before the tests start
   // their peers (see PeerProcess).
   PeerProcess probe("probeVerbs", {});
-  if (probe.join(30s) == 0) t.push_back(paramNamed("verbs"));
+  if (probe.join(30s) == 0) {
+    t.push_back(paramNamed("verbs"));
+    if (railsHere()) t.push_back(paramNamed("verbs_rails"));
+  }
   return t;
 }
 
@@ -62,6 +77,7 @@ EngineOptions optionsFor(const TransportParam& p, bool listen) {
   EngineOptions o;
   o.transport = p.transport;
   o.transport_params = p.params;
+  o.devices = p.devices;
   o.listen_address = listen ? p.host + ":0" : "";
   o.connect_timeout = 10s;
   o.operation_timeout = 20s;

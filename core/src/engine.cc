@@ -67,7 +67,7 @@ void drain(const Fd& fd) {
 
 transport::TransportConfig transportConfig(const EngineOptions& o) {
   transport::TransportConfig c;
-  c.device = o.device;
+  c.device = o.devices.empty() ? o.device : o.devices;
   c.port = o.device_port;
   c.gid_index = o.gid_index;
   c.params = o.transport_params;
@@ -76,6 +76,10 @@ transport::TransportConfig transportConfig(const EngineOptions& o) {
 }
 
 Status validate(const EngineOptions& o) {
+  if (!o.device.empty() && !o.devices.empty()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "EngineOptions: set device (one) or devices (rails), not both");
+  }
   if (o.connect_timeout.count() <= 0 || o.operation_timeout.count() <= 0) {
     return Status(StatusCode::kInvalidArgument,
                   "connect_timeout and operation_timeout must be positive");
@@ -1152,7 +1156,22 @@ std::string_view Engine::transportName() const { return impl_->transport->name()
 std::string Engine::transportDescription() const { return impl_->transport->description(); }
 std::string Engine::listenAddress() const { return impl_->listen_address; }
 
-EngineStats Engine::stats() const { return impl_->metrics.snapshot(); }
+EngineStats Engine::stats() const {
+  EngineStats s = impl_->metrics.snapshot();
+  for (auto& d : impl_->transport->deviceBytes()) s.devices.push_back({d.device, d.bytes});
+  if (s.devices.empty()) {
+    // One device carried everything this engine moved.
+    DeviceStats d;
+    d.device = !impl_->options.device.empty() ? impl_->options.device
+                                              : std::string(impl_->transport->name());
+    for (const RailStats& r : s.rails) {
+      for (OpKind k : {OpKind::kWrite, OpKind::kRead, OpKind::kSend})
+        d.bytes += r.traffic.op(k).bytes;
+    }
+    s.devices.push_back(std::move(d));
+  }
+  return s;
+}
 std::string Engine::metricsText() const { return impl_->metricsText(); }
 std::string Engine::metricsAddress() const { return impl_->metrics_address; }
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "verbs/verbs_device.h"
+#include "verbs/verbs_rails_wire.h"
 #include "verbs/verbs_transport.h"
 
 namespace zcx::transport::verbs {
@@ -65,7 +66,7 @@ Status VerbsEndpoint::checkUsable() const {
 }
 
 Result<std::unique_ptr<RemoteKey>> VerbsEndpoint::importKey(std::span<const uint8_t> packed_key) {
-  auto r = unpackKey(packed_key);
+  auto r = unpackKey(firstRail(packed_key));  // a multi-rail peer's key: rail 0's part
   if (!r.ok()) return r.status();
   return std::unique_ptr<RemoteKey>(std::move(*r));
 }

@@ -33,10 +33,14 @@ Result<VerbsOptions> parseOptions(const TransportConfig& config) {
       auto v = parseParam(key, value, 2, 1 << 16);
       if (!v.ok()) return v.status();
       options.recv_depth = *v;
+    } else if (key == "verbs.slice_size") {
+      auto v = parseParam(key, value, 4096, 1u << 30);
+      if (!v.ok()) return v.status();
+      options.slice_size = *v;
     } else {
       return Status(StatusCode::kInvalidArgument,
                     "unknown verbs transport parameter '" + key +
-                        "' (known: verbs.sq_depth, verbs.recv_depth)");
+                        "' (known: verbs.sq_depth, verbs.recv_depth, verbs.slice_size)");
     }
   }
   return options;

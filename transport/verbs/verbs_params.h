@@ -13,9 +13,13 @@ namespace zcx::transport::verbs {
 struct VerbsOptions {
   uint32_t sq_depth = 128;
   uint32_t recv_depth = 0;  ///< 0 = derived from max_message_size
+  /// Multi-rail: one-sided operations longer than this are striped over the rails in slices
+  /// of this size (verbs_rails.h); shorter ones stay on their connection's rail.
+  uint32_t slice_size = 64 * 1024;
 };
 
-/// Accepts verbs.sq_depth and verbs.recv_depth (decimal numbers in [2, 65536]); anything else is
+/// Accepts verbs.sq_depth and verbs.recv_depth (decimal numbers in [2, 65536]) and
+/// verbs.slice_size (bytes, [4096, 1 GiB]); anything else is
 /// kInvalidArgument naming the key. The device, port and GID index are TransportConfig fields,
 /// not params (chooseDevice, verbs_device.h).
 Result<VerbsOptions> parseOptions(const TransportConfig& config);

@@ -15,6 +15,7 @@
 #include "verbs/verbs_async.h"
 #include "verbs/verbs_endpoint.h"
 #include "verbs/verbs_memory.h"
+#include "verbs/verbs_rails_wire.h"
 
 namespace zcx::transport::verbs {
 namespace {
@@ -208,7 +209,8 @@ Result<std::unique_ptr<Endpoint>> VerbsTransport::createEndpoint(const EndpointS
   if (serial == 0) next_serial_ = 1;  // 0 means "no endpoint" in cm id contexts
   auto ep = std::make_unique<VerbsEndpoint>(this, serial, setup, max_msg);
   if (setup.role == Role::kActive) {
-    auto peer = unpackAddress(setup.peer_address);
+    // A multi-rail peer's address holds one per rail: a single rail pairs with its first.
+    auto peer = unpackAddress(firstRail(setup.peer_address));
     if (!peer.ok()) return peer.status();
     endpoints_[serial] = ep.get();
     if (Status s = ep->startActive(*peer); !s.ok()) {

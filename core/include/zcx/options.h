@@ -21,6 +21,11 @@ struct EngineOptions {
   std::string transport = "auto";
   /// RDMA device ("rxe0", "mlx5_0"), port and GID index; empty/0/-1 = choose automatically.
   std::string device;
+  /// Several RDMA devices used together as rails: "rxe0,rxe1" (rail k of every node on one
+  /// fabric, paired by position) or "all" (every usable device, sorted by name). Large one-sided
+  /// operations are striped over the rails, a failed rail's share moves to the others
+  /// (docs/multi-rail.md). Empty: `device` alone. Set `device` or `devices`, not both.
+  std::string devices;
   int device_port = 0;
   int gid_index = -1;
   /// Transport-specific parameters, e.g. {"ucx.tls", "tcp"}, {"ucx.net_devices", "lo"}.

@@ -75,8 +75,16 @@ struct RailStats {
   TrafficStats traffic;
 };
 
+/// Bytes one RDMA device (or the transport, if it has no devices to tell apart) carried for
+/// this engine: writes, reads and sends it posted. With several rails, each one's share.
+struct DeviceStats {
+  std::string device;  ///< "rxe0"; the transport's name when it does not count per device
+  uint64_t bytes = 0;
+};
+
 struct EngineStats {
   std::vector<RailStats> rails;
+  std::vector<DeviceStats> devices;
   std::vector<ConnectionStats> connections;  ///< by id
 };
 

@@ -227,9 +227,16 @@ struct Capabilities {
   bool enforces_grants = true;
 };
 
+/// Bytes one device carried for a transport (one rail of a multi-rail transport).
+struct DeviceBytes {
+  std::string device;
+  uint64_t bytes = 0;
+};
+
 /// Options the core passes through. Keys a transport does not know are an error.
 struct TransportConfig {
-  std::string device;     ///< "" = choose automatically
+  /// "" = choose automatically; "rxe0"; a list "rxe0,rxe1" or "all" (transports with rails)
+  std::string device;
   int port = 0;           ///< device port, 0 = choose
   int gid_index = -1;     ///< -1 = choose
   std::string bind_host;  ///< the host the core listens on (a hint for the transport)
@@ -267,6 +274,11 @@ class Transport {
   /// Prepares eventFd() for sleeping. Returns false if there is work right now (progress again
   /// before sleeping).
   virtual bool arm() = 0;
+
+  /// Bytes each device carried: writes, reads and sends this side posted, counted as they
+  /// complete. Empty if the transport does not count per device (the core then reports its one
+  /// rail's totals). Thread-safe, called without the core's lock.
+  virtual std::vector<DeviceBytes> deviceBytes() const { return {}; }
 };
 
 /// Creates a transport, or explains why it cannot exist on this machine (kUnavailable with the

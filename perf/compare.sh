@@ -7,6 +7,10 @@
 # times, server pinned to CPU 0 and client to CPU 1, and the table shows the medians and the
 # ratio zcx/raw. Units: both tools' bandwidth in MB/s = 10^6 B/s (ucx_perftest and perftest print
 # MiB/s under the label "MB/s"; converted here), latency in microseconds, rate in Mmsg/s.
+# CPU: user + system seconds of the server and the client process together (rusage at exit) per
+# GB (10^9 B) of messages the client posted (size x iterations, each tool's warm-up included).
+# Measured the same way for both tools, so each one's start-up counts too: in runs of a few
+# milliseconds (shm) it dominates.
 #
 # Usage: perf/compare.sh [-b BUILD_DIR] [-r REPS] [-p "tcp shm verbs"] [-o OUT_DIR]
 #   -b  build folder (default: build/ in the repository; configured and built if zcx_perf is missing)
@@ -14,7 +18,7 @@
 #   -p  parts to run (default "tcp shm verbs"; verbs needs scripts/rxe-vm.sh and QEMU)
 #   -o  output folder for raw logs, results.jsonl and table.md (default perf/out)
 # Targets (per transport): bandwidth >= 0.97x at 64 KiB-4 MiB, 8-byte latency <= 1.10x,
-# message rate >= 0.9x.
+# message rate >= 0.9x, CPU per GB <= 1.10x.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,21 +68,97 @@ listening() {  # PORT: is a TCP socket listening on it (IPv4 or IPv6)?
 
 next_port() { PORT=$((PORT + 1)); while listening "$PORT"; do PORT=$((PORT + 1)); done; }
 
+# CPUTIME OUT CMD...: runs CMD; writes its user and system seconds (microsecond resolution, which
+# time(1) does not have) to OUT; passes on SIGTERM and SIGINT; exits with CMD's status.
+CPUTIME=(python3 -c '
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda s, _: os.kill(pid, s))
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write("%.6f %.6f\n" % (ru.ru_utime, ru.ru_stime))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+')
+
 # run_pair LOG SERVER_CMD... -- CLIENT_CMD...: server pinned on CPU_SERVER, client on CPU_CLIENT.
+# Each process's user and system seconds go to LOG.server.time and LOG.time.
 run_pair() {
   local logf=$1; shift
   local srv=() cli=()
   while [[ $1 != -- ]]; do srv+=("$1"); shift; done
   shift
   cli=("$@")
-  taskset -c "$CPU_SERVER" "${srv[@]}" >"$logf.server" 2>&1 &
+  rm -f "$logf.server.time" "$logf.time"
+  taskset -c "$CPU_SERVER" "${CPUTIME[@]}" "$logf.server.time" "${srv[@]}" >"$logf.server" 2>&1 &
   local spid=$! i
   for i in $(seq 100); do listening "$PORT" && break; sleep 0.05; done
   local rc=0
-  timeout 120 taskset -c "$CPU_CLIENT" "${cli[@]}" >"$logf" 2>&1 || rc=$?
+  timeout 120 taskset -c "$CPU_CLIENT" "${CPUTIME[@]}" "$logf.time" "${cli[@]}" >"$logf" 2>&1 || rc=$?
   if ! timeout 20 tail --pid="$spid" -f /dev/null 2>/dev/null; then kill "$spid" 2>/dev/null || true; fi
   wait "$spid" 2>/dev/null || true
   return $rc
+}
+
+# cpu_seconds LOG: user + system seconds of the pair run_pair LOG ran (empty if not measured).
+cpu_seconds() {
+  local f t=0 line
+  for f in "$1.server.time" "$1.time"; do
+    line=$(tail -n 1 "$f" 2>/dev/null) || return 0
+    [[ $line =~ ^[0-9.]+\ [0-9.]+$ ]] || return 0
+    t=$(awk -v t="$t" -v l="$line" 'BEGIN { split(l, a, " "); printf "%.6g", t + a[1] + a[2] }')
+  done
+  echo "$t"
+}
+
+# arg OPTION DEFAULT WORDS...: the value after OPTION among WORDS.
+arg() {
+  local opt=$1 def=$2; shift 2
+  while [[ $# -gt 0 ]]; do
+    [[ $1 == "$opt" && $# -gt 1 ]] && { echo "$2"; return; }
+    shift
+  done
+  echo "$def"
+}
+
+# zcx_bytes ZCX_ARGS: payload bytes one zcx_perf client run moves, warm-up included (the warm-up
+# rules of perf/perf_client.cc: Client::bandwidth, ::unsignaledBandwidth and ::latency).
+zcx_bytes() {
+  # shellcheck disable=SC2086
+  set -- $1
+  local test size iters depth batch unsig=0
+  test=$(arg --test write_bw "$@"); size=$(arg --size 65536 "$@"); iters=$(arg --iters 0 "$@")
+  depth=$(arg --depth 16 "$@"); batch=$(arg --batch 1 "$@")
+  [[ " $* " == *" --unsignaled "* ]] && unsig=1
+  awk -v t="$test" -v s="$size" -v n="$iters" -v d="$depth" -v b="$batch" -v u="$unsig" 'BEGIN {
+    if (t ~ /_lat$/) { w = int(n / 10); if (w > 1000) w = 1000; m = n + w }
+    else if (u) { w = int(n / 10) + d * 64; if (w > 100000) w = 100000; m = n + w }
+    else { r = int((n + b - 1) / b); w = int(r / 10) + d; if (w > 1000) w = 1000; m = (r + w) * b }
+    printf "%.0f\n", m * s }'
+}
+
+# raw_bytes CLIENT_CMD: payload bytes one raw-tool run moves (ucx_perftest: -n plus its warm-up,
+# min(-w (10000), ceil(n / 10)) iterations (ucx_perf_set_warmup); perftest: -n).
+raw_bytes() {
+  # shellcheck disable=SC2086
+  set -- $1
+  local tool=$1 n s w=0
+  n=$(arg -n 0 "$@"); s=$(arg -s 0 "$@")
+  [[ $tool == ucx_perftest ]] && w=$(arg -w 10000 "$@")
+  awk -v n="$n" -v s="$s" -v w="$w" 'BEGIN {
+    c = int((n + 9) / 10); if (w > c) w = c
+    printf "%.0f\n", (n + w) * s }'
+}
+
+# per_gb CPU_SECONDS BYTES: CPU-seconds per 10^9 bytes (empty if either is missing).
+per_gb() {
+  [[ -n $1 && -n $2 && $2 != 0 ]] || return 0
+  awk -v c="$1" -v b="$2" 'BEGIN { printf "%.6g\n", c / (b / 1e9) }'
 }
 
 # zcx_perf JSON line -> metric (bw: MB/s, lat: avg us, rate: Mmsg/s)
@@ -117,15 +197,18 @@ parse_perftest() {
 
 median() { { grep -v '^$' || true; } | sort -g | awk '{a[NR] = $1} END { if (NR == 0) { print "nan"; exit } if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-ROWS=$OUT/rows.tsv  # part case metric zcx raw ratio target verdict
+# part case metric zcx raw ratio target verdict cpu_zcx cpu_raw cpu_ratio cpu_verdict samples
+ROWS=$OUT/rows.tsv
 
 # measure PART CASE KIND "ZCX CLIENT ARGS" "RAW SERVER CMD" "RAW CLIENT CMD" RAWPARSER
 # The strings are split on spaces; @PORT@ is replaced by the port of each run.
 measure() {
   local part=$1 name=$2 kind=$3 zargs=$4 rsrv=$5 rcli=$6 rparse=$7
-  local zs=() rs=() r v logf ztest zsize
+  local zs=() rs=() zc=() rc=() r v c logf ztest zsize zbytes rbytes
   ztest=$(sed -E 's/.*--test ([a-z_]+).*/\1/' <<<"$zargs")
   zsize=$(sed -E 's/.*--size ([0-9]+).*/\1/' <<<"$zargs")
+  zbytes=$(zcx_bytes "$zargs")
+  rbytes=$(raw_bytes "$rcli")
   for r in $(seq "$REPS"); do
     next_port
     logf=$OUT/$part.$name.zcx.$r.log
@@ -133,7 +216,9 @@ measure() {
     if run_pair "$logf" $ZCX --listen "$SERVER_IP" --port "$PORT" $ZCX_SERVER_ARGS -- \
                  $ZCX $zargs --port "$PORT" --json "$SERVER_IP"; then
       v=$(parse_zcx "$kind" "$logf") && zs+=("$v")
-      grep '^{' "$logf" | sed "s/^{/{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"zcx\",/" >>"$OUT/results.jsonl" || true
+      c=$(per_gb "$(cpu_seconds "$logf")" "$zbytes")
+      [[ -n $c ]] && zc+=("$c")
+      grep '^{' "$logf" | sed "s/^{/{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"zcx\",${c:+\"process_cpu_s_per_GB\":$c,}/" >>"$OUT/results.jsonl" || true
     else
       log "zcx failed: $part $name (see $logf)"
     fi
@@ -143,7 +228,9 @@ measure() {
     if run_pair "$logf" ${rsrv//@PORT@/$PORT} -- ${rcli//@PORT@/$PORT}; then
       if v=$($rparse "$kind" "$logf"); then
         rs+=("$v")
-        echo "{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"raw\",\"test\":\"$ztest\",\"size\":$zsize,\"metric\":\"$kind\",\"value\":$v}" >>"$OUT/results.jsonl"
+        c=$(per_gb "$(cpu_seconds "$logf")" "$rbytes")
+        [[ -n $c ]] && rc+=("$c")
+        echo "{\"part\":\"$part\",\"case\":\"$name\",\"tool\":\"raw\",\"test\":\"$ztest\",\"size\":$zsize,\"metric\":\"$kind\",\"value\":$v${c:+,\"process_cpu_s_per_GB\":$c}}" >>"$OUT/results.jsonl"
       else
         log "could not parse the raw tool's output: $logf"
       fi
@@ -161,9 +248,15 @@ measure() {
     if (k == "lat") { t = "<=1.10"; ok = q <= 1.10 } else if (k == "rate") { t = ">=0.90"; ok = q >= 0.90 }
     else { t = ">=0.97"; ok = q >= 0.97 }
     printf "%.3f %s %s\n", q, t, ok ? "meets" : "MISSES" }')"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$name" "$kind" "$zm" "$rm" "$ratio" "$target" "$verdict" \
-    "${zs[*]} | ${rs[*]}" >>"$ROWS"
-  log "$part $name: zcx $zm raw $rm ratio $ratio ($verdict)"
+  local czm crm cratio cverdict
+  czm=$(printf '%s\n' "${zc[@]}" | median)
+  crm=$(printf '%s\n' "${rc[@]}" | median)
+  read -r cratio cverdict <<<"$(awk -v z="$czm" -v r="$crm" 'BEGIN {
+    if (z == "nan" || r == "nan" || r == 0) { print "n/a n/a"; exit }
+    printf "%.3f %s\n", z / r, z / r <= 1.10 ? "meets" : "MISSES" }')"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$name" "$kind" "$zm" "$rm" "$ratio" \
+    "$target" "$verdict" "$czm" "$crm" "$cratio" "$cverdict" "${zs[*]} | ${rs[*]}" >>"$ROWS"
+  log "$part $name: zcx $zm raw $rm ratio $ratio ($verdict); CPU s/GB zcx $czm raw $crm ratio $cratio ($cverdict)"
 }
 
 # ------------------------------------------------------------------ parts
@@ -222,9 +315,9 @@ verbs_part() {  # inside the guest
 
 print_table() {
   {
-    echo "| part | case | metric | zcx | raw | zcx/raw | target | verdict |"
-    echo "|---|---|---|---|---|---|---|---|"
-    awk -F'\t' '{ printf "| %s | %s | %s | %.4g | %.4g | %s | %s | %s |\n", $1, $2, ($3 == "bw" ? "MB/s" : ($3 == "lat" ? "us (avg)" : "Mmsg/s")), $4, $5, $6, $7, $8 }' "$ROWS"
+    echo "| part | case | metric | zcx | raw | zcx/raw | target | verdict | CPU s/GB zcx | CPU s/GB raw | CPU zcx/raw (<=1.10) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %.4g | %.4g | %s | %s | %s | %.4g | %.4g | %s %s |\n", $1, $2, ($3 == "bw" ? "MB/s" : ($3 == "lat" ? "us (avg)" : "Mmsg/s")), $4, $5, $6, $7, $8, $9, $10, $11, $12 }' "$ROWS"
   } | tee "$OUT/table.md"
 }
 

@@ -20,6 +20,9 @@
 #include "perf_report.h"
 
 namespace zcx::perf {
+
+using namespace std::chrono_literals;
+
 namespace {
 
 /// The figures of `messages` of `size` bytes moved in `secs`; the peak is at least the average.

@@ -1,11 +1,15 @@
 // zcx_perf's engine and memory, made from the command line.
 #include "perf_engine.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "perf_flags.h"
 
 namespace zcx::perf {
+
+using namespace std::chrono_literals;
+
 namespace {
 
 constexpr size_t kMaxMessage = (8u << 20) + 4096;  // send tests take messages up to 8 MiB

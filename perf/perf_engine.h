@@ -2,7 +2,6 @@
 // addresses it listens on and who may see what it exposes.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -11,8 +10,6 @@
 #include "zcx/zcx.h"
 
 namespace zcx::perf {
-
-using namespace std::chrono_literals;
 
 inline Status err(StatusCode c, std::string m) { return Status(c, std::move(m)); }
 

@@ -15,6 +15,9 @@
 #include "perf_report.h"
 
 namespace zcx::perf {
+
+using namespace std::chrono_literals;
+
 namespace {
 
 /// write_bw from this rank to `conn` (background progress: every rank's progress thread serves

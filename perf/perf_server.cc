@@ -16,6 +16,9 @@
 #include "perf_report.h"
 
 namespace zcx::perf {
+
+using namespace std::chrono_literals;
+
 namespace {
 
 class Server {

@@ -19,23 +19,13 @@ namespace zcx::transport::verbs {
 namespace {
 
 // wr_id: [63..32] endpoint serial | [31] recv | recv: [30..0] ring index
-//                                             | send: [30] last WR of its op, [28..20] slot
-//                                               generation, [19..0] slot
+//                                             | send: VerbsSendQueue's layout
 constexpr uint64_t kRecvBit = uint64_t{1} << 31;
-constexpr uint64_t kLastBit = uint64_t{1} << 30;
-constexpr uint32_t kSlotBits = 20;
-constexpr uint32_t kMaxSlots = uint32_t{1} << kSlotBits;
-constexpr uint16_t kGenMask = 0x1ff;
 constexpr int kResolveTimeoutMs = 5000;
-/// Low bits of the drain marker's wr_id: bit 29 is set, which sendWrId() never sets (gen is 9
-/// bits, [28..20]), so it matches no op and no receive.
-constexpr uint64_t kDrainMarker = (kLastBit - 1);
+/// Low bits of the drain marker's wr_id: it matches no op and no receive.
+constexpr uint64_t kDrainMarker = VerbsSendQueue::kNoOpLowBits;
+static_assert((kDrainMarker & kRecvBit) == 0);
 constexpr auto kDrainLimit = std::chrono::milliseconds(100);
-
-uint64_t sendWrId(uint32_t serial, uint32_t slot, uint16_t gen, bool last) {
-  return (uint64_t{serial} << 32) | (last ? kLastBit : 0) |
-         (static_cast<uint64_t>(gen & kGenMask) << kSlotBits) | slot;
-}
 
 const char* cmEventName(rdma_cm_event_type t) { return rdma_event_str(t); }
 
@@ -48,7 +38,15 @@ VerbsEndpoint::VerbsEndpoint(VerbsTransport* transport, uint32_t serial, const E
       role_(setup.role),
       token_(setup.token),
       max_message_size_(max_message_size),
-      events_(setup.events) {}
+      events_(setup.events),
+      sq_(serial, [this](ibv_send_wr* first) {
+        ibv_send_wr* bad = nullptr;
+        if (int rc = ibv_post_send(qp_, first, &bad); rc != 0) {
+          return Status(StatusCode::kConnectionBroken,
+                        "ibv_post_send failed (" + errnoText(rc) + ")");
+        }
+        return Status();
+      }) {}
 
 VerbsEndpoint::~VerbsEndpoint() {
   close(Status(StatusCode::kCancelled, "the endpoint was destroyed"));
@@ -164,7 +162,6 @@ Status VerbsEndpoint::createQp(rdma_cm_id* id) {
   qp_registered_ = true;
   sq_depth_ = std::min(sq_depth_, attr.cap.max_send_wr);
   max_inline_ = attr.cap.max_inline_data;
-  signal_interval_ = std::max<uint32_t>(1, sq_depth_ / 4);
   max_wr_bytes_ = dev.port_attr.max_msg_sz != 0 ? dev.port_attr.max_msg_sz : (uint64_t{1} << 30);
   read_limit_ = std::max<uint32_t>(1, std::min<uint32_t>(dev.device_attr.max_qp_init_rd_atom, 255));
   for (uint32_t i = 0; i < recv_depth_; ++i) ZCX_RETURN_IF_ERROR(postRecv(i));
@@ -289,6 +286,7 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
       if (int rc = ibv_modify_qp(qp_, &rnr, IBV_QP_MIN_RNR_TIMER); rc != 0) {
         VLOG(1) << "verbs: cannot shorten min_rnr_timer (" << errnoText(rc) << "); keeping default";
       }
+      sq_.configure(sq_depth_, max_inline_, read_limit_);
       state_ = EndpointState::kReady;
       qp_used_ = true;
       return;
@@ -323,34 +321,6 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
 
 // ------------------------------------------------------------------ posting
 
-Result<uint32_t> VerbsEndpoint::allocSlot(Completion* done, const char* kind) {
-  uint32_t slot;
-  if (!free_slots_.empty()) {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
-  } else {
-    if (slots_.size() >= kMaxSlots) {
-      return Status(StatusCode::kResourceExhausted,
-                    "too many outstanding operations on one verbs endpoint");
-    }
-    slot = static_cast<uint32_t>(slots_.size());
-    slots_.emplace_back();
-  }
-  OpSlot& s = slots_[slot];
-  s.done = done;
-  s.active = true;
-  s.kind = kind;
-  return slot;
-}
-
-void VerbsEndpoint::releaseSlot(uint32_t slot) {
-  OpSlot& s = slots_[slot];
-  s.active = false;
-  s.done = nullptr;
-  s.gen = static_cast<uint16_t>((s.gen + 1) & kGenMask);
-  free_slots_.push_back(slot);
-}
-
 Status VerbsEndpoint::queueRma(std::span<const RmaOp> ops, bool is_read,
                                std::optional<uint32_t> notify, Completion* done) {
   ZCX_RETURN_IF_ERROR(checkUsable());
@@ -365,56 +335,43 @@ Status VerbsEndpoint::queueRma(std::span<const RmaOp> ops, bool is_read,
     }
     ++nonzero;
   }
-  auto slot_r = allocSlot(done, kind);
-  if (!slot_r.ok()) return slot_r.status();
-  const uint32_t slot = *slot_r;
-  const uint16_t gen = slots_[slot].gen;
-
-  const size_t first_new = pending_.size();
+  op_wrs_.clear();
   for (const RmaOp& op : ops) {
     if (op.length == 0) continue;
     auto* mem = static_cast<VerbsMemory*>(op.local);
     auto* key = static_cast<VerbsRemoteKey*>(op.remote);
     for (uint64_t off = 0; off < op.length; off += max_wr_bytes_) {
       const uint64_t len = std::min<uint64_t>(max_wr_bytes_, op.length - off);
-      PendingWr p;
-      p.sge.addr = op.local_addr + off;
-      p.sge.length = static_cast<uint32_t>(len);
-      p.sge.lkey = mem->lkey();
-      p.wr.opcode = is_read ? IBV_WR_RDMA_READ : IBV_WR_RDMA_WRITE;
-      p.wr.num_sge = 1;
-      p.wr.wr.rdma.remote_addr = op.remote_addr + off;
-      p.wr.wr.rdma.rkey = key->rkey();
-      p.wr.wr_id = sendWrId(serial_, slot, gen, false);
-      p.slot = slot;
-      p.is_read = is_read;
-      pending_.push_back(p);
+      VerbsSendQueue::Wr& w = op_wrs_.emplace_back();
+      w.sge.addr = op.local_addr + off;
+      w.sge.length = static_cast<uint32_t>(len);
+      w.sge.lkey = mem->lkey();
+      w.wr.opcode = is_read ? IBV_WR_RDMA_READ : IBV_WR_RDMA_WRITE;
+      w.wr.num_sge = 1;
+      w.wr.wr.rdma.remote_addr = op.remote_addr + off;
+      w.wr.wr.rdma.rkey = key->rkey();
+      w.is_read = is_read;
     }
   }
   if (notify) {
     if (nonzero > 0) {
-      PendingWr& last = pending_.back();
+      VerbsSendQueue::Wr& last = op_wrs_.back();
       last.wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
       last.wr.imm_data = htonl(*notify);
     } else {
       // Nothing to write: a zero-length SEND with immediate carries the notification.
-      PendingWr p;
-      p.wr.opcode = IBV_WR_SEND_WITH_IMM;
-      p.wr.num_sge = 0;
-      p.wr.imm_data = htonl(*notify);
-      p.slot = slot;
-      pending_.push_back(p);
+      VerbsSendQueue::Wr& w = op_wrs_.emplace_back();
+      w.wr.opcode = IBV_WR_SEND_WITH_IMM;
+      w.wr.num_sge = 0;
+      w.wr.imm_data = htonl(*notify);
     }
   }
-  if (pending_.size() == first_new) {
+  if (op_wrs_.empty()) {
     // Only zero-length ops: done without touching memory, reported from progress().
-    releaseSlot(slot);
     deferred_.emplace_back(done, Status());
     return Status();
   }
-  PendingWr& last = pending_.back();
-  last.last_of_op = true;
-  last.wr.wr_id = sendWrId(serial_, slot, gen, true);
+  ZCX_RETURN_IF_ERROR(sq_.enqueue(op_wrs_, done, kind));
   flushPending();
   return Status();
 }
@@ -441,24 +398,20 @@ Status VerbsEndpoint::postSend(MemoryHandle* local, uint64_t local_addr, size_t 
   if (length > 0 && local == nullptr) {
     return Status(StatusCode::kInvalidArgument, "send without memory");
   }
-  PendingWr p;
-  p.wr.opcode = IBV_WR_SEND;
+  VerbsSendQueue::Wr w;
+  w.wr.opcode = IBV_WR_SEND;
   if (length > 0) {
-    p.sge.addr = local_addr;
-    p.sge.length = static_cast<uint32_t>(length);
-    p.sge.lkey = static_cast<VerbsMemory*>(local)->lkey();
-    p.wr.num_sge = 1;
+    w.sge.addr = local_addr;
+    w.sge.length = static_cast<uint32_t>(length);
+    w.sge.lkey = static_cast<VerbsMemory*>(local)->lkey();
+    w.wr.num_sge = 1;
   }
-  return queueSingleWr(p, done, "SEND");
+  return queueSingleWr(w, done, "SEND");
 }
 
-Status VerbsEndpoint::queueSingleWr(PendingWr p, Completion* done, const char* kind) {
-  auto slot_r = allocSlot(done, kind);
-  if (!slot_r.ok()) return slot_r.status();
-  p.slot = *slot_r;
-  p.last_of_op = true;
-  p.wr.wr_id = sendWrId(serial_, *slot_r, slots_[*slot_r].gen, true);
-  pending_.push_back(p);
+Status VerbsEndpoint::queueSingleWr(const VerbsSendQueue::Wr& w, Completion* done,
+                                    const char* kind) {
+  ZCX_RETURN_IF_ERROR(sq_.enqueue({&w, 1}, done, kind));
   flushPending();
   return Status();
 }
@@ -471,76 +424,33 @@ Status VerbsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
   }
   // Type 2: bound through this QP's send queue, usable by this QP's peer alone; the CQE says
   // it is in place (only then is the peer told the rkey).
-  PendingWr p;
-  p.wr.opcode = IBV_WR_BIND_MW;
-  p.wr.num_sge = 0;
-  p.wr.bind_mw.mw = g->window()->get();
-  if (p.wr.bind_mw.mw == nullptr) {
+  VerbsSendQueue::Wr w;
+  w.wr.opcode = IBV_WR_BIND_MW;
+  w.wr.num_sge = 0;
+  w.wr.bind_mw.mw = g->window()->get();
+  if (w.wr.bind_mw.mw == nullptr) {
     return Status(StatusCode::kCancelled, "bindGrant: the grant was revoked");
   }
-  p.wr.bind_mw.rkey = g->rkey();
-  p.wr.bind_mw.bind_info.mr = g->mr();
-  p.wr.bind_mw.bind_info.addr = g->addr();
-  p.wr.bind_mw.bind_info.length = g->length();
-  p.wr.bind_mw.bind_info.mw_access_flags =
+  w.wr.bind_mw.rkey = g->rkey();
+  w.wr.bind_mw.bind_info.mr = g->mr();
+  w.wr.bind_mw.bind_info.addr = g->addr();
+  w.wr.bind_mw.bind_info.length = g->length();
+  w.wr.bind_mw.bind_info.mw_access_flags =
       static_cast<unsigned>(ibvAccessFlags(g->access()) & ~IBV_ACCESS_LOCAL_WRITE);
-  ZCX_RETURN_IF_ERROR(queueSingleWr(p, done, "BIND_MW"));
+  ZCX_RETURN_IF_ERROR(queueSingleWr(w, done, "BIND_MW"));
   std::erase_if(windows_, [](const auto& w) { return w->get() == nullptr; });  // revoked ones
   windows_.push_back(g->window());
   return Status();
 }
 
 int VerbsEndpoint::flushPending() {
-  if (state_ != EndpointState::kReady || pending_.empty()) return 0;
-  post_buf_.clear();
-  sge_buf_.clear();
-  uint32_t reads = 0;
-  while (!pending_.empty() && sq_posted_ + post_buf_.size() < sq_depth_) {
-    PendingWr& p = pending_.front();
-    if (p.is_read && reads_inflight_ + reads >= read_limit_) break;
-    post_buf_.push_back(p.wr);
-    sge_buf_.push_back(p.sge);
-    ibv_send_wr& wr = post_buf_.back();
-    wr.send_flags = 0;
-    const bool can_inline = wr.opcode == IBV_WR_SEND || wr.opcode == IBV_WR_RDMA_WRITE ||
-                            wr.opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
-    if (can_inline && wr.num_sge == 1 && p.sge.length <= max_inline_) {
-      wr.send_flags |= IBV_SEND_INLINE;
-    }
-    ++unsignaled_run_;
-    if (p.is_read) {
-      ++reads;
-      ++unsignaled_reads_;
-    }
-    if (p.last_of_op || unsignaled_run_ >= signal_interval_) {
-      wr.send_flags |= IBV_SEND_SIGNALED;
-      groups_.push_back({unsignaled_run_, unsignaled_reads_});
-      unsignaled_run_ = 0;
-      unsignaled_reads_ = 0;
-    }
-    pending_.pop_front();
-  }
-  if (post_buf_.empty()) return 0;
-  // Stopped by a limit with the last WR unsignaled: signal it, or nothing would free the slots.
-  if (!(post_buf_.back().send_flags & IBV_SEND_SIGNALED)) {
-    post_buf_.back().send_flags |= IBV_SEND_SIGNALED;
-    groups_.push_back({unsignaled_run_, unsignaled_reads_});
-    unsignaled_run_ = 0;
-    unsignaled_reads_ = 0;
-  }
-  for (size_t i = 0; i < post_buf_.size(); ++i) {
-    post_buf_[i].sg_list = post_buf_[i].num_sge > 0 ? &sge_buf_[i] : nullptr;
-    post_buf_[i].next = i + 1 < post_buf_.size() ? &post_buf_[i + 1] : nullptr;
-  }
-  sq_posted_ += static_cast<uint32_t>(post_buf_.size());
-  reads_inflight_ += reads;
-  ibv_send_wr* bad = nullptr;
-  if (int rc = ibv_post_send(qp_, post_buf_.data(), &bad); rc != 0) {
-    breakConnection(
-        Status(StatusCode::kConnectionBroken, "ibv_post_send failed (" + errnoText(rc) + ")"));
+  if (state_ != EndpointState::kReady) return 0;
+  auto posted = sq_.flush();
+  if (!posted.ok()) {
+    breakConnection(posted.status());
     return 1;
   }
-  return static_cast<int>(post_buf_.size());
+  return *posted;
 }
 
 // ------------------------------------------------------------------ completions
@@ -596,26 +506,14 @@ void VerbsEndpoint::onWc(const ibv_wc& wc) {
     return;
   }
 
-  const auto slot = static_cast<uint32_t>(wc.wr_id & (kMaxSlots - 1));
-  const auto gen = static_cast<uint16_t>((wc.wr_id >> kSlotBits) & kGenMask);
-  const bool last = (wc.wr_id & kLastBit) != 0;
-  const bool slot_live = slot < slots_.size() && slots_[slot].active && slots_[slot].gen == gen;
   if (state_ == EndpointState::kBroken) return;  // everything already failed once
   if (wc.status != IBV_WC_SUCCESS) {
-    const char* kind = slot_live ? slots_[slot].kind : "operation";
-    Status op_status = wcError(wc, kind);
-    breakConnection(op_status, slot_live ? int64_t{slot} : -1, op_status);
+    const char* kind = sq_.liveKind(wc.wr_id);
+    Status op_status = wcError(wc, kind != nullptr ? kind : "operation");
+    breakConnection(op_status, wc.wr_id, op_status);
     return;
   }
-  // A successful send CQE is always a signaled WR: it retires its group of WRs.
-  if (!groups_.empty()) {
-    sq_posted_ -= std::min(sq_posted_, groups_.front().wrs);
-    reads_inflight_ -= std::min(reads_inflight_, groups_.front().reads);
-    groups_.pop_front();
-  }
-  if (last && slot_live) {
-    Completion* done = slots_[slot].done;
-    releaseSlot(slot);
+  if (Completion* done = sq_.onSuccess(wc.wr_id)) {
     flushPending();  // slots freed: keep the queue moving before user code runs
     done->complete(Status());
   }
@@ -643,28 +541,22 @@ int VerbsEndpoint::drive() {
 
 bool VerbsEndpoint::hasWork() const {
   if (!deferred_.empty() || (error_pending_ && !closed_)) return true;
-  if (state_ != EndpointState::kReady || pending_.empty()) return false;
-  return sq_posted_ < sq_depth_ && !(pending_.front().is_read && reads_inflight_ >= read_limit_);
+  return state_ == EndpointState::kReady && sq_.canPost();
 }
 
 // ------------------------------------------------------------------ breaking and closing
 
-VerbsEndpoint::Deferred VerbsEndpoint::takeOutstanding(const Status& why, int64_t failed_slot,
+VerbsEndpoint::Deferred VerbsEndpoint::takeOutstanding(const Status& why,
+                                                       std::optional<uint64_t> failed_wr_id,
                                                        const Status& op_status) {
   Deferred out;
   out.swap(deferred_);
-  for (uint32_t i = 0; i < slots_.size(); ++i) {
-    if (!slots_[i].active) continue;
-    out.emplace_back(slots_[i].done, int64_t{i} == failed_slot ? op_status : why);
-    releaseSlot(i);
-  }
-  pending_.clear();
-  groups_.clear();
-  sq_posted_ = reads_inflight_ = unsignaled_run_ = unsignaled_reads_ = 0;
+  sq_.failAll(why, failed_wr_id, op_status, &out);
   return out;
 }
 
-void VerbsEndpoint::breakConnection(Status why, int64_t failed_slot, Status op_status) {
+void VerbsEndpoint::breakConnection(Status why, std::optional<uint64_t> failed_wr_id,
+                                    Status op_status) {
   if (state_ == EndpointState::kBroken) return;
   state_ = EndpointState::kBroken;
   error_ = why;
@@ -676,7 +568,7 @@ void VerbsEndpoint::breakConnection(Status why, int64_t failed_slot, Status op_s
       why.code() == StatusCode::kRemoteAccessError ? StatusCode::kConnectionBroken : why.code(),
       "the connection broke: " + why.message());
   // Reported from drive() (inside progress()): breaking can happen inside a post*() call.
-  deferred_ = takeOutstanding(others, failed_slot, op_status);
+  deferred_ = takeOutstanding(others, failed_wr_id, op_status);
   error_pending_ = true;
 }
 
@@ -747,7 +639,7 @@ void VerbsEndpoint::close(Status why) {
   if (closed_) return;
   closed_ = true;
   if (why.ok()) why = Status(StatusCode::kCancelled, "the endpoint was closed");
-  Deferred failed = takeOutstanding(why, -1, why);
+  Deferred failed = takeOutstanding(why, std::nullopt, why);
   if (state_ != EndpointState::kBroken) {
     state_ = EndpointState::kBroken;
     error_ = why;

@@ -1,15 +1,15 @@
-// VerbsEndpoint: one RC QP made through rdma_cm, its receive ring, and the send-side machinery
-// (software pending queue, selective signaling, op slot table).
+// VerbsEndpoint: one RC QP made through rdma_cm, its receive ring, and its send queue (op slots,
+// software pending queue, selective signaling, READ limit: VerbsSendQueue).
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <utility>
 #include <vector>
 
 #include "verbs/verbs_memory.h"
 #include "verbs/verbs_resources.h"
+#include "verbs/verbs_send_queue.h"
 #include "verbs/verbs_wire.h"
 #include "zcx/transport/transport.h"
 
@@ -57,42 +57,25 @@ class VerbsEndpoint final : public Endpoint {
   void detach(Status why);
 
  private:
-  struct OpSlot {
-    Completion* done = nullptr;
-    uint16_t gen = 0;
-    bool active = false;
-    const char* kind = "";
-  };
-  struct PendingWr {
-    ibv_send_wr wr{};
-    ibv_sge sge{};
-    uint32_t slot = 0;
-    bool last_of_op = false;
-    bool is_read = false;
-  };
-  struct SignalGroup {
-    uint32_t wrs = 0;
-    uint32_t reads = 0;
-  };
-  using Deferred = std::vector<std::pair<Completion*, Status>>;
+  using Deferred = VerbsSendQueue::Completions;
 
   Status checkUsable() const;
   Status createQp(rdma_cm_id* id);
   Status postRecv(uint32_t index);
-  Result<uint32_t> allocSlot(Completion* done, const char* kind);
-  void releaseSlot(uint32_t slot);
   Status queueRma(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
                   Completion* done);
-  /// One op of one WR (SEND, BIND_MW): a slot, the WR signaled as the op's last, queued and
-  /// flushed.
-  Status queueSingleWr(PendingWr p, Completion* done, const char* kind);
+  /// One op of one WR (SEND, BIND_MW): queued and flushed.
+  Status queueSingleWr(const VerbsSendQueue::Wr& w, Completion* done, const char* kind);
+  /// Posts what the send queue allows (once the QP is ready); a failed post breaks us.
   int flushPending();
-  /// Marks the endpoint broken: QP to ERR, every outstanding op fails (op `failed_slot` with
-  /// `op_status`, the others with kConnectionBroken), then onError(why); the callbacks run
+  /// Marks the endpoint broken: QP to ERR, every outstanding op fails (the op of `failed_wr_id`
+  /// with `op_status`, the others with kConnectionBroken), then onError(why); the callbacks run
   /// from the next drive() (inside progress()).
-  void breakConnection(Status why, int64_t failed_slot = -1, Status op_status = Status());
+  void breakConnection(Status why, std::optional<uint64_t> failed_wr_id = std::nullopt,
+                       Status op_status = Status());
   /// Collects every outstanding op and deferred completion (slots released).
-  Deferred takeOutstanding(const Status& why, int64_t failed_slot, const Status& op_status);
+  Deferred takeOutstanding(const Status& why, std::optional<uint64_t> failed_wr_id,
+                           const Status& op_status);
   /// Moves the QP to ERR and consumes its flushed CQEs (bounded wait), then destroys it.
   void moveQpToError();
   void drainQp();
@@ -121,7 +104,6 @@ class VerbsEndpoint final : public Endpoint {
   uint32_t sq_depth_ = 0;
   uint32_t max_inline_ = 0;
   uint32_t read_limit_ = 1;
-  uint32_t signal_interval_ = 1;
   uint64_t max_wr_bytes_ = 0;
 
   // Receive ring: recv_depth_ buffers of slot_size_ bytes in one registration.
@@ -129,17 +111,9 @@ class VerbsEndpoint final : public Endpoint {
   size_t slot_size_ = 0;
   std::unique_ptr<VerbsMemory> recv_ring_;
 
-  std::vector<OpSlot> slots_;
-  std::vector<uint32_t> free_slots_;
-  std::deque<PendingWr> pending_;
-  std::deque<SignalGroup> groups_;
-  uint32_t sq_posted_ = 0;       ///< WRs posted and not yet retired by a CQE
-  uint32_t reads_inflight_ = 0;  ///< READ WRs among them
-  uint32_t unsignaled_run_ = 0;
-  uint32_t unsignaled_reads_ = 0;
+  VerbsSendQueue sq_;
+  std::vector<VerbsSendQueue::Wr> op_wrs_;  ///< the WRs of the op being queued (reused)
   Deferred deferred_;
-  std::vector<ibv_send_wr> post_buf_;
-  std::vector<ibv_sge> sge_buf_;
   /// Memory windows bound through this QP (bindGrant); invalidated before the QP is destroyed.
   std::vector<std::shared_ptr<MemoryWindow>> windows_;
 };

@@ -33,12 +33,15 @@ void RailsEndpoint::LaneEvents::onError(Status why) {
     owner_->events_->onError(std::move(why));  // messages ride lane 0: the connection is gone
     return;
   }
-  if (!owner_->lane_failed_[lane_]) {
-    LOG(WARNING) << "verbs rail " << owner_->transport_->rail(lane_)->device().name
-                 << " failed for connection " << owner_->token_ << " (" << why.message()
-                 << "); its operations continue on the other rails";
-  }
-  owner_->lane_failed_[lane_] = true;
+  owner_->laneFailed(lane_, why);
+}
+
+void RailsEndpoint::laneFailed(size_t lane, const Status& why) {
+  if (lane_failed_[lane]) return;
+  lane_failed_[lane] = true;
+  LOG(WARNING) << "verbs rail " << transport_->rail(lane)->device().name
+               << " failed for connection " << token_ << " (" << why.message()
+               << "); its operations continue on the other rails";
 }
 
 // ------------------------------------------------------------------ setup
@@ -314,7 +317,7 @@ void RailsEndpoint::onPartDone(Part* part, Status status) {
     transport_->countBytes(lane, part->bytes);
   } else if (status.code() == StatusCode::kConnectionBroken && lane != 0) {
     // The lane broke under this part (retry exceeded, flushed): the rail is gone for us.
-    lane_failed_[lane] = true;
+    laneFailed(lane, status);
     if (!part->slices.empty() && !closed_) {
       op.to_retry.insert(op.to_retry.end(), part->slices.begin(), part->slices.end());
       op.retry_cause = status;

@@ -98,6 +98,8 @@ class RailsEndpoint final : public Endpoint {
   };
 
   RailsEndpoint(RailsTransport* transport, const EndpointSetup& setup);
+  /// Lane `lane` (not 0) is dead: no more slices go there (logged once).
+  void laneFailed(size_t lane, const Status& why);
   Status checkUsable() const;
   bool laneUsable(size_t k) const;
   /// Lanes a slice to `remote` may take now (ready, with a key for that lane).

@@ -394,6 +394,73 @@ TEST_F(VerbsRails, AnIdleConnectionLetsTheCallerSleepOnTheEventFd) {
   ASSERT_TRUE(pump([&] { return sd.calls > 0 && !eb_.messages.empty(); }));
 }
 
+TEST(VerbsRailsConnect, ARailThatCannotReachThePeerDoesNotHoldTheConnectionBack) {
+  if (std::string why = noRailsReason(); !why.empty()) GTEST_SKIP() << why;
+  auto ta = verbs::create(railsConfig());
+  auto tb = verbs::create(railsConfig());
+  auto tc = verbs::create(railsConfig());  // a stranger: its rail 1 never hears of our token
+  ASSERT_TRUE(ta.ok() && tb.ok() && tc.ok()) << ta.status().toString();
+  const std::vector<uint8_t> b_blob = (*tb)->localAddress(), c_blob = (*tc)->localAddress();
+  auto b_rails = verbs::unpackRails(b_blob);  // spans into the blobs
+  auto c_rails = verbs::unpackRails(c_blob);
+  ASSERT_TRUE(b_rails.ok() && c_rails.ok());
+  // a's view of b: b's rail 0, but a rail 1 that leads elsewhere (a mispaired fabric).
+  const std::vector<uint8_t> mixed = verbs::packRails(
+      {{(*b_rails)[0].begin(), (*b_rails)[0].end()}, {(*c_rails)[1].begin(), (*c_rails)[1].end()}});
+  Events ea, eb;
+  EndpointSetup sb;
+  sb.role = Role::kPassive;
+  sb.peer_address = (*ta)->localAddress();
+  sb.token = std::mt19937_64(std::random_device{}())();
+  sb.max_message_size = 64 << 10;
+  sb.events = &eb;
+  auto b = (*tb)->createEndpoint(sb);
+  ASSERT_TRUE(b.ok()) << b.status().toString();
+  EndpointSetup sa = sb;
+  sa.role = Role::kActive;
+  sa.peer_address = mixed;
+  sa.events = &ea;
+  auto a = (*ta)->createEndpoint(sa);
+  ASSERT_TRUE(a.ok()) << a.status().toString();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pump = [&](const std::function<bool()>& pred) {
+    while (std::chrono::steady_clock::now() - t0 < 20s && !pred()) {
+      (*ta)->progress();
+      (*tb)->progress();
+      (*tc)->progress();
+    }
+    return pred();
+  };
+  ASSERT_TRUE(pump([&] {
+    return (*a)->state() == EndpointState::kReady && (*b)->state() == EndpointState::kReady;
+  })) << "a: "
+      << (*a)->error().toString() << " b: " << (*b)->error().toString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);  // the grace period, not a timeout
+
+  // Large writes go over rail 0 alone, every byte right.
+  std::vector<uint8_t> src(1 << 20), dst(1 << 20, 0);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + 1);
+  auto ms = (*ta)->registerMemory(src.data(), src.size(), kAccessLocal);
+  auto md = (*tb)->registerMemory(dst.data(), dst.size(), kAccessRemoteWrite);
+  ASSERT_TRUE(ms.ok() && md.ok());
+  auto key = (*a)->importKey((*md)->packedKey());
+  ASSERT_TRUE(key.ok()) << key.status().toString();
+  RmaOp w{ms->get(), reinterpret_cast<uintptr_t>(src.data()), key->get(),
+          reinterpret_cast<uintptr_t>(dst.data()), src.size()};
+  Done d;
+  ASSERT_TRUE((*a)->postWrite({&w, 1}, std::nullopt, &d).ok());
+  ASSERT_TRUE(pump([&] { return d.calls > 0; }));
+  ASSERT_TRUE(d.status.ok()) << d.status.toString();
+  EXPECT_EQ(src, dst);
+  const std::vector<DeviceBytes> bytes = (*ta)->deviceBytes();
+  ASSERT_EQ(bytes.size(), 2u);
+  EXPECT_EQ(bytes[0].bytes, src.size());
+  EXPECT_EQ(bytes[1].bytes, 0u);
+  key->reset();
+  a->reset();
+  b->reset();
+}
+
 TEST_F(VerbsRails, LosingRailZeroBreaksTheConnection) {
   // Messages are not idempotent: they ride rail 0 only, and its loss ends the connection.
   auto* rails = dynamic_cast<verbs::RailsTransport*>(ta_.get());

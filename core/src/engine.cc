@@ -76,6 +76,11 @@ transport::TransportConfig transportConfig(const EngineOptions& o) {
 }
 
 Status validate(const EngineOptions& o) {
+  if (!o.devices.empty() && o.transport == "ucx") {
+    return Status(StatusCode::kInvalidArgument,
+                  "EngineOptions::devices (rails) is for the verbs transport; UCX picks its "
+                  "devices with transport_params {\"ucx.net_devices\", ...}");
+  }
   if (!o.device.empty() && !o.devices.empty()) {
     return Status(StatusCode::kInvalidArgument,
                   "EngineOptions: set device (one) or devices (rails), not both");
@@ -1162,8 +1167,9 @@ EngineStats Engine::stats() const {
   if (s.devices.empty()) {
     // One device carried everything this engine moved.
     DeviceStats d;
-    d.device = !impl_->options.device.empty() ? impl_->options.device
-                                              : std::string(impl_->transport->name());
+    d.device = !impl_->options.device.empty()    ? impl_->options.device
+               : !impl_->options.devices.empty() ? impl_->options.devices
+                                                 : std::string(impl_->transport->name());
     for (const RailStats& r : s.rails) {
       for (OpKind k : {OpKind::kWrite, OpKind::kRead, OpKind::kSend})
         d.bytes += r.traffic.op(k).bytes;

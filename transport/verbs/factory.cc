@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include "verbs/verbs_rails.h"
+#include "verbs/verbs_rails_wire.h"
 #include "verbs/verbs_transport.h"
 
 namespace zcx::transport::verbs {
@@ -20,6 +21,7 @@ Result<std::unique_ptr<Transport>> create(const TransportConfig& config) {
   std::vector<std::unique_ptr<VerbsTransport>> rails;
   std::string skipped;
   for (const std::string& name : *names) {
+    if (rails.size() == kMaxRails) break;
     TransportConfig one = config;
     one.device = name;
     // Rails other than 0 carry no keepalive: their QPs must give up on a dead link (soft-RoCE
@@ -37,7 +39,12 @@ Result<std::unique_ptr<Transport>> create(const TransportConfig& config) {
     }
     rails.push_back(std::move(*r));
   }
-  if (!skipped.empty()) LOG(INFO) << "verbs: devices=all skips " << skipped;
+  // Rails pair by position: a node that skipped a device its peers use pairs the rails after it
+  // with the wrong fabric (those lanes then fail to connect and go unused).
+  if (!skipped.empty()) {
+    LOG(WARNING) << "verbs: devices=all skips " << skipped
+                 << "; rails pair by position, so every node must end up with the same devices";
+  }
   if (rails.empty()) {
     return Status(StatusCode::kUnavailable,
                   "devices=all: no usable RDMA device (" +

@@ -19,9 +19,9 @@ Result<std::vector<std::string>> parseDeviceList(const std::string& spec) {
     int num = 0;
     IbvDeviceListPtr list(ibv_get_device_list(&num));
     for (int i = 0; list && i < num; ++i) out.emplace_back(ibv_get_device_name(list.get()[i]));
-    // Rails pair by index across nodes: every node must list them in the same order.
+    // Rails pair by index across nodes: every node must list them in the same order. The
+    // factory keeps the first kMaxRails of them that work.
     std::sort(out.begin(), out.end());
-    if (out.size() > kMaxRails) out.resize(kMaxRails);
     return out;
   }
   std::set<std::string> seen;

@@ -23,8 +23,8 @@ namespace zcx::transport::verbs {
 class RailsEndpoint;
 
 /// The devices a TransportConfig::device names: "rxe0" (one), "rxe0,rxe1" (these, in this
-/// order) or "all" (every device with a usable port, in rdma_cm's order). kInvalidArgument for
-/// an empty entry, a duplicate or more than kMaxRails.
+/// order) or "all" (every RDMA device, sorted by name; the factory keeps those that open, at
+/// most kMaxRails). kInvalidArgument for an empty entry, a duplicate or more than kMaxRails.
 Result<std::vector<std::string>> parseDeviceList(const std::string& spec);
 
 /// A registration on every rail (rail 0's for local use by lane-0 sends as well).

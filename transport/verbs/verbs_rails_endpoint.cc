@@ -14,17 +14,32 @@ namespace {
 // Lanes other than 0 carry no two-sided messages: a small receive ring is enough (both sides
 // derive the same value, so their connect data agree).
 constexpr size_t kSideLaneMessageSize = 4096;
+// How long a connection whose lane 0 is up waits for its other lanes before it is ready.
+constexpr auto kSideLaneGrace = std::chrono::seconds(2);
 
 }  // namespace
 
 // ------------------------------------------------------------------ lanes' events
 
+// Messages and notifications ride lane 0 only (their order and the notify-after-data promise
+// hold there): one on another lane comes from a peer that breaks the protocol. It is dropped and
+// that lane is no longer used.
 void RailsEndpoint::LaneEvents::onMessage(const uint8_t* data, size_t length) {
-  if (!owner_->closed_) owner_->events_->onMessage(data, length);
+  if (owner_->closed_) return;
+  if (lane_ != 0) {
+    return owner_->laneFailed(lane_, Status(StatusCode::kProtocolError,
+                                            "the peer sent a message on a rail other than 0"));
+  }
+  owner_->events_->onMessage(data, length);
 }
 
 void RailsEndpoint::LaneEvents::onNotify(uint32_t value) {
-  if (!owner_->closed_) owner_->events_->onNotify(value);
+  if (owner_->closed_) return;
+  if (lane_ != 0) {
+    return owner_->laneFailed(lane_, Status(StatusCode::kProtocolError,
+                                            "the peer sent a notification on a rail other than 0"));
+  }
+  owner_->events_->onNotify(value);
 }
 
 void RailsEndpoint::LaneEvents::onError(Status why) {
@@ -81,13 +96,22 @@ RailsEndpoint::~RailsEndpoint() {
 
 EndpointState RailsEndpoint::state() const {
   if (closed_ || lanes_[0]->state() == EndpointState::kBroken) return EndpointState::kBroken;
-  // Ready once every lane connected or failed, so the first operations already use all rails.
-  for (size_t k = 1; k < lanes_.size(); ++k) {
-    if (laneUsable(k) && lanes_[k]->state() == EndpointState::kConnecting) {
-      return EndpointState::kConnecting;
+  const EndpointState first = lanes_[0]->state();
+  if (first != EndpointState::kReady) return first;
+  // Lane 0 is up. Give the other lanes a moment so that the first operations already use every
+  // rail, but no more: a rail that cannot reach the peer (its link down, another fabric) must not
+  // hold the connection back. A lane that connects later joins then.
+  const auto now = std::chrono::steady_clock::now();
+  if (!first_ready_at_) first_ready_at_ = now;
+  if (now - *first_ready_at_ < kSideLaneGrace) {
+    for (size_t k = 1; k < lanes_.size(); ++k) {
+      if (lanes_[k] != nullptr && !lane_failed_[k] &&
+          lanes_[k]->state() == EndpointState::kConnecting) {
+        return EndpointState::kConnecting;
+      }
     }
   }
-  return lanes_[0]->state();
+  return EndpointState::kReady;
 }
 
 Status RailsEndpoint::error() const {
@@ -109,8 +133,11 @@ Status RailsEndpoint::checkUsable() const {
 }
 
 bool RailsEndpoint::laneUsable(size_t k) const {
-  return k < lanes_.size() && lanes_[k] != nullptr && !lane_failed_[k] &&
-         lanes_[k]->state() != EndpointState::kBroken;
+  if (k >= lanes_.size() || lanes_[k] == nullptr || lane_failed_[k]) return false;
+  // Lane 0 queues work while it connects (like a single-rail endpoint); the others take slices
+  // only once connected.
+  const EndpointState s = lanes_[k]->state();
+  return k == 0 ? s != EndpointState::kBroken : s == EndpointState::kReady;
 }
 
 std::vector<size_t> RailsEndpoint::lanesFor(const RemoteKey* remote) const {
@@ -183,10 +210,11 @@ Status RailsEndpoint::postSlices(Op& op, std::vector<Slice> slices, bool first_p
   for (Slice& s : slices) by_lane[s.lane].push_back(s);
   const size_t used = static_cast<size_t>(
       std::count_if(by_lane.begin(), by_lane.end(), [](const auto& v) { return !v.empty(); }));
-  // Only lane 0 carries data: it can carry the notification too, behind the data (no extra
-  // round trip). Otherwise it follows once every lane's part completed (settle()).
+  // Only lane 0 carries data, and no other part is in flight (a retry's would be): it can carry
+  // the notification too, behind the data (no extra round trip). Otherwise the notification
+  // follows once every part completed (settle()).
   std::optional<uint32_t> notify;
-  if (used == 1 && !by_lane[0].empty() && op.notify) {
+  if (used == 1 && !by_lane[0].empty() && op.notify && op.parts.empty()) {
     notify = op.notify;
     op.notify.reset();
   }
@@ -297,12 +325,23 @@ Status RailsEndpoint::bindGrant(RemoteGrant* grant, Completion* done) {
     const Status st = lanes_[k]->bindGrant(g->rail(k), part.get());
     if (st.ok()) {
       op.parts.push_back(std::move(part));
-    } else if (k == 0) {
+      continue;
+    }
+    // The grant's key names every rail's window: one left unbound would fail the peer's
+    // accesses on that rail, so the bind fails as a whole.
+    if (op.parts.empty()) {
       ops_.erase(op.id);
       return st;
-    }  // else: that rail cannot be used with this grant; the others can
+    }
+    op.error = st;
+    break;
   }
-  if (op.parts.empty()) scheduleOp(op);  // completed from progress(), not inside this call
+  if (op.parts.empty()) {
+    // Nothing could be bound (no usable lane whose rail needs it): an error, from progress().
+    op.error = Status(StatusCode::kConnectionBroken,
+                      "bindGrant: no rail of this connection can bind the grant's windows");
+    scheduleOp(op);
+  }
   return Status();
 }
 
@@ -315,10 +354,12 @@ void RailsEndpoint::onPartDone(Part* part, Status status) {
   const size_t lane = part->lane;
   if (status.ok()) {
     transport_->countBytes(lane, part->bytes);
-  } else if (status.code() == StatusCode::kConnectionBroken && lane != 0) {
-    // The lane broke under this part (retry exceeded, flushed): the rail is gone for us.
+  } else if (lane != 0 && !closed_) {
+    // Any error breaks a lane's QP: the rail is gone for this connection. Its slices move to
+    // the other lanes, unless the error is the operation's own (the target refused the access:
+    // it would refuse it on every rail).
     laneFailed(lane, status);
-    if (!part->slices.empty() && !closed_) {
+    if (!part->slices.empty() && status.code() != StatusCode::kRemoteAccessError) {
       op.to_retry.insert(op.to_retry.end(), part->slices.begin(), part->slices.end());
       op.retry_cause = status;
       scheduleOp(op);

@@ -4,6 +4,7 @@
 // slices of a failed lane to the lanes that still work.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -36,7 +37,8 @@ class RailsEndpoint final : public Endpoint {
       const std::vector<std::vector<uint8_t>>& peer_rails);
   ~RailsEndpoint() override;
 
-  /// kConnecting until every lane connected or failed; kReady while lane 0 works.
+  /// kReady once lane 0 is connected and the other lanes connected, failed or had 2 s to;
+  /// kBroken when lane 0 is (messages ride it). A side lane that connects later joins then.
   EndpointState state() const override;
   Status error() const override;
   Result<std::unique_ptr<RemoteKey>> importKey(std::span<const uint8_t> packed_key) override;
@@ -133,6 +135,8 @@ class RailsEndpoint final : public Endpoint {
   size_t next_lane_ = 0;  ///< round robin of striped slices
   bool closed_ = false;
   Status close_why_;
+  /// When state() first saw lane 0 ready (the other lanes' grace period starts then).
+  mutable std::optional<std::chrono::steady_clock::time_point> first_ready_at_;
 };
 
 }  // namespace zcx::transport::verbs

@@ -520,9 +520,17 @@ py::dict statsDict(const zcx::EngineStats& st) {
     d["traffic"] = trafficDict(c.traffic);
     conns.append(d);
   }
+  py::list devices;
+  for (const auto& dv : st.devices) {
+    py::dict d;
+    d["device"] = lenientStr(dv.device);
+    d["bytes"] = dv.bytes;
+    devices.append(d);
+  }
   py::dict out;
   out["rails"] = rails;
   out["connections"] = conns;
+  out["devices"] = devices;
   return out;
 }
 
@@ -974,64 +982,66 @@ PYBIND11_MODULE(_zcx, m) {
   py::class_<PyEngine>(m, "Engine",
                        "One transport, registered memory, a listener and its connections. "
                        "Keyword arguments are zcx::EngineOptions; durations are in seconds.")
-      .def(py::init([](std::string transport, std::string device, int device_port, int gid_index,
-                       std::map<std::string, std::string> transport_params,
-                       std::string listen_address, std::string name, py::object progress,
-                       py::object connect_timeout, py::object peer_timeout,
-                       size_t max_pending_handshakes, size_t max_pending_accepts,
-                       size_t recv_window, py::object operation_timeout, size_t max_message_size,
-                       std::string metrics_address) {
-             zcx::EngineOptions o;
-             o.transport = std::move(transport);
-             o.device = std::move(device);
-             o.device_port = device_port;
-             o.gid_index = gid_index;
-             o.transport_params = std::move(transport_params);
-             o.listen_address = std::move(listen_address);
-             o.name = std::move(name);
-             if (py::isinstance<py::str>(progress)) {
-               auto p = py::cast<std::string>(progress);
-               if (p == "thread")
-                 o.progress = zcx::ProgressMode::kThread;
-               else if (p == "manual")
-                 o.progress = zcx::ProgressMode::kManual;
-               else
-                 raise(zcx::StatusCode::kInvalidArgument,
-                       "progress must be 'thread', 'manual' or a zcx.ProgressMode");
-             } else {
-               o.progress = py::cast<zcx::ProgressMode>(progress);
-             }
-             o.connect_timeout = toMs(connect_timeout, "connect_timeout");
-             o.peer_timeout = toMs(peer_timeout, "peer_timeout");
-             o.operation_timeout = toMs(operation_timeout, "operation_timeout");
-             o.max_pending_handshakes = max_pending_handshakes;
-             o.max_pending_accepts = max_pending_accepts;
-             o.recv_window = recv_window;
-             o.max_message_size = max_message_size;
-             o.metrics_address = std::move(metrics_address);
-             zcx::Result<std::unique_ptr<zcx::Engine>> e =
-                 zcx::Status(zcx::StatusCode::kInternal, "unset");
-             {
-               py::gil_scoped_release release;
-               e = zcx::Engine::create(o);
-             }
-             auto p = std::make_unique<PyEngine>(take(std::move(e)));
-             p->manual = o.progress == zcx::ProgressMode::kManual;
-             return p;
-           }),
-           py::kw_only(), py::arg("transport") = d.transport, py::arg("device") = d.device,
-           py::arg("device_port") = d.device_port, py::arg("gid_index") = d.gid_index,
-           py::arg("transport_params") = d.transport_params,
-           py::arg("listen_address") = d.listen_address, py::arg("name") = d.name,
-           py::arg("progress") = "thread",
-           py::arg("connect_timeout") = d.connect_timeout.count() / 1000.0,
-           py::arg("peer_timeout") = d.peer_timeout.count() / 1000.0,
-           py::arg("max_pending_handshakes") = d.max_pending_handshakes,
-           py::arg("max_pending_accepts") = d.max_pending_accepts,
-           py::arg("recv_window") = d.recv_window,
-           py::arg("operation_timeout") = d.operation_timeout.count() / 1000.0,
-           py::arg("max_message_size") = d.max_message_size,
-           py::arg("metrics_address") = d.metrics_address)
+      .def(
+          py::init(
+              [](std::string transport, std::string device, std::string devices, int device_port,
+                 int gid_index, std::map<std::string, std::string> transport_params,
+                 std::string listen_address, std::string name, py::object progress,
+                 py::object connect_timeout, py::object peer_timeout, size_t max_pending_handshakes,
+                 size_t max_pending_accepts, size_t recv_window, py::object operation_timeout,
+                 size_t max_message_size, std::string metrics_address) {
+                zcx::EngineOptions o;
+                o.transport = std::move(transport);
+                o.device = std::move(device);
+                o.devices = std::move(devices);
+                o.device_port = device_port;
+                o.gid_index = gid_index;
+                o.transport_params = std::move(transport_params);
+                o.listen_address = std::move(listen_address);
+                o.name = std::move(name);
+                if (py::isinstance<py::str>(progress)) {
+                  auto p = py::cast<std::string>(progress);
+                  if (p == "thread")
+                    o.progress = zcx::ProgressMode::kThread;
+                  else if (p == "manual")
+                    o.progress = zcx::ProgressMode::kManual;
+                  else
+                    raise(zcx::StatusCode::kInvalidArgument,
+                          "progress must be 'thread', 'manual' or a zcx.ProgressMode");
+                } else {
+                  o.progress = py::cast<zcx::ProgressMode>(progress);
+                }
+                o.connect_timeout = toMs(connect_timeout, "connect_timeout");
+                o.peer_timeout = toMs(peer_timeout, "peer_timeout");
+                o.operation_timeout = toMs(operation_timeout, "operation_timeout");
+                o.max_pending_handshakes = max_pending_handshakes;
+                o.max_pending_accepts = max_pending_accepts;
+                o.recv_window = recv_window;
+                o.max_message_size = max_message_size;
+                o.metrics_address = std::move(metrics_address);
+                zcx::Result<std::unique_ptr<zcx::Engine>> e =
+                    zcx::Status(zcx::StatusCode::kInternal, "unset");
+                {
+                  py::gil_scoped_release release;
+                  e = zcx::Engine::create(o);
+                }
+                auto p = std::make_unique<PyEngine>(take(std::move(e)));
+                p->manual = o.progress == zcx::ProgressMode::kManual;
+                return p;
+              }),
+          py::kw_only(), py::arg("transport") = d.transport, py::arg("device") = d.device,
+          py::arg("devices") = d.devices, py::arg("device_port") = d.device_port,
+          py::arg("gid_index") = d.gid_index, py::arg("transport_params") = d.transport_params,
+          py::arg("listen_address") = d.listen_address, py::arg("name") = d.name,
+          py::arg("progress") = "thread",
+          py::arg("connect_timeout") = d.connect_timeout.count() / 1000.0,
+          py::arg("peer_timeout") = d.peer_timeout.count() / 1000.0,
+          py::arg("max_pending_handshakes") = d.max_pending_handshakes,
+          py::arg("max_pending_accepts") = d.max_pending_accepts,
+          py::arg("recv_window") = d.recv_window,
+          py::arg("operation_timeout") = d.operation_timeout.count() / 1000.0,
+          py::arg("max_message_size") = d.max_message_size,
+          py::arg("metrics_address") = d.metrics_address)
       .def_property_readonly("transport_name",
                              [](PyEngine& e) { return std::string(e.get()->transportName()); })
       .def_property_readonly("transport_description",
@@ -1054,7 +1064,8 @@ PYBIND11_MODULE(_zcx, m) {
             return statsDict(st);
           },
           "Traffic counters as a dict: {'rails': [{'name', 'traffic'}], 'connections': [{'id', "
-          "'peer', 'rail', 'open', 'traffic'}]}; traffic maps 'write'/'read'/'send'/'recv' to "
+          "'peer', 'rail', 'open', 'traffic'}], 'devices': [{'device', 'bytes'}]}; traffic maps "
+          "'write'/'read'/'send'/'recv' to "
           "{'operations', 'bytes', 'latency_us': {'buckets': [(le_us or None, count)], 'count', "
           "'sum_us'}}, 'errors' to {code name: count} and 'recv_zero_copy' to the receives "
           "fetched straight into their buffer")

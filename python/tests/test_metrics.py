@@ -48,6 +48,8 @@ def test_stats_count_what_moved(tcp_peer):
     assert lat["buckets"][-1][0] is None and lat["buckets"][0][0] == 1
     assert stats["rails"][0]["name"] == tcp_peer.engine.transport_description
     assert stats["rails"][0]["traffic"]["write"]["bytes"] == sum(sizes)
+    # One transport without devices to tell apart: one entry with everything this side posted.
+    assert stats["devices"] == [{"device": "ucx", "bytes": sum(sizes) + 4096}]
 
     text = tcp_peer.engine.metrics_text()
     check_prometheus(text)

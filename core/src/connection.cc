@@ -141,8 +141,17 @@ void ConnectionImpl::breakLocked(Status why) {
   endpoint_.reset();
   for (auto& p : posted_) finishRecv(p, broken_, 0);
   posted_.clear();
-  for (Unexpected& u : unexpected_) unholdLocked(u);  // the endpoint's close released them
-  unexpected_.clear();
+  // After the peer's BYE, what arrived in full stays for later receives, as data before a TCP
+  // FIN does; the stream ends at the first message that did not (the endpoint's close released
+  // the held ones).
+  auto arrived = unexpected_.begin();
+  if (keep_arrived_) {
+    while (arrived != unexpected_.end() && !arrived->held &&
+           (!arrived->spill || (arrived->spill->landed && arrived->spill->status.ok())))
+      ++arrived;
+  }
+  for (auto it = arrived; it != unexpected_.end(); ++it) unholdLocked(*it);
+  unexpected_.erase(arrived, unexpected_.end());
   auto& live = engine_->live;
   live.erase(std::remove(live.begin(), live.end(), this), live.end());
   engine_->event.notify_all();
@@ -214,12 +223,14 @@ bool ConnectionImpl::onControlReadable() {
 void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
   if (f.type == FrameType::kBye) {
     // The peer sent everything before its BYE, and its close flushed it to our transport:
-    // deliver what already arrived (posted receives complete) before the connection ends.
+    // deliver what already arrived (posted receives complete) before the connection ends, and
+    // keep what no receive took yet for receives posted later.
     {
       std::lock_guard<std::mutex> lock(engine_->mu);
       for (int i = 0; i < 64 && !closed_ && engine_->transport->progress() > 0; ++i) {
       }
     }
+    keepArrivedOnBye();
     // kCancelled, like a local close: the peer is alive and closing its side too (the transport
     // may close gracefully); kConnectionBroken is for a peer that died or a link that failed.
     *end = Status(StatusCode::kCancelled, "peer " + peer_name + " closed the connection");
@@ -588,7 +599,7 @@ Request ConnectionImpl::recv(const MemoryRegion& local, size_t offset, size_t ca
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
     if (closed_) {
-      r->finish(broken_);
+      deliverArrivedLocked({r, RegionPin(local.state()), local.data() + offset, capacity});
     } else {
       posted_.push_back({r, RegionPin(local.state()), local.data() + offset, capacity});
       deliverMessages();

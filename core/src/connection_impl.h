@@ -133,6 +133,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// keeps it alive, and it joins the outstanding list (engine lock held).
   void trackLocked(const std::shared_ptr<RequestState>& r);
   void deliverMessages();
+  /// On the peer's BYE: fetches the messages the transport holds before the endpoint goes.
+  void keepArrivedOnBye();
   void handleControlFrame(Frame f, Status* end);
   void endControl(Status why);
 
@@ -160,6 +162,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   };
   /// Finishes a posted receive and releases its buffer (engine lock held).
   void finishRecv(PostedRecv& p, Status status, size_t bytes);
+  /// A receive posted after the peer's close: takes the next message that arrived before it.
+  void deliverArrivedLocked(PostedRecv p);
   /// A receive that took its message but completes only after every earlier one: one the
   /// transport fills itself (fetchHeld; it completes this when the data is in), or one filled
   /// while such an earlier one was still landing. Completions thus keep the sending order.
@@ -179,6 +183,8 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// A message the transport announced could not be fetched: later ones must not be matched
   /// with receives (each would get the message after its own); the connection is closing.
   bool stream_lost_ = false;
+  /// Set on the peer's BYE: messages that arrived before it stay readable after the close.
+  bool keep_arrived_ = false;
   void loseStreamLocked(const Status& why);
   /// Completes a matched receive now, or queues it behind a receive still landing.
   void settleLocked(PostedRecv p, Status status, size_t bytes, bool consumes);

@@ -3,7 +3,11 @@
 // their posted buffer (zero copy), completing in that same order.
 #include <glog/logging.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <limits>
+#include <thread>
 
 #include "connection_impl.h"
 
@@ -171,6 +175,59 @@ void ConnectionImpl::Spill::complete(Status s) {
   landed = true;
   status = std::move(s);
   if (auto c = connection.lock()) c->deliverMessages();  // it may be at the head of the queue
+}
+
+void ConnectionImpl::keepArrivedOnBye() {
+  // A message the transport still holds (rendezvous: its data is at the peer) would be released
+  // by our endpoint's close: fetch it into our memory now, while the peer's close still waits
+  // for it (its endpoint flush). Bounded: a peer that stops answering loses those messages.
+  constexpr auto kFetchLimit = std::chrono::milliseconds(1000);
+  const auto deadline = Clock::now() + kFetchLimit;
+  std::unique_lock<std::mutex> lock(engine_->mu);
+  if (closed_) return;
+  keep_arrived_ = true;
+  spillHeldLocked(std::numeric_limits<uint64_t>::max());
+  // Receives being fetched into their posted buffers (landings_) would fail at the close too.
+  auto landing = [&] {
+    return !landings_.empty() ||
+           std::any_of(unexpected_.begin(), unexpected_.end(),
+                       [](const Unexpected& u) { return u.spill && !u.spill->landed; });
+  };
+  while (!closed_ && landing()) {
+    if (Clock::now() >= deadline) {
+      LOG(WARNING) << "zcx: " << peer_name
+                   << " closed the connection while messages it sent were still being fetched; "
+                      "those are lost";
+      return;
+    }
+    if (engine_->transport->progress() == 0) {
+      lock.unlock();  // the other connections' progress goes on meanwhile
+      std::this_thread::yield();
+      lock.lock();
+    }
+  }
+}
+
+void ConnectionImpl::deliverArrivedLocked(PostedRecv p) {
+  if (unexpected_.empty()) {
+    finishRecv(p, broken_, 0);
+    return;
+  }
+  Unexpected& msg = unexpected_.front();
+  if (msg.length > p.capacity) {
+    finishRecv(
+        p,
+        Status(StatusCode::kOutOfRange, "a message of " + std::to_string(msg.length) +
+                                            " bytes does not fit the posted receive buffer of " +
+                                            std::to_string(p.capacity) +
+                                            " bytes; it stays queued for the next, larger buffer"),
+        0);
+    return;
+  }
+  const size_t n = msg.length;
+  if (n != 0) std::memcpy(p.buffer, msg.spill ? msg.spill->data.get() : msg.data.data(), n);
+  unexpected_.pop_front();
+  finishRecv(p, Status::Ok(), n);  // no credit to grant: the connection is closed
 }
 
 // Matches queued messages with posted buffers, in order (engine lock held).

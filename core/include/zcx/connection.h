@@ -85,7 +85,9 @@ class ZCX_EXPORT Connection {
   /// Posts a receive buffer. Messages fill posted buffers in the order they were sent, and the
   /// receives complete in that order; a message larger than the buffer fails that receive with
   /// kOutOfRange and waits for the next buffer. Post receives ahead of the messages: a large
-  /// message (UCX rendezvous) then lands straight in its buffer without a copy.
+  /// message (UCX rendezvous) then lands straight in its buffer without a copy. After the peer
+  /// closed the connection, receives still take the messages that arrived before its close (like
+  /// data before a TCP FIN); the receive after the last one fails with the close (kCancelled).
   Request recv(const MemoryRegion& local, size_t offset, size_t capacity);
 
   /// The oldest notification not yet taken, if any.

@@ -4,10 +4,8 @@
 #include <glog/logging.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <limits>
-#include <thread>
 
 #include "connection_impl.h"
 
@@ -179,32 +177,25 @@ void ConnectionImpl::Spill::complete(Status s) {
 
 void ConnectionImpl::keepArrivedOnBye() {
   // A message the transport still holds (rendezvous: its data is at the peer) would be released
-  // by our endpoint's close: fetch it into our memory now, while the peer's close still waits
-  // for it (its endpoint flush). Bounded: a peer that stops answering loses those messages.
-  constexpr auto kFetchLimit = std::chrono::milliseconds(1000);
-  const auto deadline = Clock::now() + kFetchLimit;
-  std::unique_lock<std::mutex> lock(engine_->mu);
+  // by our endpoint's close: start fetching it into our memory now, while the peer's close still
+  // waits for it (its endpoint flush), and give the fetches a bounded number of progress rounds.
+  // No waiting beyond that: this runs on the control thread, which must never block (a peer that
+  // sends a large message and closes must not stall everyone else's handshakes); a message still
+  // landing after those rounds is lost with the connection.
+  std::lock_guard<std::mutex> lock(engine_->mu);
   if (closed_) return;
   keep_arrived_ = true;
   spillHeldLocked(std::numeric_limits<uint64_t>::max());
-  // Receives being fetched into their posted buffers (landings_) would fail at the close too.
   auto landing = [&] {
     return !landings_.empty() ||
            std::any_of(unexpected_.begin(), unexpected_.end(),
                        [](const Unexpected& u) { return u.spill && !u.spill->landed; });
   };
-  while (!closed_ && landing()) {
-    if (Clock::now() >= deadline) {
-      LOG(WARNING) << "zcx: " << peer_name
-                   << " closed the connection while messages it sent were still being fetched; "
-                      "those are lost";
-      return;
-    }
-    if (engine_->transport->progress() == 0) {
-      lock.unlock();  // the other connections' progress goes on meanwhile
-      std::this_thread::yield();
-      lock.lock();
-    }
+  for (int i = 0; i < 256 && !closed_ && landing(); ++i) engine_->transport->progress();
+  if (!closed_ && landing()) {
+    LOG(WARNING) << "zcx: " << peer_name
+                 << " closed the connection while messages it sent were still being fetched; "
+                    "those are lost";
   }
 }
 

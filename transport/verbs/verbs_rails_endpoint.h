@@ -118,6 +118,8 @@ class RailsEndpoint final : public Endpoint {
   Status postRma(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
                  Completion* done);
   void onPartDone(Part* part, Status status);
+  /// The error of an op whose retried slices have no lane left.
+  Status noRailLeft(const Op& op) const;
   /// Completes `op` if nothing of it is outstanding or queued; may post its notification.
   void settle(Op& op);
   void finish(Op& op, Status status);

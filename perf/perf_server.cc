@@ -147,9 +147,6 @@ class Server {
       }
       return Status::Ok();
     };
-    auto deadline_guard = Clock::now();
-    (void)deadline_guard;
-
     for (uint64_t spin = 0;; ++spin) {
       eng_.progress();
       if ((spin & 63) == 0 || kind_ == TestKind::kWriteBw || kind_ == TestKind::kReadBw ||

@@ -115,11 +115,12 @@ void ConnectionImpl::setPeerRegions(std::map<std::string, std::vector<uint8_t>> 
 
 // ---------------------------------------------------------------- lifecycle
 
-void ConnectionImpl::breakLocked(Status why) {
+void ConnectionImpl::breakLocked(Status why, bool peer_left) {
   if (closed_) return;
   closed_ = true;
   metrics_->markClosed();
   broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
+  releaseAccessErrorsLocked(peer_left, broken_);
   // Sends still waiting for the peer's grant never reached the transport.
   while (!blocked_sends_.empty()) {
     RequestState* r = blocked_sends_.front().request;
@@ -180,6 +181,41 @@ void ConnectionImpl::close(Status why, bool tell_peer) {
 Status ConnectionImpl::status() const {
   std::lock_guard<std::mutex> lock(engine_->mu);
   return closed_ ? broken_ : Status::Ok();
+}
+
+bool ConnectionImpl::holdAccessErrorLocked(std::shared_ptr<RequestState> r, Status status) {
+  if (closed_ || r == nullptr || r->done()) return false;
+  held_access_errors_.push_back({std::move(r), std::move(status)});
+  ++engine_->held_access_errors;
+  return true;
+}
+
+void ConnectionImpl::settleAccessErrorsLocked(Clock::time_point now) {
+  if (held_access_errors_.empty()) return;
+  // Not failing: the error is the operation's own (a check of ours, or a key the peer revoked
+  // on a transport whose connection survives it). Failing: breakLocked settles them, within
+  // EngineImpl's grace for access errors, unless a deadline comes first.
+  releaseAccessErrorsLocked(false, broken_, broken_.ok() ? Clock::time_point::max() : now);
+}
+
+void ConnectionImpl::releaseAccessErrorsLocked(bool peer_left, const Status& why,
+                                               Clock::time_point due) {
+  size_t kept = 0;
+  for (auto& h : held_access_errors_) {
+    if (due != Clock::time_point::max() && h.request->deadline > due) {
+      held_access_errors_[kept++] = std::move(h);
+      continue;
+    }
+    if (peer_left) {
+      h.request->finish(Status(
+          why.code(), why.message() + " while the operation ran (it was " +
+                          "refused as the peer's memory went first: " + h.status.message() + ")"));
+    } else {
+      h.request->finish(std::move(h.status));
+    }
+  }
+  engine_->held_access_errors -= held_access_errors_.size() - kept;
+  held_access_errors_.resize(kept);
 }
 
 void ConnectionImpl::onError(Status why) {
@@ -337,7 +373,10 @@ Status ConnectionImpl::queueControlFrame(FrameType type, const std::vector<uint8
 void ConnectionImpl::endControl(Status why) {
   {
     std::lock_guard<std::mutex> lock(engine_->mu);
-    breakLocked(std::move(why));
+    // EOF or BYE; not a channel someone else broke into (kProtocolError, kPermissionDenied).
+    const bool peer_left =
+        why.code() == StatusCode::kConnectionBroken || why.code() == StatusCode::kCancelled;
+    breakLocked(std::move(why), peer_left);
   }
   engine_->kick();
   engine_->revokeConnectionGrants(*this);

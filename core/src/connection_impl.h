@@ -82,8 +82,10 @@ class ConnectionImpl final : public transport::EndpointEvents,
   void onError(Status why) override;
 
   // ---- engine internals (engine lock held) ----
-  /// Fails everything and releases the endpoint: the one way a connection ends.
-  void breakLocked(Status why);
+  /// Fails everything and releases the endpoint: the one way a connection ends. `peer_left`:
+  /// the control channel ended (the peer closed or died), which also explains held access
+  /// errors (holdAccessErrorLocked).
+  void breakLocked(Status why, bool peer_left = false);
   void unlink(RequestState* r);
   /// The last MemoryRegion of `region` is going away: posted receives into it complete
   /// kCancelled; if an operation in flight uses it, the connection breaks (returns true: it left
@@ -97,6 +99,15 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// Held messages that waited a whole progress round without a receive: fetched into memory
   /// of our own. Returns how many it started.
   int spillHeldLocked(uint64_t round);
+  /// An operation the transport failed with kRemoteAccessError (complete(), engine lock held).
+  /// A dying peer's kernel releases its memory before its QPs, so its last operations are
+  /// refused as if a key were revoked. Such an error is held while the transport reports the
+  /// connection failing: if the control channel then ends, the operation fails with the peer's
+  /// departure instead. False: not held (finish it now).
+  bool holdAccessErrorLocked(std::shared_ptr<RequestState> r, Status status);
+  /// Once a progress round: held errors of a connection the transport does not report failing,
+  /// and those at their deadline, are the operations' own: they finish now.
+  void settleAccessErrorsLocked(Clock::time_point now);
 
   // ---- control channel (control loop; never blocks) ----
   int controlFd() const { return control_.get(); }
@@ -183,6 +194,14 @@ class ConnectionImpl final : public transport::EndpointEvents,
   /// A message the transport announced could not be fetched: later ones must not be matched
   /// with receives (each would get the message after its own); the connection is closing.
   bool stream_lost_ = false;
+  struct HeldAccessError {
+    std::shared_ptr<RequestState> request;
+    Status status;
+  };
+  std::vector<HeldAccessError> held_access_errors_;
+  /// Finishes held access errors: with their own status, or (`peer_left`) with `why`.
+  void releaseAccessErrorsLocked(bool peer_left, const Status& why,
+                                 Clock::time_point due = Clock::time_point::max());
   /// Set on the peer's BYE: messages that arrived before it stay readable after the close.
   bool keep_arrived_ = false;
   void loseStreamLocked(const Status& why);

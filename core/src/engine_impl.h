@@ -173,6 +173,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// sender's send completes then, as the credit grant promised).
   size_t held_messages = 0;
   uint64_t progress_round = 0;  ///< progressOnce calls (mu)
+  /// Access errors connections hold until they know whether the peer is still there (mu).
+  size_t held_access_errors = 0;
 
   // Registration cache: a live registration of exactly (address, length, access) is shared
   // instead of registering the range again (what NIXL users asked for).

@@ -10,9 +10,14 @@ namespace detail {
 void RequestState::complete(Status status) {
   // Keep ourselves alive through finish(): `self` may hold the last reference.
   std::shared_ptr<RequestState> keep = std::move(self);
+  ConnectionImpl* conn = connection;
   ConnectionImpl* batch_of = unsignaled_batch != 0 ? connection : nullptr;
   if (connection) connection->unlink(this);
   releasePins();  // the transport no longer touches the memory
+  if (conn != nullptr && batch_of == nullptr && status.code() == StatusCode::kRemoteAccessError &&
+      conn->holdAccessErrorLocked(keep, status)) {
+    return;  // finished once the connection knows whether its peer is still there
+  }
   const Status outcome = batch_of ? status : Status();
   finish(std::move(status));
   // After finish(): a flush it lets complete sees this batch already counted in the stats.

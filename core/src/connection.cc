@@ -156,6 +156,7 @@ void ConnectionImpl::breakLocked(Status why, bool peer_left) {
   auto& live = engine_->live;
   live.erase(std::remove(live.begin(), live.end(), this), live.end());
   engine_->event.notify_all();
+  engine_->wakeSleepingWaiters();  // waitNotification in manual mode
 }
 
 void ConnectionImpl::close(Status why, bool tell_peer) {

@@ -503,13 +503,11 @@ void EngineImpl::progressLoop() {
     }
     if (Clock::now() - last_event < options.progress_spin) continue;
     bool armed;
-    bool busy;
+    int timeout_ms;
     {
       std::lock_guard<std::mutex> lock(mu);
       armed = transport->arm();
-      busy = false;
-      for (ConnectionImpl* c : live) busy |= c->oldestOutstanding() != nullptr;
-      busy |= !to_close_.empty() || held_access_errors != 0;  // wake for their grace time
+      timeout_ms = sleepBudgetMsLocked(Clock::now());
     }
     if (!armed) continue;
     sleeping_.store(true, std::memory_order_seq_cst);
@@ -518,9 +516,6 @@ void EngineImpl::progressLoop() {
       continue;
     }
     pollfd fds[2] = {{progress_wake_.get(), POLLIN, 0}, {transport->eventFd(), POLLIN, 0}};
-    // Outstanding operations: wake at least every millisecond for their deadlines (and for
-    // transports whose fd does not cover every completion); idle: every 100 ms.
-    int timeout_ms = busy ? 1 : 100;
     ::poll(fds, fds[1].fd >= 0 ? 2 : 1, fds[1].fd >= 0 ? timeout_ms : std::min(timeout_ms, 1));
     sleeping_.store(false, std::memory_order_seq_cst);
     if (fds[0].revents & POLLIN) drain(progress_wake_);
@@ -528,12 +523,36 @@ void EngineImpl::progressLoop() {
   }
 }
 
+int EngineImpl::sleepBudgetMsLocked(Clock::time_point now) const {
+  bool busy = !to_close_.empty() || held_access_errors != 0 || held_messages != 0;
+  for (ConnectionImpl* c : live) busy |= c->oldestOutstanding() != nullptr;
+  if (!transport->capabilities().event_fd_covers_completions) return busy ? 1 : 100;
+  // Held messages wait one progress round for a receive, then are fetched: not 100 ms.
+  if (held_messages != 0) return 1;
+  Clock::time_point next = now + std::chrono::milliseconds(100);
+  for (ConnectionImpl* c : live) {
+    if (const RequestState* r = c->oldestOutstanding(); r != nullptr && r->deadline < next)
+      next = r->deadline;  // the oldest has the earliest deadline (one operation_timeout)
+  }
+  for (const auto& [c, when] : to_close_) next = std::min(next, when);
+  if (next <= now) return 0;
+  // Rounded up: waking just before a deadline would only go back to sleep.
+  return static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(next - now).count());
+}
+
+void EngineImpl::wakeSleepingWaiters() {
+  if (!manualProgress()) return;
+  // Pairs with the fence in progressUntil: either it sees the request done, or we see it asleep.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (manual_sleepers_.load(std::memory_order_relaxed) > 0) wake(progress_wake_);
+}
+
 // A waiter in manual mode drives progress itself. Spinning until its request completes would
 // take a core for as long as it waits: a passive target, or a side that waits for its peer,
 // would compete with the work it waits for (on soft-RoCE the CPU is the NIC). So it spins for
 // progress_spin after the last event, then sleeps on the transport's fd like the progress
-// thread. It sleeps 1 ms at most: its request may be completed by another thread (a
-// deadline, the control thread closing the connection), which does not write to that fd.
+// thread, until the next deadline (sleepBudgetMsLocked). A request another thread completes
+// (the control thread closing the connection) wakes it through progress_wake_.
 void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_point until) {
   auto last_event = Clock::now();
   for (;;) {
@@ -545,14 +564,24 @@ void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_po
     int fd = transport->eventFd();
     if (fd < 0) continue;  // nothing to sleep on: keep polling
     bool armed;
+    int timeout_ms;
     {
       std::lock_guard<std::mutex> lock(mu);
       armed = transport->arm();
+      timeout_ms = sleepBudgetMsLocked(now);
     }
     if (!armed) continue;  // events are waiting: progress again first
-    if (done()) return;
-    pollfd p{fd, POLLIN, 0};
-    ::poll(&p, 1, 1);
+    timeout_ms = std::min<int64_t>(
+        timeout_ms, std::chrono::ceil<std::chrono::milliseconds>(until - now).count());
+    manual_sleepers_.fetch_add(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!done()) {
+      pollfd p[2] = {{fd, POLLIN, 0}, {progress_wake_.get(), POLLIN, 0}};
+      ::poll(p, 2, timeout_ms);
+      // Several waiters: the first drains; the others wake at their own budget at the latest.
+      if (p[1].revents & POLLIN) drain(progress_wake_);
+    }
+    manual_sleepers_.fetch_sub(1, std::memory_order_relaxed);
     last_event = Clock::now();
   }
 }

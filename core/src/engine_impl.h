@@ -138,6 +138,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// kManual waiters: progress until `done()` or `until`, spinning for options.progress_spin
   /// after the last event and then sleeping on the transport's fd (1 ms at a time).
   void progressUntil(const std::function<bool()>& done, Clock::time_point until);
+  /// Manual mode: wakes the waiters sleeping in progressUntil, for a request or connection
+  /// another thread finished (the control thread closing a connection, a user's close()).
+  void wakeSleepingWaiters();
 
   // ---- connections ----
   /// `target`: "host:port", or with metadata an engine's name, looked up in etcd.
@@ -293,6 +296,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   std::thread progress_thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> sleeping_{false};
+  std::atomic<int> manual_sleepers_{0};  ///< waiters in progressUntil's poll (manual mode)
+  /// How long progress may sleep (mu): until the next operation deadline or close grace, at
+  /// most 100 ms, if the transport's fd covers every completion; else 1 ms while busy.
+  int sleepBudgetMsLocked(Clock::time_point now) const;
   std::atomic<uint64_t> post_seq_{0};
   bool stopped_ = false;
 };

@@ -61,6 +61,7 @@ bool RequestState::finish(Status status) {
     }
   }
   cv_.notify_all();
+  engine_->wakeSleepingWaiters();
   if (cb) engine_->deferCallback(std::move(cb), status_);
   return true;
 }

@@ -124,6 +124,8 @@ Capabilities RailsTransport::capabilities() const {
   for (const auto& r : rails_) {
     // Peer lists are enforced only if every rail enforces them.
     c.enforces_grants = c.enforces_grants && r->capabilities().enforces_grants;
+    c.event_fd_covers_completions =
+        c.event_fd_covers_completions && r->capabilities().event_fd_covers_completions;
   }
   return c;
 }

@@ -166,6 +166,9 @@ Capabilities VerbsTransport::capabilities() const {
   c.max_message_size = kMaxMessageSize;
   // A peer list is bound to the peer's QP only through type-2 memory windows.
   c.enforces_grants = memoryWindows();
+  // The epoll set holds the completion channel and rdma_cm's channel; arm() re-arms the CQ and
+  // reports completions and endpoint work still waiting.
+  c.event_fd_covers_completions = true;
   return c;
 }
 

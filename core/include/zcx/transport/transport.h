@@ -225,6 +225,10 @@ struct Capabilities {
   /// the NIC; UCX checked RMA: our handler); false: only the control plane restricts who gets a
   /// key (UCX native RMA, e.g. over shared memory: grants are the registration's own key).
   bool enforces_grants = true;
+  /// Once arm() returned true, eventFd() becomes readable for every completion and event the
+  /// transport will have: the core then sleeps until its next deadline. False: it also wakes
+  /// every millisecond while operations are outstanding (completions the fd may miss).
+  bool event_fd_covers_completions = false;
 };
 
 /// Bytes one device carried for a transport (one rail of a multi-rail transport).

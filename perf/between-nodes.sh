@@ -4,10 +4,11 @@
 # Server on node 1, client on node 0, 64 KiB messages, each tool with its default options except
 # the iteration count (the same for both, so that every run takes a bounded time).
 #
-# Usage: perf/between-nodes.sh [-r ROUNDS] [-n ITERS] [-t TEST]
+# Usage: perf/between-nodes.sh [-r ROUNDS] [-n ITERS] [-t TEST] [-z "FLAGS"]
 #   -r ROUNDS  alternations (default 3)
 #   -n ITERS   operations per run, both tools (default 1000)
 #   -t TEST    write_bw (default), read_bw or send_bw: zcx_perf --test=TEST against ib_TEST
+#   -z FLAGS   more zcx_perf client flags, e.g. "--progress_spin_us=1000000" (default: none)
 # Prints one line per run (MB/s = 10^6 B/s for both; perftest prints MiB/s, converted here; CPU =
 # (user+sys)/wall of each process, in % of one vCPU), then the medians and their ratio (a run that
 # failed or that perftest reports as 0.00 MB/s is left out of its median).
@@ -16,12 +17,13 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
-ROUNDS=3 ITERS=1000 TEST=write_bw
-while getopts "r:n:t:h" o; do
+ROUNDS=3 ITERS=1000 TEST=write_bw ZFLAGS=""
+while getopts "r:n:t:z:h" o; do
   case $o in
     r) ROUNDS=$OPTARG ;;
     n) ITERS=$OPTARG ;;
     t) TEST=$OPTARG ;;
+    z) ZFLAGS=$OPTARG ;;
     *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 2 ;;
   esac
 done
@@ -36,6 +38,7 @@ guest() {
   cat <<'EOF'
 set -uo pipefail
 out=$1 rounds=$2 iters=$3 test=$4
+read -r -a zflags <<< "${5:-}"
 perf=build/perf/zcx_perf
 read -r -a ips <<< "$ZCX_NODE_IPS"
 TIMEFORMAT='%R %U %S'
@@ -52,7 +55,7 @@ for ((i = 1; i <= rounds; i++)); do
     wait
   else
     wait_file "$out/zcx.$i.ready" || { echo "no zcx_perf server"; exit 1; }
-    { time "$perf" --test="$test" --size=65536 --iters="$iters" --port=$port "${ips[1]}" > "$out/zcx.$i.client.log" 2>&1; } 2> "$out/zcx.$i.client.time"
+    { time "$perf" --test="$test" --size=65536 --iters="$iters" --port=$port "${zflags[@]}" "${ips[1]}" > "$out/zcx.$i.client.log" 2>&1; } 2> "$out/zcx.$i.client.time"
     wait_file "$out/raw.$i.listening" || { echo "no ib_$test server"; exit 1; }
     { time "ib_$test" -d rxe0 -x 1 -F -s 65536 -n "$iters" -p $port "${ips[1]}" > "$out/raw.$i.client.log" 2>&1; } 2> "$out/raw.$i.client.time"
     z=$(awk '/^ *65536 / { print $4 }' "$out/zcx.$i.client.log")
@@ -68,7 +71,7 @@ EOF
 
 cd "$REPO_ROOT"
 rc=0
-scripts/rxe-cluster.sh -n 2 -c 1 -t 3600 -- bash -c "$(guest)" between-nodes "$OUT" "$ROUNDS" "$ITERS" "$TEST" || rc=$?
+scripts/rxe-cluster.sh -n 2 -c 1 -t 3600 -- bash -c "$(guest)" between-nodes "$OUT" "$ROUNDS" "$ITERS" "$TEST" "$ZFLAGS" || rc=$?
 [ -f "$OUT/rounds.txt" ] || { echo "between-nodes: no results (rxe-cluster.sh exit $rc)" >&2; exit 1; }
 awk '$4 + 0 > 0 { z[++nz] = $4 } $12 + 0 > 0 { r[++nr] = $12 }
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }

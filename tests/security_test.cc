@@ -252,6 +252,11 @@ class SecurityTest : public ::testing::TestWithParam<Param> {
     EXPECT_NE(s.code(), StatusCode::kStillInFlight) << what;
     EXPECT_NE(s.code(), StatusCode::kTimedOut) << what << ": " << s.toString();
     EXPECT_EQ(s.code(), StatusCode::kRemoteAccessError) << what << ": " << s.toString();
+    // The refusal says why (verbs: the NIC's status; UCX checked RMA: the target's reason), also
+    // after the engine held it while the connection's fate was open.
+    EXPECT_TRUE(s.message().find("refused") != std::string::npos ||
+                s.message().find("remote key revoked or wrong") != std::string::npos)
+        << what << ": " << s.toString();
   }
 
   /// After an attempt: the target's memory is intact and a legitimate write still lands (on a

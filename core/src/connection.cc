@@ -85,7 +85,7 @@ Status ConnectionImpl::waitReady(Clock::time_point deadline) {
     {
       std::lock_guard<std::mutex> lock(engine_->mu);
       if (!endpoint_) return broken_;
-      engine_->transport->progress();
+      engine_->progressTransportLocked();
       auto state = endpoint_->state();
       if (state == transport::EndpointState::kReady) return Status::Ok();
       if (state == transport::EndpointState::kBroken) return endpoint_->error();
@@ -119,8 +119,11 @@ void ConnectionImpl::breakLocked(Status why, bool peer_left) {
   if (closed_) return;
   closed_ = true;
   metrics_->markClosed();
+  // Held access errors become the peer's departure only on a connection the transport reported
+  // failing (verbs: a refusal breaks the QP); a refusal on one that survives is the op's own.
+  const bool transport_failing = !broken_.ok();
   broken_ = why.ok() ? Status(StatusCode::kCancelled, "connection closed") : why;
-  releaseAccessErrorsLocked(peer_left, broken_);
+  releaseAccessErrorsLocked(peer_left && transport_failing, broken_);
   // Sends still waiting for the peer's grant never reached the transport.
   while (!blocked_sends_.empty()) {
     RequestState* r = blocked_sends_.front().request;
@@ -204,7 +207,8 @@ void ConnectionImpl::releaseAccessErrorsLocked(bool peer_left, const Status& why
   size_t kept = 0;
   for (auto& h : held_access_errors_) {
     if (due != Clock::time_point::max() && h.request->deadline > due) {
-      held_access_errors_[kept++] = std::move(h);
+      if (&held_access_errors_[kept] != &h) held_access_errors_[kept] = std::move(h);
+      ++kept;  // (a self-move would empty the status's message)
       continue;
     }
     if (peer_left) {
@@ -264,7 +268,7 @@ void ConnectionImpl::handleControlFrame(Frame f, Status* end) {
     // keep what no receive took yet for receives posted later.
     {
       std::lock_guard<std::mutex> lock(engine_->mu);
-      for (int i = 0; i < 64 && !closed_ && engine_->transport->progress() > 0; ++i) {
+      for (int i = 0; i < 64 && !closed_ && engine_->progressTransportLocked() > 0; ++i) {
       }
     }
     keepArrivedOnBye();
@@ -705,6 +709,7 @@ bool ConnectionImpl::cancelUsesLocked(const RegionState* region) {
 void ConnectionImpl::onNotify(uint32_t value) {
   notifications_.push_back(value);
   engine_->event.notify_all();
+  engine_->wakeSleepingWaiters();  // waitNotification in manual mode
 }
 
 std::optional<uint32_t> ConnectionImpl::pollNotification() {

@@ -191,7 +191,7 @@ void ConnectionImpl::keepArrivedOnBye() {
            std::any_of(unexpected_.begin(), unexpected_.end(),
                        [](const Unexpected& u) { return u.spill && !u.spill->landed; });
   };
-  for (int i = 0; i < 256 && !closed_ && landing(); ++i) engine_->transport->progress();
+  for (int i = 0; i < 256 && !closed_ && landing(); ++i) engine_->progressTransportLocked();
   if (!closed_ && landing()) {
     LOG(WARNING) << "zcx: " << peer_name
                  << " closed the connection while messages it sent were still being fetched; "

@@ -272,6 +272,11 @@ int EngineImpl::progressOnce() {
     std::lock_guard<std::mutex> lock(mu);
     ++progress_round;
     n = transport->progress();
+    if (n > 0 && manualProgress()) {
+      // Another thread may sleep in progressUntil on the event this round consumed.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (manual_sleepers_.load(std::memory_order_relaxed) > 0) wake(progress_wake_);
+    }
     if (held_access_errors != 0) {
       const auto now = Clock::now();
       for (ConnectionImpl* c : live) c->settleAccessErrorsLocked(now);
@@ -527,17 +532,30 @@ int EngineImpl::sleepBudgetMsLocked(Clock::time_point now) const {
   bool busy = !to_close_.empty() || held_access_errors != 0 || held_messages != 0;
   for (ConnectionImpl* c : live) busy |= c->oldestOutstanding() != nullptr;
   if (!transport->capabilities().event_fd_covers_completions) return busy ? 1 : 100;
-  // Held messages wait one progress round for a receive, then are fetched: not 100 ms.
-  if (held_messages != 0) return 1;
+  // Held messages wait one progress round for a receive, then are fetched; held access errors
+  // (rare) have deadlines the outstanding list no longer shows: neither waits 100 ms.
+  if (held_messages != 0 || held_access_errors != 0) return 1;
   Clock::time_point next = now + std::chrono::milliseconds(100);
   for (ConnectionImpl* c : live) {
     if (const RequestState* r = c->oldestOutstanding(); r != nullptr && r->deadline < next)
       next = r->deadline;  // the oldest has the earliest deadline (one operation_timeout)
   }
   for (const auto& [c, when] : to_close_) next = std::min(next, when);
-  if (next <= now) return 0;
-  // Rounded up: waking just before a deadline would only go back to sleep.
+  // At least 1 ms, rounded up: deadlines are checked on the coarse clock, which may lag this
+  // one by a tick; waking just before a deadline would only spin.
+  if (next <= now) return 1;
   return static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(next - now).count());
+}
+
+int EngineImpl::progressTransportLocked() {
+  const int n = transport->progress();
+  // It may have consumed the event a sleeper's fd was armed for (a verbs CQ notification is
+  // one-shot), leaving the CQ unarmed: the sleepers go round again and re-arm it.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_relaxed) ||
+      manual_sleepers_.load(std::memory_order_relaxed) > 0)
+    wake(progress_wake_);
+  return n;
 }
 
 void EngineImpl::wakeSleepingWaiters() {
@@ -571,17 +589,22 @@ void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_po
       timeout_ms = sleepBudgetMsLocked(now);
     }
     if (!armed) continue;  // events are waiting: progress again first
-    timeout_ms = std::min<int64_t>(
-        timeout_ms, std::chrono::ceil<std::chrono::milliseconds>(until - now).count());
+    // Receives and notification waits are not in the budget's outstanding list: a transport
+    // whose fd may miss completions keeps the 1 ms wake here.
+    if (!transport->capabilities().event_fd_covers_completions) timeout_ms = 1;
+    timeout_ms = static_cast<int>(std::min<int64_t>(
+        timeout_ms, std::chrono::ceil<std::chrono::milliseconds>(until - now).count()));
     manual_sleepers_.fetch_add(1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool woken = false;
     if (!done()) {
       pollfd p[2] = {{fd, POLLIN, 0}, {progress_wake_.get(), POLLIN, 0}};
       ::poll(p, 2, timeout_ms);
-      // Several waiters: the first drains; the others wake at their own budget at the latest.
-      if (p[1].revents & POLLIN) drain(progress_wake_);
+      woken = (p[1].revents & POLLIN) != 0;
     }
-    manual_sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    // The last sleeper out drains the wake-up: every other one saw it too.
+    if (manual_sleepers_.fetch_sub(1, std::memory_order_relaxed) == 1 && woken)
+      drain(progress_wake_);
     last_event = Clock::now();
   }
 }
@@ -714,6 +737,7 @@ EngineImpl::LookupAnswer EngineImpl::lookupExposure(const std::string& name, Con
       e->binding.emplace(conn.id, std::vector<LookupLater>{});
     }
     Status bound = conn.bindGrant(grant.get(), binding);
+    notePosted();  // the progress thread may sleep: the bind completes through it
     if (!bound.ok()) {
       {
         // No waiters yet: only the control loop thread (this one) adds them.
@@ -783,7 +807,7 @@ Status EngineImpl::waitReadableWithProgress(int fd, Clock::time_point deadline) 
     }
     if (manualProgress()) {
       std::lock_guard<std::mutex> lock(mu);
-      transport->progress();
+      progressTransportLocked();
     }
     if (Clock::now() >= deadline) {
       return Status(StatusCode::kTimedOut,
@@ -1095,7 +1119,7 @@ void EngineImpl::controlTick() {
   if (transport_pending) {
     {
       std::lock_guard<std::mutex> lock(mu);
-      transport->progress();  // endpoints come up even under manual progress
+      progressTransportLocked();  // endpoints come up even under manual progress
     }
     kick();  // callbacks that progress queued run on a progress thread, not on this one
   }

@@ -141,6 +141,9 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// Manual mode: wakes the waiters sleeping in progressUntil, for a request or connection
   /// another thread finished (the control thread closing a connection, a user's close()).
   void wakeSleepingWaiters();
+  /// transport->progress() outside progressOnce (handshakes, waitReady, the BYE handler):
+  /// then wakes whoever sleeps on the transport's fd (mu held).
+  int progressTransportLocked();
 
   // ---- connections ----
   /// `target`: "host:port", or with metadata an engine's name, looked up in etcd.

@@ -39,6 +39,9 @@ class UcxEndpoint final : public Endpoint {
   ucp_ep_h ucpEp() const { return ep_; }
   /// Runs the record's state machine once it has no UCX request in flight.
   void advance(OpRecord* rec);
+  /// Posts the flush of the open flush group, if there is one (from progress(); see joinGroup);
+  /// true if it did.
+  bool postGroupFlush();
   /// An in-order-or-not message; delivered at once when it is the next one.
   void receiveMessage(uint64_t seq, const uint8_t* data, size_t length);
   void receiveOwned(BufferedMessage message);
@@ -91,6 +94,15 @@ class UcxEndpoint final : public Endpoint {
                      Completion* done);
   /// Sends waiting chunks while fewer than kCheckedWindow are unanswered.
   void pumpChunks();
+  /// A native write whose puts are posted joins the open flush group (opening one); the group's
+  /// single flush is posted from the next progress(), or at once when it is full.
+  void joinGroup(OpRecord* rec);
+  /// The group's flush finished: its members may complete (with its error, if it failed).
+  void completeGroup(OpRecord* group);
+  /// A write with a notify: its notify goes out after those of the writes posted before it.
+  void orderNotify(OpRecord* rec);
+  /// Posts the notifies of the writes at the front of notify_order_ whose data is visible.
+  void pumpNotifies();
   void postNotify(OpRecord* rec);
   void finish(OpRecord* rec);
   void unlink(OpRecord* rec);
@@ -111,7 +123,11 @@ class UcxEndpoint final : public Endpoint {
   bool closed_ = false;
   bool broken_reported_ = false;
 
-  OpRecord* head_ = nullptr;        // outstanding records (doubly linked)
+  OpRecord* head_ = nullptr;  // outstanding records (doubly linked)
+  /// The flush group collecting writes (also in head_'s list); its flush is not posted yet.
+  OpRecord* open_group_ = nullptr;
+  /// Writes with a notify, in posting order (stale entries are skipped).
+  std::deque<OrphanRef> notify_order_;
   std::vector<OrphanRef> orphans_;  ///< failed by a peer failure, still held by UCX
   std::unordered_set<UcxRemoteKey*> keys_;
 

@@ -99,7 +99,12 @@ OpRecord* UcxWorker::acquire() {
     records_.push_back(std::make_unique<OpRecord>());
     rec = records_.back().get();
   }
+  // A flush group's member list keeps its capacity across reuses (one group per write when
+  // writes come one at a time).
+  std::vector<OrphanRef> members = std::move(rec->members);
+  members.clear();
   *rec = OpRecord{};
+  rec->members = std::move(members);
   rec->worker = this;
   rec->generation = next_generation_++;
   return rec;
@@ -509,6 +514,15 @@ void UcxWorker::stashEarly(RouteKey key, BufferedMessage message) {
 
 int UcxWorker::progress() {
   int events = 0;
+  // Flush groups collected since the last progress(): one flush each, progressed right below.
+  if (!flushes_.empty()) {
+    std::vector<RouteKey> keys = std::move(flushes_);
+    flushes_.clear();
+    for (RouteKey key : keys) {
+      UcxEndpoint* ep = find(key);
+      if (ep != nullptr && ep->postGroupFlush()) ++events;
+    }
+  }
   {
     InProgressScope scope(in_ucx_progress_);
     for (int i = 0; i < kMaxProgressRounds; ++i) {
@@ -586,7 +600,7 @@ int UcxWorker::drainDeferred() {
 
 bool UcxWorker::hasDeferredWork() const {
   return !attention_.empty() || !broken_.empty() || !deliveries_.empty() || !connects_.empty() ||
-         !closing_.empty();
+         !closing_.empty() || !flushes_.empty();
 }
 
 }  // namespace zcx::transport::ucx

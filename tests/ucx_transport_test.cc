@@ -359,15 +359,17 @@ TEST_P(UcxTransportTest, ClosingWithFlushGroupsPendingCompletesEveryWriteOnce) {
       ea_.reset();
     });
     for (size_t i = 0; i < kWrites; ++i) {
-      if (destroy && i == kWrites / 2) a_->progress();  // posts the open group's flush
+      // Completes the first write's own flush, which posts the open group's flush.
+      if (destroy && i == kWrites / 2) a_->progress();
       RmaOp op{msrc, addr(src, i * kLen), key, addr(remote, i * kLen), kLen};
       ASSERT_TRUE(posting([&] {
                     return ea_->postWrite({&op, 1}, static_cast<uint32_t>(i), &done[i]);
                   }).ok())
           << i;
     }
-    // 100 writes: a full group's flush posted inside a post call, then 36 (or 50 and 50) in
-    // groups whose flush no progress() has posted yet.
+    // 100 writes: the first one's own flush, a full group's flush posted inside a post call,
+    // then 35 in a group whose flush is not posted yet (or: 49 in a group flushed by the
+    // progress(), then 50 more, in a new group if that flush is still in flight).
     if (destroy) {
       keys_.clear();
       ea_.reset();

@@ -32,7 +32,7 @@ constexpr uint32_t kCheckedWindow = 8;
 // How long close() waits for a healthy endpoint's flush before it force-closes it.
 constexpr auto kCloseFlushLimit = std::chrono::milliseconds(500);
 // Writes per flush group: a full group posts its flush at once, so a long burst of writes
-// between two progress() calls does not wait for all of them.
+// does not wait for the flushes in flight (nor for all of the burst).
 constexpr size_t kMaxGroupWrites = 64;
 
 }  // namespace
@@ -294,7 +294,7 @@ Status UcxEndpoint::postWrite(std::span<const RmaOp> ops, std::optional<uint32_t
   if (worker_->checkedRma()) return postChecked(ops, /*is_read=*/false, notify, done);
 
   OpRecord* rec = startRecord(OpRecord::Kind::kWrite, done);
-  rec->phase = OpRecord::Phase::kFlush;  // the puts in flight, then the group's flush
+  rec->phase = OpRecord::Phase::kFlush;  // the puts in flight, then its or its group's flush
   rec->has_notify = notify.has_value();
   rec->notify_value = notify.value_or(0);
   orderNotify(rec);
@@ -309,7 +309,18 @@ Status UcxEndpoint::postWrite(std::span<const RmaOp> ops, std::optional<uint32_t
     if (!track(rec, ptr, "ucp_put_nbx")) return finishPost(rec, posted_any);
     posted_any = true;
   }
-  joinGroup(rec);  // completes once a flush posted after its puts completed
+  // A write completes once a flush posted after its puts completed (it covers every operation
+  // posted on the ep before it). With no flush in flight there is nothing to share one with: the
+  // write posts its own now, on its own record, and the writes that come while it is in flight
+  // collect in a group (Nagle-like).
+  if (flushes_in_flight_ == 0 && open_group_ == nullptr) {
+    ucp_request_param_t p = requestParam(rec, nullptr);
+    track(rec, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx");  // a failure is rec->status
+    rec->own_flush = true;
+    ++flushes_in_flight_;
+  } else {
+    joinGroup(rec);
+  }
   return finishPost(rec, /*posted_any=*/true);
 }
 
@@ -317,23 +328,31 @@ void UcxEndpoint::joinGroup(OpRecord* rec) {
   if (open_group_ == nullptr) {
     open_group_ = startRecord(OpRecord::Kind::kFlush, nullptr);
     open_group_->phase = OpRecord::Phase::kFlush;
-    worker_->scheduleFlush(key_);
   }
   open_group_->members.push_back({rec, rec->generation});
   rec->awaiting = 1;  // the group's flush
+  // A full group does not wait for the flushes in flight: its own covers its members' puts
+  // whether or not the earlier flushes completed.
   if (open_group_->members.size() >= kMaxGroupWrites) postGroupFlush();
 }
 
-bool UcxEndpoint::postGroupFlush() {
+void UcxEndpoint::postGroupFlush() {
   OpRecord* group = std::exchange(open_group_, nullptr);
-  if (group == nullptr) return false;
+  if (group == nullptr) return;
   // A flush completes once every operation posted on the ep before it is done at the origin and
   // at the target: the puts of every member.
   ucp_request_param_t p = requestParam(group, nullptr);
   track(group, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx");
+  ++flushes_in_flight_;  // until completeGroup
   // Done or failed at once: its members complete from progress() (never inside a post call).
   if (group->pending == 0) worker_->schedule(group);
-  return true;
+}
+
+void UcxEndpoint::flushDone() {
+  if (flushes_in_flight_ > 0) --flushes_in_flight_;
+  // Runs from progress() (advance), never inside a post call; the group's members complete from
+  // a later attention round at the earliest.
+  if (flushes_in_flight_ == 0) postGroupFlush();
 }
 
 void UcxEndpoint::completeGroup(OpRecord* group) {
@@ -349,6 +368,7 @@ void UcxEndpoint::completeGroup(OpRecord* group) {
   group->user_done = true;
   group->endpoint = nullptr;
   worker_->releaseIfIdle(group);
+  flushDone();
 }
 
 void UcxEndpoint::orderNotify(OpRecord* rec) {
@@ -531,6 +551,10 @@ void UcxEndpoint::advance(OpRecord* rec) {
     completeGroup(rec);
     return;
   }
+  if (rec->own_flush) {  // its flush (and its puts) completed
+    rec->own_flush = false;
+    flushDone();
+  }
   if (rec->phase == OpRecord::Phase::kVisible) return;  // pumpNotifies moves it on
   while (rec->pending == 0 && rec->awaiting == 0) {
     if (rec->kind == OpRecord::Kind::kWireup && rec->status.ok() && !closed_ &&
@@ -590,8 +614,10 @@ void UcxEndpoint::finish(OpRecord* rec) {
 std::vector<OrphanRef> UcxEndpoint::failAll(const Status& why) {
   std::vector<OrphanRef> orphans;
   // The group records are in the list below (no user completion; one whose flush is in flight
-  // goes back to the pool when UCX calls back); their members fail on their own.
+  // goes back to the pool when UCX calls back); their members fail on their own. No write is
+  // posted on the endpoint after this (checkUsable), so the flush count is dropped too.
   open_group_ = nullptr;
+  flushes_in_flight_ = 0;
   notify_order_.clear();
   while (head_ != nullptr) {
     OpRecord* rec = head_;

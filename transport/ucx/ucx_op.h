@@ -28,7 +28,8 @@ struct OpRecord {
   /// kWireup: the endpoint's first flush, which completes once UCX wireup has finished; it has
   /// no user Completion (it moves the endpoint from kConnecting to kReady).
   /// kFlush: a flush group, one ucp_ep_flush_nbx covering the puts of every write in `members`
-  /// (UcxEndpoint::joinGroup); no user Completion.
+  /// (writes posted while another flush was in flight, UcxEndpoint::joinGroup); no user
+  /// Completion.
   enum class Kind : uint8_t { kWrite, kRead, kSend, kWireup, kFlush };
   /// kData: RMA/send requests in flight; kFlush: puts in flight and/or the flush awaited;
   /// kVisible: the data is visible at the target, the notify waits for the endpoint's earlier
@@ -46,6 +47,10 @@ struct OpRecord {
   bool has_notify = false;
   bool queued = false;     ///< in the worker's attention queue
   bool user_done = false;  ///< `done` was called (or will be by whoever set this)
+  /// A native write that posted its own flush (the endpoint had none in flight and no open
+  /// group, UcxEndpoint::postWrite): counted in the endpoint's flushes in flight until advance()
+  /// first sees it.
+  bool own_flush = false;
   uint32_t notify_value = 0;
   AmHeader header;  ///< AM header of a send or notify: must live until the send completes
   /// What the record waits for besides its own requests: checked RMA replies not received yet,

@@ -99,8 +99,7 @@ OpRecord* UcxWorker::acquire() {
     records_.push_back(std::make_unique<OpRecord>());
     rec = records_.back().get();
   }
-  // A flush group's member list keeps its capacity across reuses (one group per write when
-  // writes come one at a time).
+  // A flush group's member list keeps its capacity across reuses of the record.
   std::vector<OrphanRef> members = std::move(rec->members);
   members.clear();
   *rec = OpRecord{};
@@ -514,15 +513,6 @@ void UcxWorker::stashEarly(RouteKey key, BufferedMessage message) {
 
 int UcxWorker::progress() {
   int events = 0;
-  // Flush groups collected since the last progress(): one flush each, progressed right below.
-  if (!flushes_.empty()) {
-    std::vector<RouteKey> keys = std::move(flushes_);
-    flushes_.clear();
-    for (RouteKey key : keys) {
-      UcxEndpoint* ep = find(key);
-      if (ep != nullptr && ep->postGroupFlush()) ++events;
-    }
-  }
   {
     InProgressScope scope(in_ucx_progress_);
     for (int i = 0; i < kMaxProgressRounds; ++i) {
@@ -600,7 +590,7 @@ int UcxWorker::drainDeferred() {
 
 bool UcxWorker::hasDeferredWork() const {
   return !attention_.empty() || !broken_.empty() || !deliveries_.empty() || !connects_.empty() ||
-         !closing_.empty() || !flushes_.empty();
+         !closing_.empty();
 }
 
 }  // namespace zcx::transport::ucx

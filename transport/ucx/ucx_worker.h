@@ -73,9 +73,6 @@ class UcxWorker {
   void scheduleDelivery(RouteKey key);
   /// Asks progress() to call endpoint->connectToPeer() for `key` (outside UCX callbacks).
   void scheduleConnect(RouteKey key);
-  /// The next progress() posts the flush of the endpoint's open flush group (postGroupFlush)
-  /// before it progresses UCX.
-  void scheduleFlush(RouteKey key) { flushes_.push_back(key); }
   /// progress() fails the endpoint at `key` (already marked broken) like a peer failure.
   void scheduleBroken(RouteKey key) { broken_.emplace_back(key, UCS_ERR_INVALID_PARAM); }
   /// ucp_err_handler_cb_t; arg is the UcxWorker.
@@ -187,7 +184,6 @@ class UcxWorker {
   size_t early_count_ = 0;
   std::vector<RouteKey> deliveries_;
   std::vector<RouteKey> connects_;
-  std::vector<RouteKey> flushes_;
   std::vector<std::pair<RouteKey, ucs_status_t>> broken_;
   std::unordered_set<RndvRecv*> rndv_;
   std::unordered_set<RndvLanding*> landings_;

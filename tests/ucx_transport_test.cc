@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
@@ -234,6 +235,172 @@ TEST_P(HostilePeerTest, BogusSequenceNumbersAreNotHeldForever) {
       << "a sequence number 2^40 ahead was held";
   EXPECT_EQ(eb2_->error().code(), StatusCode::kProtocolError) << eb2_->error().toString();
   EXPECT_TRUE(evb2_.messages.empty());
+}
+
+/// Runs `f` when the scope ends.
+class ScopeExit {
+ public:
+  explicit ScopeExit(std::function<void()> f) : f_(std::move(f)) {}
+  ~ScopeExit() { f_(); }
+  ScopeExit(const ScopeExit&) = delete;
+  ScopeExit& operator=(const ScopeExit&) = delete;
+
+ private:
+  std::function<void()> f_;
+};
+
+// Writes posted back to back share endpoint flushes (one per flush group, issue 10): each one
+// still completes exactly once, only when its own data is at the target, and its notify arrives
+// after its data and in posting order. Over shm this is UCX's put path; over tcp checked RMA.
+TEST_P(UcxTransportTest, WritesSharingFlushesCompleteOnceWithTheirDataVisible) {
+  constexpr size_t kBurst = 200, kPipelined = 300, kWrites = kBurst + kPipelined, kDepth = 64;
+  constexpr size_t kLen = 1000, kStride = 1024;  // a gap of poison between neighbours
+  std::vector<uint8_t> src = randomBytes(kWrites * kStride, 21);
+  std::vector<uint8_t> remote(kWrites * kStride, kPoison);
+  MemoryHandle* msrc = reg(*a_, src, kAccessLocal);
+  MemoryHandle* mremote = reg(*b_, remote, kAccessRemoteWrite);
+  RemoteKey* key = import(*ea_, mremote);
+  ASSERT_TRUE(msrc && mremote && key);
+  auto visible = [&](size_t i) {
+    return std::memcmp(remote.data() + i * kStride, src.data() + i * kStride, kLen) == 0;
+  };
+  auto hasNotify = [](size_t i) { return i % 3 != 1; };
+  std::vector<TestCompletion> done(kWrites);
+  std::vector<int> visible_at_completion(kWrites, -1);
+  std::vector<uint32_t> expected_notifies;
+  for (size_t i = 0; i < kWrites; ++i) {
+    done[i].on_complete = [&, i] { visible_at_completion[i] = visible(i) ? 1 : 0; };
+    if (hasNotify(i)) expected_notifies.push_back(static_cast<uint32_t>(i));
+  }
+  // A failed ASSERT returns with writes outstanding: close before `done` goes.
+  ScopeExit close_first([&] {
+    for (auto& c : done) c.on_complete = nullptr;
+    evb_.on_notify = nullptr;
+    keys_.clear();
+    ea_.reset();
+  });
+  std::vector<uint32_t> notified_before_data;
+  evb_.on_notify = [&](uint32_t v) {
+    if (v >= kWrites || !visible(v)) notified_before_data.push_back(v);
+  };
+  size_t next = 0;
+  auto post = [&] {
+    size_t i = next++;
+    // Every 7th write has two ops, every 10th a zero-length op, so groups mix batch shapes.
+    std::vector<RmaOp> ops;
+    size_t half = i % 7 == 0 ? kLen / 2 : kLen;
+    ops.push_back({msrc, addr(src, i * kStride), key, addr(remote, i * kStride), half});
+    if (half != kLen) {
+      ops.push_back({msrc, addr(src, i * kStride + half), key, addr(remote, i * kStride + half),
+                     kLen - half});
+    }
+    if (i % 10 == 0) ops.push_back({msrc, addr(src, i * kStride), key, addr(remote, 0), 0});
+    std::optional<uint32_t> notify;
+    if (hasNotify(i)) notify = static_cast<uint32_t>(i);
+    return posting([&] { return ea_->postWrite(ops, notify, &done[i]); });
+  };
+  // A burst with no progress in between: several full groups and one left open.
+  for (size_t i = 0; i < kBurst; ++i) ASSERT_TRUE(post().ok()) << i;
+  for (size_t i = 0; i < kBurst; ++i) EXPECT_EQ(done[i].calls, 0) << i;
+  ASSERT_TRUE(pump([&] { return done[kBurst - 1].calls > 0; }));
+  // A pipeline: each completion posts the next write (from inside progress()).
+  size_t posted_from_completions = 0;
+  for (size_t i = kBurst; i < kWrites; ++i) {
+    auto check = std::move(done[i].on_complete);
+    done[i].on_complete = [&, i, check] {
+      check();
+      if (next < kWrites && post().ok()) ++posted_from_completions;
+    };
+  }
+  for (size_t i = 0; i < kDepth; ++i) ASSERT_TRUE(post().ok());
+  ASSERT_TRUE(pump([&] {
+    return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; }) &&
+           evb_.notifies.size() >= expected_notifies.size();
+  })) << next
+      << " posted, " << evb_.notifies.size() << " notifies";
+  EXPECT_EQ(posted_from_completions, kPipelined - kDepth);
+  settle();
+  for (size_t i = 0; i < kWrites; ++i) {
+    EXPECT_EQ(done[i].calls, 1) << i;
+    EXPECT_EQ(done[i].inline_calls, 0) << i;
+    EXPECT_TRUE(done[i].last.ok()) << i << ": " << done[i].last.toString();
+    EXPECT_EQ(visible_at_completion[i], 1) << "write " << i << " completed before its data landed";
+    ASSERT_EQ(remote[i * kStride + kLen], kPoison) << i;
+  }
+  EXPECT_TRUE(notified_before_data.empty()) << notified_before_data.size() << " early notifies";
+  EXPECT_EQ(evb_.notifies, expected_notifies);
+}
+
+// close() and destruction with a flush group open (its flush not posted yet) and with one in
+// flight: every write completes exactly once, never inside a post call, and the peer sees a
+// prefix of the notifies in order.
+TEST_P(UcxTransportTest, ClosingWithFlushGroupsPendingCompletesEveryWriteOnce) {
+  constexpr size_t kWrites = 100, kLen = 512;
+  std::vector<uint8_t> src = randomBytes(kWrites * kLen, 22);
+  std::vector<uint8_t> remote(kWrites * kLen, kPoison);
+  MemoryHandle* msrc = reg(*a_, src, kAccessLocal);
+  MemoryHandle* mremote = reg(*b_, remote, kAccessRemoteWrite);
+  ASSERT_TRUE(msrc && mremote);
+  for (bool destroy : {false, true}) {
+    SCOPED_TRACE(destroy ? "endpoint destroyed" : "endpoint closed");
+    if (destroy) {
+      keys_.clear();
+      ea_.reset();
+      eb_.reset();
+      eva_ = TestEvents();
+      evb_ = TestEvents();
+      ASSERT_NO_FATAL_FAILURE(connect(kToken + 1));
+    }
+    RemoteKey* key = import(*ea_, mremote);
+    ASSERT_NE(key, nullptr);
+    std::vector<TestCompletion> done(kWrites);
+    ScopeExit close_first([&] {  // a failed ASSERT returns with writes outstanding
+      keys_.clear();
+      ea_.reset();
+    });
+    for (size_t i = 0; i < kWrites; ++i) {
+      // Completes the first write's own flush, which posts the open group's flush.
+      if (destroy && i == kWrites / 2) a_->progress();
+      RmaOp op{msrc, addr(src, i * kLen), key, addr(remote, i * kLen), kLen};
+      ASSERT_TRUE(posting([&] {
+                    return ea_->postWrite({&op, 1}, static_cast<uint32_t>(i), &done[i]);
+                  }).ok())
+          << i;
+    }
+    // 100 writes: the first one's own flush, a full group's flush posted inside a post call,
+    // then 35 in a group whose flush is not posted yet (or: 49 in a group flushed by the
+    // progress(), then 50 more, in a new group if that flush is still in flight).
+    if (destroy) {
+      keys_.clear();
+      ea_.reset();
+    } else {
+      ea_->close(Status(StatusCode::kCancelled, "test closes"));
+    }
+    ASSERT_TRUE(pump([&] {
+      return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; });
+    }));
+    settle();
+    size_t ok = 0;
+    for (size_t i = 0; i < kWrites; ++i) {
+      EXPECT_EQ(done[i].calls, 1) << i;
+      EXPECT_EQ(done[i].inline_calls, 0) << i;
+      if (done[i].last.ok()) {
+        ++ok;
+        EXPECT_EQ(0, std::memcmp(remote.data() + i * kLen, src.data() + i * kLen, kLen)) << i;
+      } else {
+        EXPECT_EQ(done[i].last.code(), StatusCode::kCancelled) << i << done[i].last.toString();
+      }
+    }
+    if (!destroy) {
+      EXPECT_EQ(ok, 0u) << "nothing was progressed before the close";
+    }
+    for (size_t i = 0; i < evb_.notifies.size(); ++i) EXPECT_EQ(evb_.notifies[i], i);
+    if (!destroy) {
+      ea_.reset();
+      settle();
+      for (size_t i = 0; i < kWrites; ++i) EXPECT_EQ(done[i].calls, 1) << i;
+    }
+  }
 }
 
 TEST_P(UcxTransportTest, MessagesSentBeforeThePeerEndpointExistsAreKept) {

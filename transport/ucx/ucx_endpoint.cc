@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "ucx/ucx_key_format.h"
 #include "ucx/ucx_memory.h"
@@ -30,6 +31,9 @@ constexpr size_t kCheckedChunk = 128 * 1024;
 constexpr uint32_t kCheckedWindow = 8;
 // How long close() waits for a healthy endpoint's flush before it force-closes it.
 constexpr auto kCloseFlushLimit = std::chrono::milliseconds(500);
+// Writes per flush group: a full group posts its flush at once, so a long burst of writes
+// does not wait for the flushes in flight (nor for all of the burst).
+constexpr size_t kMaxGroupWrites = 64;
 
 }  // namespace
 
@@ -255,7 +259,7 @@ Status UcxEndpoint::finishPost(OpRecord* rec, bool posted_any) {
   }
   // Completions are never delivered from inside post*(): an op UCX finished at once waits for
   // the next progress().
-  if (rec->pending == 0) worker_->schedule(rec);
+  if (rec->pending == 0 && rec->awaiting == 0) worker_->schedule(rec);
   return Status::Ok();
 }
 
@@ -290,29 +294,104 @@ Status UcxEndpoint::postWrite(std::span<const RmaOp> ops, std::optional<uint32_t
   if (worker_->checkedRma()) return postChecked(ops, /*is_read=*/false, notify, done);
 
   OpRecord* rec = startRecord(OpRecord::Kind::kWrite, done);
-  rec->phase = OpRecord::Phase::kFlush;  // the puts and their flush are in flight together
+  rec->phase = OpRecord::Phase::kFlush;  // the puts in flight, then its or its group's flush
   rec->has_notify = notify.has_value();
   rec->notify_value = notify.value_or(0);
+  orderNotify(rec);
   bool posted_any = false;
-  bool ok = true;
   for (const RmaOp& op : ops) {
     if (op.length == 0) continue;
     ucp_request_param_t p = requestParam(rec, op.local);
     ucs_status_ptr_t ptr =
         ucp_put_nbx(ep_, reinterpret_cast<const void*>(op.local_addr), op.length, op.remote_addr,
                     static_cast<const UcxRemoteKey*>(op.remote)->rkey(), &p);
-    if (!track(rec, ptr, "ucp_put_nbx")) {
-      ok = false;
-      break;
-    }
+    // A put that failed at once: the write fails once its earlier puts called back; no flush.
+    if (!track(rec, ptr, "ucp_put_nbx")) return finishPost(rec, posted_any);
     posted_any = true;
   }
-  if (ok) {
-    // The flush completes once every put is done at the origin and at the target.
+  // A write completes once a flush posted after its puts completed (it covers every operation
+  // posted on the ep before it). With no flush in flight there is nothing to share one with: the
+  // write posts its own now, on its own record, and the writes that come while it is in flight
+  // collect in a group (Nagle-like).
+  if (flushes_in_flight_ == 0 && open_group_ == nullptr) {
     ucp_request_param_t p = requestParam(rec, nullptr);
-    if (track(rec, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx")) posted_any = true;
+    track(rec, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx");  // a failure is rec->status
+    rec->own_flush = true;
+    ++flushes_in_flight_;
+  } else {
+    joinGroup(rec);
   }
-  return finishPost(rec, posted_any);
+  return finishPost(rec, /*posted_any=*/true);
+}
+
+void UcxEndpoint::joinGroup(OpRecord* rec) {
+  if (open_group_ == nullptr) {
+    open_group_ = startRecord(OpRecord::Kind::kFlush, nullptr);
+    open_group_->phase = OpRecord::Phase::kFlush;
+  }
+  open_group_->members.push_back({rec, rec->generation});
+  rec->awaiting = 1;  // the group's flush
+  // A full group does not wait for the flushes in flight: its own covers its members' puts
+  // whether or not the earlier flushes completed.
+  if (open_group_->members.size() >= kMaxGroupWrites) postGroupFlush();
+}
+
+void UcxEndpoint::postGroupFlush() {
+  OpRecord* group = std::exchange(open_group_, nullptr);
+  if (group == nullptr) return;
+  // A flush completes once every operation posted on the ep before it is done at the origin and
+  // at the target: the puts of every member.
+  ucp_request_param_t p = requestParam(group, nullptr);
+  track(group, ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx");
+  ++flushes_in_flight_;  // until completeGroup
+  // Done or failed at once: its members complete from progress() (never inside a post call).
+  if (group->pending == 0) worker_->schedule(group);
+}
+
+void UcxEndpoint::flushDone() {
+  if (flushes_in_flight_ > 0) --flushes_in_flight_;
+  // Runs from progress() (advance), never inside a post call; the group's members complete from
+  // a later attention round at the earliest.
+  if (flushes_in_flight_ == 0) postGroupFlush();
+}
+
+void UcxEndpoint::completeGroup(OpRecord* group) {
+  for (const OrphanRef& m : group->members) {
+    OpRecord* rec = m.rec;
+    // Members leave only through failAll, which detaches the group too; checked all the same.
+    if (rec->generation != m.generation || rec->user_done || rec->endpoint != this) continue;
+    if (!group->status.ok() && rec->status.ok()) rec->status = group->status;
+    rec->awaiting = 0;
+    if (rec->pending == 0) worker_->schedule(rec);  // in posting order
+  }
+  unlink(group);
+  group->user_done = true;
+  group->endpoint = nullptr;
+  worker_->releaseIfIdle(group);
+  flushDone();
+}
+
+void UcxEndpoint::orderNotify(OpRecord* rec) {
+  if (rec->has_notify) notify_order_.push_back({rec, rec->generation});
+}
+
+void UcxEndpoint::pumpNotifies() {
+  while (!notify_order_.empty() && !closed_) {
+    OpRecord* rec = notify_order_.front().rec;
+    bool stale = rec->generation != notify_order_.front().generation || rec->user_done ||
+                 rec->endpoint != this;
+    if (!stale && rec->phase != OpRecord::Phase::kVisible) return;  // an earlier one in flight
+    notify_order_.pop_front();
+    if (stale) continue;  // finished (failed) without a notify
+    rec->phase = OpRecord::Phase::kNotify;
+    if (state_ == EndpointState::kBroken) {
+      // The notify cannot go out: the write fails (from progress(), via advance -> finish).
+      if (rec->status.ok()) rec->status = checkUsable();
+    } else {
+      postNotify(rec);
+    }
+    if (rec->pending == 0) worker_->schedule(rec);
+  }
 }
 
 Status UcxEndpoint::postRead(std::span<const RmaOp> ops, Completion* done) {
@@ -368,6 +447,7 @@ Status UcxEndpoint::postChecked(std::span<const RmaOp> ops, bool is_read,
   rec->phase = OpRecord::Phase::kFlush;  // requests in flight, replies awaited
   rec->has_notify = notify.has_value();
   rec->notify_value = notify.value_or(0);
+  orderNotify(rec);
   // Every op goes in chunks of at most kCheckedChunk bytes, each an eager active message: UCX
   // then hands the target (or, for a read, us) the whole chunk in one callback and nothing is
   // left receiving into user memory after it returns. (A rendezvous receive into user memory
@@ -467,6 +547,15 @@ void UcxEndpoint::postNotify(OpRecord* rec) {
 // Completion
 
 void UcxEndpoint::advance(OpRecord* rec) {
+  if (rec->kind == OpRecord::Kind::kFlush) {
+    completeGroup(rec);
+    return;
+  }
+  if (rec->own_flush) {  // its flush (and its puts) completed
+    rec->own_flush = false;
+    flushDone();
+  }
+  if (rec->phase == OpRecord::Phase::kVisible) return;  // pumpNotifies moves it on
   while (rec->pending == 0 && rec->awaiting == 0) {
     if (rec->kind == OpRecord::Kind::kWireup && rec->status.ok() && !closed_ &&
         state_ == EndpointState::kConnecting && role_ == 0 &&
@@ -479,10 +568,10 @@ void UcxEndpoint::advance(OpRecord* rec) {
     if (rec->status.ok() && !closed_ && state_ != EndpointState::kBroken &&
         rec->kind == OpRecord::Kind::kWrite && rec->has_notify &&
         rec->phase == OpRecord::Phase::kFlush) {
-      // The batch is visible at the target: now tell the peer.
-      rec->phase = OpRecord::Phase::kNotify;
-      postNotify(rec);
-      continue;
+      // The batch is visible at the target: the peer is told once the earlier notifies went.
+      rec->phase = OpRecord::Phase::kVisible;
+      pumpNotifies();
+      return;
     }
     finish(rec);
     return;
@@ -513,14 +602,23 @@ void UcxEndpoint::finish(OpRecord* rec) {
       error_.code() == StatusCode::kConnectionBroken) {
     status = error_;  // the peer died: report that, not the request's own status
   }
+  const bool had_notify = rec->kind == OpRecord::Kind::kWrite && rec->has_notify;
   rec->user_done = true;
   rec->endpoint = nullptr;
   worker_->releaseIfIdle(rec);
+  // A write that failed before its notify went out no longer holds back the later ones.
+  if (had_notify) pumpNotifies();
   done->complete(std::move(status));
 }
 
 std::vector<OrphanRef> UcxEndpoint::failAll(const Status& why) {
   std::vector<OrphanRef> orphans;
+  // The group records are in the list below (no user completion; one whose flush is in flight
+  // goes back to the pool when UCX calls back); their members fail on their own. No write is
+  // posted on the endpoint after this (checkUsable), so the flush count is dropped too.
+  open_group_ = nullptr;
+  flushes_in_flight_ = 0;
+  notify_order_.clear();
   while (head_ != nullptr) {
     OpRecord* rec = head_;
     unlink(rec);

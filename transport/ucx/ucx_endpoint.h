@@ -91,6 +91,21 @@ class UcxEndpoint final : public Endpoint {
                      Completion* done);
   /// Sends waiting chunks while fewer than kCheckedWindow are unanswered.
   void pumpChunks();
+  /// A native write whose puts are posted while a flush is in flight joins the open flush group
+  /// (opening one); the group's single flush is posted once no flush is in flight (flushDone),
+  /// or at once when it is full.
+  void joinGroup(OpRecord* rec);
+  /// Posts the open group's flush, if there is a group.
+  void postGroupFlush();
+  /// A flush counted in flushes_in_flight_ was seen complete by progress(): the open group's
+  /// flush goes out once none is left in flight.
+  void flushDone();
+  /// The group's flush finished: its members may complete (with its error, if it failed).
+  void completeGroup(OpRecord* group);
+  /// A write with a notify: its notify goes out after those of the writes posted before it.
+  void orderNotify(OpRecord* rec);
+  /// Posts the notifies of the writes at the front of notify_order_ whose data is visible.
+  void pumpNotifies();
   void postNotify(OpRecord* rec);
   void finish(OpRecord* rec);
   void unlink(OpRecord* rec);
@@ -111,7 +126,15 @@ class UcxEndpoint final : public Endpoint {
   bool closed_ = false;
   bool broken_reported_ = false;
 
-  OpRecord* head_ = nullptr;        // outstanding records (doubly linked)
+  OpRecord* head_ = nullptr;  // outstanding records (doubly linked)
+  /// The flush group collecting writes (also in head_'s list); its flush is not posted yet.
+  /// Only open while flushes_in_flight_ > 0 (so some flushDone() will post its flush).
+  OpRecord* open_group_ = nullptr;
+  /// Flushes posted (a write's own or a group's) whose completion progress() has not handled
+  /// yet; while there is one, writes collect in open_group_ (Nagle-like).
+  uint32_t flushes_in_flight_ = 0;
+  /// Writes with a notify, in posting order (stale entries are skipped).
+  std::deque<OrphanRef> notify_order_;
   std::vector<OrphanRef> orphans_;  ///< failed by a peer failure, still held by UCX
   std::unordered_set<UcxRemoteKey*> keys_;
 

@@ -99,7 +99,11 @@ OpRecord* UcxWorker::acquire() {
     records_.push_back(std::make_unique<OpRecord>());
     rec = records_.back().get();
   }
+  // A flush group's member list keeps its capacity across reuses of the record.
+  std::vector<OrphanRef> members = std::move(rec->members);
+  members.clear();
   *rec = OpRecord{};
+  rec->members = std::move(members);
   rec->worker = this;
   rec->generation = next_generation_++;
   return rec;

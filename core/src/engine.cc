@@ -272,11 +272,8 @@ int EngineImpl::progressOnce() {
     std::lock_guard<std::mutex> lock(mu);
     ++progress_round;
     n = transport->progress();
-    if (n > 0 && manualProgress()) {
-      // Another thread may sleep in progressUntil on the event this round consumed.
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (manual_sleepers_.load(std::memory_order_relaxed) > 0) wake(progress_wake_);
-    }
+    // Another thread may sleep in progressUntil on the event this round consumed.
+    if (n > 0 && manualProgress()) noteTransportProgressed();
     if (held_access_errors != 0) {
       const auto now = Clock::now();
       for (ConnectionImpl* c : live) c->settleAccessErrorsLocked(now);
@@ -549,13 +546,19 @@ int EngineImpl::sleepBudgetMsLocked(Clock::time_point now) const {
 
 int EngineImpl::progressTransportLocked() {
   const int n = transport->progress();
-  // It may have consumed the event a sleeper's fd was armed for (a verbs CQ notification is
-  // one-shot), leaving the CQ unarmed: the sleepers go round again and re-arm it.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sleeping_.load(std::memory_order_relaxed) ||
-      manual_sleepers_.load(std::memory_order_relaxed) > 0)
-    wake(progress_wake_);
+  noteTransportProgressed();
   return n;
+}
+
+void EngineImpl::noteTransportProgressed() {
+  // This progress may have consumed the event a sleeper's fd was armed for (a verbs CQ
+  // notification is one-shot), leaving the CQ unarmed: sleepers go round again and re-arm it.
+  // One about to sleep sees post_seq_ move (the progress loop and progressUntil check it after
+  // announcing themselves); one asleep is woken.
+  post_seq_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_seq_cst) ||
+      manual_sleepers_.load(std::memory_order_seq_cst) > 0)
+    wake(progress_wake_);
 }
 
 void EngineImpl::wakeSleepingWaiters() {
@@ -583,10 +586,12 @@ void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_po
     if (fd < 0) continue;  // nothing to sleep on: keep polling
     bool armed;
     int timeout_ms;
+    uint64_t seq;
     {
       std::lock_guard<std::mutex> lock(mu);
       armed = transport->arm();
       timeout_ms = sleepBudgetMsLocked(now);
+      seq = post_seq_.load(std::memory_order_seq_cst);
     }
     if (!armed) continue;  // events are waiting: progress again first
     // Receives and notification waits are not in the budget's outstanding list: a transport
@@ -594,10 +599,11 @@ void EngineImpl::progressUntil(const std::function<bool()>& done, Clock::time_po
     if (!transport->capabilities().event_fd_covers_completions) timeout_ms = 1;
     timeout_ms = static_cast<int>(std::min<int64_t>(
         timeout_ms, std::chrono::ceil<std::chrono::milliseconds>(until - now).count()));
-    manual_sleepers_.fetch_add(1, std::memory_order_relaxed);
+    manual_sleepers_.fetch_add(1, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool woken = false;
-    if (!done()) {
+    // Another thread's progress since arm() may have taken the armed event: go round instead.
+    if (!done() && post_seq_.load(std::memory_order_seq_cst) == seq) {
       pollfd p[2] = {{fd, POLLIN, 0}, {progress_wake_.get(), POLLIN, 0}};
       ::poll(p, 2, timeout_ms);
       woken = (p[1].revents & POLLIN) != 0;

@@ -136,7 +136,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   void announceUnexposed(const std::vector<Withdrawal>& gone);
   bool manualProgress() const { return options.progress == ProgressMode::kManual; }
   /// kManual waiters: progress until `done()` or `until`, spinning for options.progress_spin
-  /// after the last event and then sleeping on the transport's fd (1 ms at a time).
+  /// after the last event and then sleeping on the transport's fd and progress_wake_ until the
+  /// next deadline (1 ms at a time if the fd may miss completions).
   void progressUntil(const std::function<bool()>& done, Clock::time_point until);
   /// Manual mode: wakes the waiters sleeping in progressUntil, for a request or connection
   /// another thread finished (the control thread closing a connection, a user's close()).
@@ -144,6 +145,8 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// transport->progress() outside progressOnce (handshakes, waitReady, the BYE handler):
   /// then wakes whoever sleeps on the transport's fd (mu held).
   int progressTransportLocked();
+  /// Transport progress ran outside the sleeper's own round: wakes or warns off sleepers.
+  void noteTransportProgressed();
 
   // ---- connections ----
   /// `target`: "host:port", or with metadata an engine's name, looked up in etcd.

@@ -2,7 +2,12 @@
 // address parsing, the transport registry's choice.
 #include <gtest/gtest.h>
 
+#include <memory>
+#include <thread>
+
 #include "control_protocol.h"
+#include "request_pool.h"
+#include "small_vector.h"
 #include "socket.h"
 #include "wire.h"
 #include "zcx/transport/registry.h"
@@ -10,6 +15,59 @@
 
 namespace zcx {
 namespace {
+
+TEST(SmallVector, KeepsOrderAcrossTheInlineBoundaryAndClearsItsElements) {
+  detail::SmallVector<std::shared_ptr<int>, 2> v;
+  auto a = std::make_shared<int>(1);
+  for (int i = 0; i < 5; ++i) v.push_back(i % 2 ? a : std::make_shared<int>(10 + i));
+  ASSERT_EQ(v.size(), 5u);
+  EXPECT_EQ(*v[0], 10);
+  EXPECT_EQ(v[1], a);
+  EXPECT_EQ(*v[4], 14);  // past the two inline slots
+  EXPECT_EQ(*v.back(), 14);
+  EXPECT_TRUE(v.any([&](const std::shared_ptr<int>& p) { return p == a; }));
+  EXPECT_EQ(a.use_count(), 3);
+  v.clear();  // the inline elements are released too, not just forgotten
+  EXPECT_TRUE(v.empty());
+  EXPECT_EQ(a.use_count(), 1);
+  EXPECT_FALSE(v.any([&](const std::shared_ptr<int>& p) { return p == a; }));
+}
+
+// Blocks of finished requests are reused by the next ones on the thread, and a block freed on
+// another thread is taken by that thread's list (plain operator-new memory either way).
+TEST(RequestPool, RecyclesBlocksPerThreadAndBoundsTheList) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "under ASan every block goes back to the allocator (use-after-free checks)";
+#else
+  using Cache = detail::RequestBlockCache;
+  const size_t before = Cache::cachedOnThisThread();
+  void* p = Cache::take(200);
+  if (before > 0) {
+    EXPECT_EQ(Cache::cachedOnThisThread(), before - 1);
+  }
+  Cache::give(p, 200);
+  EXPECT_EQ(Cache::cachedOnThisThread(), std::max<size_t>(before, 1));
+  EXPECT_EQ(Cache::take(300), p);  // the same block, whatever size fits a block
+  std::thread([p] {
+    EXPECT_EQ(Cache::cachedOnThisThread(), 0u);
+    Cache::give(p, 300);
+    EXPECT_EQ(Cache::cachedOnThisThread(), 1u);
+    EXPECT_EQ(Cache::take(8), p);
+    Cache::give(p, 8);
+  }).join();  // the thread's list returns its blocks as it ends
+  void* big = Cache::take(Cache::kBlockBytes + 1);  // too big for a block: the allocator's
+  Cache::give(big, Cache::kBlockBytes + 1);
+  EXPECT_EQ(Cache::cachedOnThisThread(), std::max<size_t>(before, 1) - 1);
+  std::vector<void*> many;
+  for (size_t i = 0; i < Cache::kMaxCached + 10; ++i) many.push_back(Cache::take(64));
+  for (void* b : many) Cache::give(b, 64);
+  EXPECT_EQ(Cache::cachedOnThisThread(), Cache::kMaxCached);
+  auto shared = std::allocate_shared<std::array<char, 300>>(detail::PoolAllocator<int>());
+  EXPECT_EQ(Cache::cachedOnThisThread(), Cache::kMaxCached - 1);
+  shared.reset();
+  EXPECT_EQ(Cache::cachedOnThisThread(), Cache::kMaxCached);
+#endif
+}
 
 TEST(Status, CarriesCodeAndMessage) {
   Status s(StatusCode::kTimedOut, "took too long");

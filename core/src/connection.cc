@@ -6,6 +6,7 @@
 
 #include "connection_impl.h"
 #include "control_protocol.h"
+#include "request_pool.h"
 #include "zcx/engine.h"
 
 namespace zcx {
@@ -493,7 +494,9 @@ void ConnectionImpl::unlink(RequestState* r) {
 }
 
 std::shared_ptr<RequestState> ConnectionImpl::newRequest(OpKind kind) {
-  auto r = std::make_shared<RequestState>(engine_);
+  static_assert(sizeof(RequestState) + 64 <= RequestBlockCache::kBlockBytes,
+                "a RequestState with its shared_ptr control block must fit a pool block");
+  auto r = std::allocate_shared<RequestState>(PoolAllocator<RequestState>(), engine_);
   r->metrics = metrics_;
   r->op_kind = kind;
   r->posted = Clock::now();  // the exact clock: latencies are in microseconds

@@ -271,7 +271,10 @@ int EngineImpl::progressOnce() {
   {
     std::lock_guard<std::mutex> lock(mu);
     ++progress_round;
+    in_transport_progress_ = true;
+    round_clock_ = Clock::time_point{};
     n = transport->progress();
+    in_transport_progress_ = false;
     // Another thread may sleep in progressUntil on the event this round consumed.
     if (n > 0 && manualProgress()) noteTransportProgressed();
     if (held_access_errors != 0) {
@@ -318,17 +321,25 @@ void EngineImpl::publishRegion() {
 }
 
 void EngineImpl::dropLater(std::shared_ptr<RegionState> region) {
-  if (region) to_drop_.push_back(std::move(region));
+  if (!region) return;
+  to_drop_.push_back(std::move(region));
+  has_drops_.store(true, std::memory_order_release);
 }
 
 void EngineImpl::dropPins() {
-  std::vector<std::shared_ptr<RegionState>> drop;
+  if (!has_drops_.load(std::memory_order_acquire)) return;  // the common case: no lock
+  // Swapped with an empty vector that has capacity (this thread's spare), so neither side
+  // allocates in steady state. Taken out of the spare, not used in place: a deregistration
+  // below may come back here.
+  thread_local std::vector<std::shared_ptr<RegionState>> spare;
+  std::vector<std::shared_ptr<RegionState>> drop = std::move(spare);
   {
     std::lock_guard<std::mutex> lock(mu);
-    if (to_drop_.empty()) return;
     drop.swap(to_drop_);
+    has_drops_.store(false, std::memory_order_relaxed);
   }
   drop.clear();  // may deregister: no lock held
+  spare = std::move(drop);
 }
 
 void EngineImpl::kick() {

@@ -182,6 +182,14 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// sender's send completes then, as the credit grant promised).
   size_t held_messages = 0;
   uint64_t progress_round = 0;  ///< progressOnce calls (mu)
+  /// When an operation finishing now completed, for its latency: inside a progress round's
+  /// transport progress every completion found shares one reading of the clock (the first one
+  /// takes it), elsewhere the clock is read. Engine lock held.
+  Clock::time_point completionNow() {
+    if (!in_transport_progress_) return Clock::now();
+    if (round_clock_ == Clock::time_point{}) round_clock_ = Clock::now();
+    return round_clock_;
+  }
   /// Access errors connections hold until they know whether the peer is still there (mu).
   size_t held_access_errors = 0;
 
@@ -275,7 +283,10 @@ class EngineImpl : public std::enable_shared_from_this<EngineImpl> {
   /// Connections whose transport failed, closed once their grace time passed (mu).
   std::vector<std::pair<std::shared_ptr<ConnectionImpl>, Clock::time_point>> to_close_;
   std::vector<std::shared_ptr<RegionState>> to_drop_;  // mu
-  void dropPins();                                     ///< drops to_drop_ outside the lock
+  std::atomic<bool> has_drops_{false};  ///< lets dropPins() skip the lock when nothing to drop
+  void dropPins();                      ///< drops to_drop_ outside the lock
+  bool in_transport_progress_ = false;  ///< progressOnce is in transport->progress() (mu)
+  Clock::time_point round_clock_{};     ///< completionNow() of this round; {} = not read (mu)
   std::vector<std::pair<std::function<void(const Status&)>, Status>> running_;  // progress-local
   Clock::time_point next_deadline_check_{};
 

@@ -25,7 +25,7 @@ void RequestState::complete(Status status) {
 }
 
 void RequestState::releasePins() {
-  for (auto& p : region_pins) engine_->dropLater(p.release());
+  region_pins.forEach([&](RegionPin& p) { engine_->dropLater(p.release()); });
   region_pins.clear();
   key_pins.clear();
 }
@@ -38,9 +38,7 @@ void RequestState::pin(const std::shared_ptr<RegionState>& region,
 }
 
 bool RequestState::uses(const RegionState* region) const {
-  for (const auto& p : region_pins)
-    if (p.get() == region) return true;
-  return false;
+  return region_pins.any([&](const RegionPin& p) { return p.get() == region; });
 }
 
 bool RequestState::finish(Status status) {
@@ -56,7 +54,7 @@ bool RequestState::finish(Status status) {
     // The reference goes with it: a Request kept by the user does not keep a closed
     // connection's counters listed.
     if (metrics) {
-      metrics->record(op_kind, status_.code(), bytes_, posted, Clock::now());
+      metrics->record(op_kind, status_.code(), bytes_, posted, engine_->completionNow());
       metrics.reset();
     }
   }

@@ -10,6 +10,7 @@
 
 #include "engine_impl.h"
 #include "metrics.h"
+#include "small_vector.h"
 #include "socket.h"
 #include "zcx/status.h"
 #include "zcx/transport/transport.h"
@@ -55,8 +56,8 @@ class RequestState final : public transport::Completion {
   RequestState* prev = nullptr;
   RequestState* next = nullptr;
   std::shared_ptr<RequestState> self;  ///< keeps the state alive while the transport holds it
-  std::vector<RegionPin> region_pins;  ///< local memory the operation uses (until complete())
-  std::vector<std::shared_ptr<RemoteKeyRef>> key_pins;  ///< remote keys it uses
+  SmallVector<RegionPin, 2> region_pins;  ///< local memory the operation uses (until complete())
+  SmallVector<std::shared_ptr<RemoteKeyRef>, 2> key_pins;  ///< remote keys it uses
 
   // Counting (set before the request is posted; then under mu_): finish() records the outcome
   // once in its connection's counters and drops the reference.

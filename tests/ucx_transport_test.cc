@@ -485,6 +485,78 @@ TEST_P(UcxTcpTransportTest, PeerDeathBreaksTheEndpoint) {
   EXPECT_EQ(ea_->postSend(msrc, addr(src, 0), 10, &after).code(), StatusCode::kConnectionBroken);
 }
 
+// The peer dies with writes waiting on flushes: the first write's own flush in flight, a full
+// group's flush posted, and a group still open (its flush not posted), all posted before A
+// learns of it. Every write completes exactly once, never inside a post call, with the break
+// or Ok with its data in B's memory (B took it on the way out); the break is reported once.
+// Then a write posted on the broken endpoint fails at once and never completes.
+TEST_P(UcxTcpTransportTest, PeerDeathWithWritesInFlushGroupsCompletesEachOnce) {
+  constexpr size_t kWrites = 100, kLen = 512;
+  std::vector<uint8_t> src = randomBytes(kWrites * kLen, 23);
+  std::vector<uint8_t> remote(kWrites * kLen, kPoison);
+  MemoryHandle* msrc = reg(*a_, src, kAccessLocal);
+  MemoryHandle* mremote = reg(*b_, remote, kAccessRemoteWrite);
+  RemoteKey* key = import(*ea_, mremote);
+  ASSERT_TRUE(msrc && mremote && key);
+  RmaOp w{msrc, addr(src, 0), key, addr(remote, 0), kLen};
+  TestCompletion first;  // wires the endpoint up
+  ASSERT_TRUE(posting([&] { return ea_->postWrite({&w, 1}, std::nullopt, &first); }).ok());
+  ASSERT_TRUE(waitFor(first));
+  ASSERT_TRUE(first.last.ok()) << first.last.toString();
+
+  std::vector<TestCompletion> done(kWrites);
+  ScopeExit close_first([&] {  // a failed ASSERT returns with writes outstanding
+    keys_.clear();
+    ea_.reset();
+  });
+  for (size_t i = 0; i < kWrites; ++i) {
+    RmaOp op{msrc, addr(src, i * kLen), key, addr(remote, i * kLen), kLen};
+    ASSERT_TRUE(posting([&] {
+                  return ea_->postWrite({&op, 1}, static_cast<uint32_t>(i), &done[i]);
+                }).ok())
+        << i;
+  }
+  eb_.reset();  // B dies without telling A
+  std::erase_if(mems_, [&](auto& m) { return m.get() == mremote; });
+  b_.reset();
+
+  ASSERT_TRUE(pump(
+      [&] {
+        return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; });
+      },
+      60s))
+      << "writes still waiting on flushes after the peer died";
+  // Had every write got through before B went, A learns of the death from a later one.
+  for (int k = 0; k < 100 && ea_->state() != EndpointState::kBroken; ++k) {
+    TestCompletion probe;
+    RmaOp op{msrc, addr(src, 0), key, addr(remote, 0), kLen};
+    if (!posting([&] { return ea_->postWrite({&op, 1}, 0u, &probe); }).ok()) break;
+    ASSERT_TRUE(waitFor(probe, 60s)) << "a write to a dead peer never completed";
+  }
+  settle();
+  size_t ok = 0;
+  for (size_t i = 0; i < kWrites; ++i) {
+    EXPECT_EQ(done[i].calls, 1) << i;
+    EXPECT_EQ(done[i].inline_calls, 0) << i;
+    if (done[i].last.ok()) {  // then B took the data before it went (`remote` outlives B)
+      ++ok;
+      EXPECT_EQ(0, std::memcmp(remote.data() + i * kLen, src.data() + i * kLen, kLen)) << i;
+    } else {
+      EXPECT_EQ(done[i].last.code(), StatusCode::kConnectionBroken) << i << done[i].last.toString();
+    }
+  }
+  RecordProperty("writes_ok_before_the_break", static_cast<int>(ok));
+  ASSERT_EQ(eva_.errors.size(), 1u);
+  EXPECT_EQ(eva_.errors[0].code(), StatusCode::kConnectionBroken) << eva_.errors[0].toString();
+  EXPECT_EQ(ea_->state(), EndpointState::kBroken);
+  TestCompletion after;
+  RmaOp op{msrc, addr(src, 0), key, addr(remote, 0), kLen};
+  EXPECT_EQ(posting([&] { return ea_->postWrite({&op, 1}, 1u, &after); }).code(),
+            StatusCode::kConnectionBroken);
+  settle();
+  EXPECT_EQ(after.calls, 0) << "a write refused at post time completed too";
+}
+
 // MM_ERROR_HANDLING=y only where a memory-mapper transport (posix, sysv, xpmem) may be used:
 // only their ifaces take it, and UCX warns "invalid configuration" about a variable none took.
 TEST(UcxSettings, RmaIsCheckedUnlessEveryTransportIsSharedMemory) {

@@ -301,10 +301,21 @@ bool VerbsTransport::drainFlushed(uint32_t serial, uint64_t marker_wr_id,
   }
 }
 
+bool VerbsTransport::fdsDue() {
+  const auto now = std::chrono::steady_clock::now();
+  if (!check_fds_next_ && now - last_fd_check_ < kFdCheckPeriod) return false;
+  check_fds_next_ = false;
+  last_fd_check_ = now;
+  return true;
+}
+
 int VerbsTransport::progress() {
-  int n = processAsyncEvents();
-  n += processCmEvents();
-  drainCompChannel();
+  int n = 0;
+  if (fdsDue()) {
+    n += processAsyncEvents();
+    n += processCmEvents();
+    drainCompChannel();
+  }
   n += pollCq();
   expireStash();
   // Endpoints may be created or destroyed by callbacks: walk a snapshot of serials.
@@ -546,6 +557,7 @@ void VerbsTransport::handleWc(const ibv_wc& wc) {
 }
 
 bool VerbsTransport::arm() {
+  check_fds_next_ = true;  // the caller may sleep: whatever wakes it is read by the next progress
   drainCompChannel();
   if (int rc = ibv_req_notify_cq(cq_.get(), 0); rc != 0) {
     LOG(WARNING) << "ibv_req_notify_cq: " << errnoText(rc);

@@ -14,11 +14,6 @@ cd "$(dirname "$0")/.."
 . scripts/build-env.sh
 
 exclude=()
-if [ "$sanitize" = thread ]; then
-  # TSan covers the threaded parts; under it, checking 64 MiB of pattern in the peer takes longer
-  # than the test's 60 s peer deadline. That test runs in the normal and ASan builds.
-  exclude=(-E 'HugeWriteAndReadBack64MiB')
-fi
 
 # Tests that reproduce known UCX 1.13 failures (tests/CMakeLists.txt) run only on request:
 #   scripts/test.sh -L known-ucx-bugs

@@ -32,12 +32,21 @@ namespace {
 /// 0.2 s, past the test's operation timeout on a loaded host.
 class RdmaTargetAccess {
  public:
-#if defined(__SANITIZE_THREAD__)
-  RdmaTargetAccess() { __tsan_ignore_thread_begin(); }
-  ~RdmaTargetAccess() { __tsan_ignore_thread_end(); }
-#endif
+  RdmaTargetAccess() { hide(true); }
+  ~RdmaTargetAccess() { hide(false); }
   RdmaTargetAccess(const RdmaTargetAccess&) = delete;
   RdmaTargetAccess& operator=(const RdmaTargetAccess&) = delete;
+
+ private:
+  static void hide([[maybe_unused]] bool begin) {
+#if defined(__SANITIZE_THREAD__)
+    if (begin) {
+      __tsan_ignore_thread_begin();
+    } else {
+      __tsan_ignore_thread_end();
+    }
+#endif
+  }
 };
 
 // Completion callbacks run on a progress thread, possibly just after wait() returned: waits

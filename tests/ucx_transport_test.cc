@@ -47,6 +47,10 @@ using contract::TransportUnderTest;
 
 std::map<std::string, std::string> paramsFor(const std::string& name) {
   if (name == "tcp") return {{"ucx.tls", "tcp"}, {"ucx.net_devices", "lo"}};
+  // tcp with native RMA (no checks by the target): writes take the flush-sharing path, where
+  // every flush is a round trip to the peer (over shm a flush completes at once).
+  if (name == "tcp_native")
+    return {{"ucx.tls", "tcp"}, {"ucx.net_devices", "lo"}, {"ucx.rma", "native"}};
   // Shared memory: posix for AM + cma for zero-copy put/get (MM_ERROR_HANDLING=y is set by the
   // transport itself); self covers loopback within one worker.
   return {{"ucx.tls", "posix,cma,self"}};
@@ -485,8 +489,9 @@ TEST_P(UcxTcpTransportTest, PeerDeathBreaksTheEndpoint) {
   EXPECT_EQ(ea_->postSend(msrc, addr(src, 0), 10, &after).code(), StatusCode::kConnectionBroken);
 }
 
-// The peer dies with writes waiting on flushes: the first write's own flush in flight, a full
-// group's flush posted, and a group still open (its flush not posted), all posted before A
+// The peer dies with writes waiting on flushes (native RMA; checked RMA waits for the target's
+// answers instead): the first write's own flush in flight, a full group's flush posted, and a
+// group still open (its flush not posted), all posted before A
 // learns of it. Every write completes exactly once, never inside a post call, with the break
 // or Ok with its data in B's memory (B took it on the way out); the break is reported once.
 // Then a write posted on the broken endpoint fails at once and never completes.
@@ -505,6 +510,7 @@ TEST_P(UcxTcpTransportTest, PeerDeathWithWritesInFlushGroupsCompletesEachOnce) {
   ASSERT_TRUE(first.last.ok()) << first.last.toString();
 
   std::vector<TestCompletion> done(kWrites);
+  std::deque<TestCompletion> probes;
   ScopeExit close_first([&] {  // a failed ASSERT returns with writes outstanding
     keys_.clear();
     ea_.reset();
@@ -528,7 +534,7 @@ TEST_P(UcxTcpTransportTest, PeerDeathWithWritesInFlushGroupsCompletesEachOnce) {
       << "writes still waiting on flushes after the peer died";
   // Had every write got through before B went, A learns of the death from a later one.
   for (int k = 0; k < 100 && ea_->state() != EndpointState::kBroken; ++k) {
-    TestCompletion probe;
+    TestCompletion& probe = probes.emplace_back();
     RmaOp op{msrc, addr(src, 0), key, addr(remote, 0), kLen};
     if (!posting([&] { return ea_->postWrite({&op, 1}, 0u, &probe); }).ok()) break;
     ASSERT_TRUE(waitFor(probe, 60s)) << "a write to a dead peer never completed";
@@ -632,12 +638,14 @@ TEST(UcxSettings, MmErrorHandlingOnlyWhereAMemoryMapperMayBeUsed) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tls, UcxTransportTest,
-                         ::testing::Values(ucxInstance("tcp"), ucxInstance("shm")),
+                         ::testing::Values(ucxInstance("tcp"), ucxInstance("tcp_native"),
+                                           ucxInstance("shm")),
                          contract::instanceName);
 INSTANTIATE_TEST_SUITE_P(Tls, HostilePeerTest,
                          ::testing::Values(ucxInstance("tcp"), ucxInstance("shm")),
                          contract::instanceName);
-INSTANTIATE_TEST_SUITE_P(Tls, UcxTcpTransportTest, ::testing::Values(ucxInstance("tcp")),
+INSTANTIATE_TEST_SUITE_P(Tls, UcxTcpTransportTest,
+                         ::testing::Values(ucxInstance("tcp"), ucxInstance("tcp_native")),
                          contract::instanceName);
 
 // ---------------------------------------------------------------------------------------------

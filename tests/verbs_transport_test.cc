@@ -415,6 +415,8 @@ TEST_F(VerbsTransport, VerbsQpFatalAsyncEventBreaksOnlyThatQpsEndpoint) {
   }
   // The event is read through a's transport (both share the device context) but concerns b's
   // QP: it must reach b's transport, and wake it.
+  // As the core sleeps: arm(), wait for the fd, then one progress() handles what woke it.
+  tb_->arm();
   ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), b_.get(), IBV_EVENT_QP_FATAL).ok());
   pollfd pfd{tb_->eventFd(), POLLIN, 0};
   EXPECT_EQ(::poll(&pfd, 1, 5000), 1);
@@ -491,6 +493,7 @@ TEST_F(VerbsTransport, VerbsCqErrorAsyncEventBreaksTheCqOwnersEndpoints) {
   Done& d = newDone();
   ASSERT_TRUE(
       a_->postRead(std::vector<RmaOp>{{ma_.get(), addrA(0), kb_.get(), addrB(0), 4096}}, &d).ok());
+  ta_->arm();  // the next progress() reads the event sources (otherwise within 50 us of calls)
   ASSERT_TRUE(verbs::testing::injectAsyncEvent(ta_.get(), nullptr, IBV_EVENT_CQ_ERR).ok());
   ta_->progress();
   EXPECT_EQ(a_->state(), EndpointState::kBroken);

@@ -331,15 +331,23 @@ void EngineImpl::dropPins() {
   // Swapped with an empty vector that has capacity (this thread's spare), so neither side
   // allocates in steady state. Taken out of the spare, not used in place: a deregistration
   // below may come back here.
-  thread_local std::vector<std::shared_ptr<RegionState>> spare;
-  std::vector<std::shared_ptr<RegionState>> drop = std::move(spare);
+  // After the thread's spare is destroyed (an engine closed by a later thread-exit or static
+  // destructor) it is left alone.
+  struct Spare {
+    std::vector<std::shared_ptr<RegionState>> v;
+    bool gone = false;
+    ~Spare() { gone = true; }
+  };
+  thread_local Spare spare;
+  std::vector<std::shared_ptr<RegionState>> drop;
+  if (!spare.gone) drop = std::move(spare.v);
   {
     std::lock_guard<std::mutex> lock(mu);
     drop.swap(to_drop_);
     has_drops_.store(false, std::memory_order_relaxed);
   }
   drop.clear();  // may deregister: no lock held
-  spare = std::move(drop);
+  if (!spare.gone) spare.v = std::move(drop);
 }
 
 void EngineImpl::kick() {

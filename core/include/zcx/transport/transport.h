@@ -273,7 +273,10 @@ class Transport {
   virtual int progress() = 0;
 
   /// A file descriptor that becomes readable when progress() has something to do, or -1 if the
-  /// transport cannot sleep (the core then polls).
+  /// transport cannot sleep (the core then polls). A caller that sleeps on it calls arm() first;
+  /// the first progress() after arm() then handles what made it readable. Without arm(),
+  /// progress() may look at its event sources only now and then (verbs: every 50 us of calls),
+  /// so that a busy loop polling completions makes no system calls.
   virtual int eventFd() const = 0;
   /// Prepares eventFd() for sleeping. Returns false if there is work right now (progress again
   /// before sleeping).

@@ -111,7 +111,7 @@ class VerbsTransport final : public Transport {
   /// the first time after arm() (a sleep may have ended on one of them), otherwise at most once
   /// per kFdCheckPeriod. Each read is a system call that finds nothing while a busy loop polls
   /// the CQ (which needs none): measured between two soft-RoCE guests, four of them per round
-  /// were half the zcx client's CPU time in write_bw.
+  /// took a quarter to half of the zcx client's CPU time in write_bw (perf/RESULTS.md).
   bool fdsDue();
   static constexpr std::chrono::microseconds kFdCheckPeriod{50};
   bool check_fds_next_ = true;

@@ -62,7 +62,7 @@ TEST(RequestPool, RecyclesBlocksPerThreadAndBoundsTheList) {
   for (size_t i = 0; i < Cache::kMaxCached + 10; ++i) many.push_back(Cache::take(64));
   for (void* b : many) Cache::give(b, 64);
   EXPECT_EQ(Cache::cachedOnThisThread(), Cache::kMaxCached);
-  auto shared = std::allocate_shared<std::array<char, 300>>(detail::PoolAllocator<int>());
+  auto shared = std::allocate_shared<std::array<char, 300> >(detail::PoolAllocator<int>());
   EXPECT_EQ(Cache::cachedOnThisThread(), Cache::kMaxCached - 1);
   shared.reset();
   EXPECT_EQ(Cache::cachedOnThisThread(), Cache::kMaxCached);

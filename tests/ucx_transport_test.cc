@@ -88,6 +88,11 @@ INSTANTIATE_TEST_SUITE_P(Ucx, TransportContractTest,
 
 uint64_t addr0(const std::vector<uint8_t>& buf) { return reinterpret_cast<uint64_t>(buf.data()); }
 
+/// Whether every completion in `done` has been called.
+bool allCompleted(const std::vector<TestCompletion>& done) {
+  return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; });
+}
+
 /// The contract suite's pair of connected UCX transports, for the tests only UCX has.
 class UcxTransportTest : public contract::TransportPairTest {};
 
@@ -318,8 +323,7 @@ TEST_P(UcxTransportTest, WritesSharingFlushesCompleteOnceWithTheirDataVisible) {
   }
   for (size_t i = 0; i < kDepth; ++i) ASSERT_TRUE(post().ok());
   ASSERT_TRUE(pump([&] {
-    return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; }) &&
-           evb_.notifies.size() >= expected_notifies.size();
+    return allCompleted(done) && evb_.notifies.size() >= expected_notifies.size();
   })) << next
       << " posted, " << evb_.notifies.size() << " notifies";
   EXPECT_EQ(posted_from_completions, kPipelined - kDepth);
@@ -380,9 +384,7 @@ TEST_P(UcxTransportTest, ClosingWithFlushGroupsPendingCompletesEveryWriteOnce) {
     } else {
       ea_->close(Status(StatusCode::kCancelled, "test closes"));
     }
-    ASSERT_TRUE(pump([&] {
-      return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; });
-    }));
+    ASSERT_TRUE(pump([&] { return allCompleted(done); }));
     settle();
     size_t ok = 0;
     for (size_t i = 0; i < kWrites; ++i) {
@@ -491,10 +493,10 @@ TEST_P(UcxTcpTransportTest, PeerDeathBreaksTheEndpoint) {
 
 // The peer dies with writes waiting on flushes (native RMA; checked RMA waits for the target's
 // answers instead): the first write's own flush in flight, a full group's flush posted, and a
-// group still open (its flush not posted), all posted before A
-// learns of it. Every write completes exactly once, never inside a post call, with the break
-// or Ok with its data in B's memory (B took it on the way out); the break is reported once.
-// Then a write posted on the broken endpoint fails at once and never completes.
+// group still open (its flush not posted), all posted before A learns of it. Every write
+// completes exactly once, never inside a post call, with the break or Ok with its data in B's
+// memory (B took it on the way out); the break is reported once. Then a write posted on the
+// broken endpoint fails at once and never completes.
 TEST_P(UcxTcpTransportTest, PeerDeathWithWritesInFlushGroupsCompletesEachOnce) {
   constexpr size_t kWrites = 100, kLen = 512;
   std::vector<uint8_t> src = randomBytes(kWrites * kLen, 23);
@@ -526,11 +528,7 @@ TEST_P(UcxTcpTransportTest, PeerDeathWithWritesInFlushGroupsCompletesEachOnce) {
   std::erase_if(mems_, [&](auto& m) { return m.get() == mremote; });
   b_.reset();
 
-  ASSERT_TRUE(pump(
-      [&] {
-        return std::all_of(done.begin(), done.end(), [](const auto& c) { return c.calls > 0; });
-      },
-      60s))
+  ASSERT_TRUE(pump([&] { return allCompleted(done); }, 60s))
       << "writes still waiting on flushes after the peer died";
   // Had every write got through before B went, A learns of the death from a later one.
   for (int k = 0; k < 100 && ea_->state() != EndpointState::kBroken; ++k) {
@@ -557,7 +555,9 @@ TEST_P(UcxTcpTransportTest, PeerDeathWithWritesInFlushGroupsCompletesEachOnce) {
   EXPECT_EQ(ea_->state(), EndpointState::kBroken);
   TestCompletion after;
   RmaOp op{msrc, addr(src, 0), key, addr(remote, 0), kLen};
-  EXPECT_EQ(posting([&] { return ea_->postWrite({&op, 1}, 1u, &after); }).code(),
+  EXPECT_EQ(posting([&] {
+              return ea_->postWrite({&op, 1}, 1u, &after);
+            }).code(),
             StatusCode::kConnectionBroken);
   settle();
   EXPECT_EQ(after.calls, 0) << "a write refused at post time completed too";

@@ -330,9 +330,8 @@ void EngineImpl::dropPins() {
   if (!has_drops_.load(std::memory_order_acquire)) return;  // the common case: no lock
   // Swapped with an empty vector that has capacity (this thread's spare), so neither side
   // allocates in steady state. Taken out of the spare, not used in place: a deregistration
-  // below may come back here.
-  // After the thread's spare is destroyed (an engine closed by a later thread-exit or static
-  // destructor) it is left alone.
+  // below may come back here. Once the spare is destroyed (an engine closed by a later
+  // thread-exit or static destructor) it is left alone.
   struct Spare {
     std::vector<std::shared_ptr<RegionState>> v;
     bool gone = false;

@@ -55,7 +55,7 @@ class RequestState final : public transport::Completion {
   Clock::time_point deadline{};
   RequestState* prev = nullptr;
   RequestState* next = nullptr;
-  std::shared_ptr<RequestState> self;  ///< keeps the state alive while the transport holds it
+  std::shared_ptr<RequestState> self;     ///< keeps the state alive while the transport holds it
   SmallVector<RegionPin, 2> region_pins;  ///< local memory the operation uses (until complete())
   SmallVector<std::shared_ptr<RemoteKeyRef>, 2> key_pins;  ///< remote keys it uses
 

@@ -278,8 +278,10 @@ ucx_part() {  # tcp | shm
   local srv="ucx_perftest -p @PORT@" cli="ucx_perftest 127.0.0.1 -p @PORT@"
   local n64=20000 n1m=4000 n4m=1000 nlat=100000 nrate=200000
   if [[ $part == tcp ]]; then n64=5000; n1m=500; n4m=200; nlat=10000; nrate=50000; fi
-  measure "$part" put_bw_64K bw "$z --test write_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_put_bw -s 65536 -n $n64" parse_ucx
-  measure "$part" put_bw_4M bw "$z --test write_bw --size 4194304 --depth 16 --iters $n4m" "$srv" "$cli -t ucp_put_bw -s 4194304 -n $n4m" parse_ucx
+  # write_bw with zcx_perf's defaults, which are perftest's: --depth 128, a completion per 100
+  # writes (--cq_mod 100: writeUnsignaled + flush).
+  measure "$part" put_bw_64K bw "$z --test write_bw --size 65536 --iters $n64" "$srv" "$cli -t ucp_put_bw -s 65536 -n $n64" parse_ucx
+  measure "$part" put_bw_4M bw "$z --test write_bw --size 4194304 --iters $n4m" "$srv" "$cli -t ucp_put_bw -s 4194304 -n $n4m" parse_ucx
   measure "$part" get_bw_64K bw "$z --test read_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t ucp_get -s 65536 -n $n64" parse_ucx
   measure "$part" get_bw_4M bw "$z --test read_bw --size 4194304 --depth 16 --iters $n4m" "$srv" "$cli -t ucp_get -s 4194304 -n $n4m" parse_ucx
   # Two-sided: zcx send/recv against UCX active messages (what zcx uses) and tag matching. zcx's
@@ -288,9 +290,11 @@ ucx_part() {  # tcp | shm
   measure "$part" send_bw_64K_vs_tag bw "$z --test send_bw --size 65536 --depth 64 --iters $n64" "$srv" "$cli -t tag_bw -s 65536 -n $n64" parse_ucx
   measure "$part" send_bw_1M bw "$z --test send_bw --size 1048576 --depth 16 --iters $n1m" "$srv" "$cli -t ucp_am_bw -s 1048576 -n $n1m" parse_ucx
   measure "$part" put_lat_8 lat "$z --test write_lat --size 8 --iters $nlat" "$srv" "$cli -t ucp_put_lat -s 8 -n $nlat" parse_ucx
-  measure "$part" put_rate_8 rate "$z --test write_bw --size 8 --depth 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
-  # The same with 64 writes per request (Connection::writeBatch, one completion per 64 messages).
-  # Unsignaled writes (Connection::writeUnsignaled + flush): no Request per write.
+  measure "$part" put_rate_8 rate "$z --test write_bw --size 8 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
+  # One Request per write (Connection::write, --cq_mod 1): the per-operation path.
+  measure "$part" put_rate_8_per_request rate "$z --test write_bw --size 8 --depth 64 --cq_mod 1 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
+  # A flush per depth x 64 unsignaled writes (--unsignaled), and 64 writes per request
+  # (Connection::writeBatch, one completion per 64 messages).
   measure "$part" put_rate_8_unsignaled rate "$z --test write_bw --size 8 --depth 16 --unsignaled --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   measure "$part" put_rate_8_batch64 rate "$z --test write_bw --size 8 --depth 16 --batch 64 --iters $nrate" "$srv" "$cli -t ucp_put_bw -s 8 -n $nrate" parse_ucx
   unset UCX_TLS UCX_NET_DEVICES
@@ -302,14 +306,15 @@ verbs_part() {  # inside the guest
   ZCX_SERVER_ARGS="--transport verbs --device $dev --gid_index $gid"
   local z="--transport verbs --device $dev --gid_index $gid"
   local pt="-d $dev -x $gid -p @PORT@ -F"
-  measure verbs write_bw_64K bw "$z --test write_bw --size 65536 --depth 128 --iters 2000" "ib_write_bw $pt -s 65536 -n 2000" "ib_write_bw $pt -s 65536 -n 2000 $SERVER_IP" parse_perftest
-  measure verbs write_bw_4M bw "$z --test write_bw --size 4194304 --depth 16 --iters 40" "ib_write_bw $pt -s 4194304 -n 40" "ib_write_bw $pt -s 4194304 -n 40 $SERVER_IP" parse_perftest
+  measure verbs write_bw_64K bw "$z --test write_bw --size 65536 --iters 2000" "ib_write_bw $pt -s 65536 -n 2000" "ib_write_bw $pt -s 65536 -n 2000 $SERVER_IP" parse_perftest
+  measure verbs write_bw_4M bw "$z --test write_bw --size 4194304 --iters 40" "ib_write_bw $pt -s 4194304 -n 40" "ib_write_bw $pt -s 4194304 -n 40 $SERVER_IP" parse_perftest
   measure verbs read_bw_64K bw "$z --test read_bw --size 65536 --depth 16 --iters 2000" "ib_read_bw $pt -s 65536 -n 2000" "ib_read_bw $pt -s 65536 -n 2000 $SERVER_IP" parse_perftest
   measure verbs send_bw_64K bw "$z --test send_bw --size 65536 --depth 128 --iters 2000" "ib_send_bw $pt -s 65536 -n 2000" "ib_send_bw $pt -s 65536 -n 2000 $SERVER_IP" parse_perftest
   measure verbs write_lat_8 lat "$z --test write_lat --size 8 --iters 2000" "ib_write_lat $pt -s 8 -n 2000" "ib_write_lat $pt -s 8 -n 2000 $SERVER_IP" parse_perftest
   measure verbs read_lat_8 lat "$z --test read_lat --size 8 --iters 2000" "ib_read_lat $pt -s 8 -n 2000" "ib_read_lat $pt -s 8 -n 2000 $SERVER_IP" parse_perftest
   measure verbs send_lat_8 lat "$z --test send_lat --size 8 --iters 2000" "ib_send_lat $pt -s 8 -n 2000" "ib_send_lat $pt -s 8 -n 2000 $SERVER_IP" parse_perftest
-  measure verbs write_rate_8 rate "$z --test write_bw --size 8 --depth 128 --iters 20000" "ib_write_bw $pt -s 8 -n 20000" "ib_write_bw $pt -s 8 -n 20000 $SERVER_IP" parse_perftest
+  measure verbs write_rate_8 rate "$z --test write_bw --size 8 --iters 20000" "ib_write_bw $pt -s 8 -n 20000" "ib_write_bw $pt -s 8 -n 20000 $SERVER_IP" parse_perftest
+  measure verbs write_rate_8_per_request rate "$z --test write_bw --size 8 --cq_mod 1 --iters 20000" "ib_write_bw $pt -s 8 -n 20000" "ib_write_bw $pt -s 8 -n 20000 $SERVER_IP" parse_perftest
   measure verbs write_rate_8_batch16 rate "$z --test write_bw --size 8 --depth 8 --batch 16 --iters 20000" "ib_write_bw $pt -s 8 -n 20000" "ib_write_bw $pt -s 8 -n 20000 $SERVER_IP" parse_perftest
 }
 

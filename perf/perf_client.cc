@@ -114,7 +114,7 @@ class Client {
     rails_start_ = eng_.stats().devices;  // the tests take it again once warmed up
     const CpuSample cpu_start = CpuSample::now();
     Status s = isLatency(cfg_.kind) ? latency(size, iters, timed, res, &done)
-               : FLAGS_unsignaled   ? unsignaledBandwidth(size, iters, timed, res, &done)
+               : cfg_.cq_mod > 1    ? selectiveBandwidth(size, iters, timed, res, &done)
                                     : bandwidth(size, iters, timed, res, &done);
     if (!s.ok()) return s;
     ZCX_RETURN_IF_ERROR(ctl_.send(done));
@@ -149,6 +149,7 @@ class Client {
     res->depth = isLatency(cfg_.kind) ? 1 : cfg_.depth;
     res->qps = cfg_.qps;
     res->batch = cfg_.batch;
+    res->cq_mod = cfg_.cq_mod;
     res->verified = cfg_.verify;
     res->verify_errors += result->errors;
     res->verified_bytes += result->checked;
@@ -310,17 +311,29 @@ class Client {
     return Status::Ok();
   }
 
-  /// write_bw with Connection::writeUnsignaled: no Request per write; a flush every depth x 64
-  /// writes per connection, at most two outstanding (like perftest's selective signalling and
-  /// its send-queue depth). The run ends when the last flush completed.
-  Status unsignaledBandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res,
-                             Ctl* done) {
+  /// write_bw with selective signalling, like perftest's: writes go out with
+  /// Connection::writeUnsignaled (no Request each) and every cq_mod-th is followed by a flush(),
+  /// whose completion confirms every write before it; at most `window` writes per connection are
+  /// posted and not yet confirmed (perftest's tx-depth). The run ends when the last flush
+  /// completed.
+  Status selectiveBandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res,
+                            Ctl* done) {
     const int Q = cfg_.qps;
-    const uint64_t window = uint64_t(cfg_.depth) * 64;
-    std::vector<uint64_t> posted(Q, 0);
-    std::vector<std::deque<Request>> flushes(Q);
+    const uint64_t cq_mod = cfg_.cq_mod, window = cfg_.window;
+    struct Flush {
+      Request request;
+      uint64_t covers;  ///< posted writes when it was made: it confirms all of them
+    };
+    std::vector<uint64_t> posted(Q, 0), confirmed(Q, 0);
+    std::vector<std::deque<Flush>> flushes(Q);
+    auto flushNow = [&](int q) {
+      if (flushes[q].empty() || flushes[q].back().covers != posted[q])
+        flushes[q].push_back({data_[q].flush(), posted[q]});
+    };
     auto waitOldest = [&](int q) -> Status {
-      Status st = flushes[q].front().wait(std::chrono::milliseconds(120000));
+      Flush& f = flushes[q].front();
+      Status st = f.request.wait(std::chrono::milliseconds(120000));
+      confirmed[q] = f.covers;
       flushes[q].pop_front();
       return st.withContext("flush");
     };
@@ -332,25 +345,30 @@ class Client {
         for (int q = 0; q < Q; ++q) {
           if (posted[q] >= goal[q]) continue;
           more = true;
+          // The send queue is full: reap the oldest completion, like perftest polling its CQ.
+          // (cq_mod <= window, so one is in flight; a new flush here would split the batches.)
+          if (posted[q] - confirmed[q] >= window) {
+            if (flushes[q].empty()) flushNow(q);
+            ZCX_RETURN_IF_ERROR(waitOldest(q));
+            continue;
+          }
           const uint64_t n = posted[q];
           const size_t off = slotOff(q, n);
           if (cfg_.verify)
             fillPattern(buf_.data() + off, size, FLAGS_seed, n + (uint64_t(q) << 40));
           Status st = data_[q].writeUnsignaled(buf_.region, off, remote_[q], off, size);
-          if (st.code() == StatusCode::kResourceExhausted && !flushes[q].empty()) {
+          if (st.code() == StatusCode::kResourceExhausted) {  // the engine's own limit
+            if (flushes[q].empty()) flushNow(q);
             ZCX_RETURN_IF_ERROR(waitOldest(q));
             continue;
           }
           ZCX_RETURN_IF_ERROR(st.withContext("writeUnsignaled"));
           ++posted[q];
-          if (posted[q] % window == 0 || posted[q] == goal[q]) {
-            flushes[q].push_back(data_[q].flush());
-            if (flushes[q].size() > 2) ZCX_RETURN_IF_ERROR(waitOldest(q));
-          }
+          if (posted[q] % cq_mod == 0 || posted[q] == goal[q]) flushNow(q);
           if (stop_at != Clock::time_point{} && (posted[q] & 1023) == 0 &&
               Clock::now() >= stop_at) {
             goal[q] = posted[q];
-            flushes[q].push_back(data_[q].flush());
+            flushNow(q);
           }
         }
       }

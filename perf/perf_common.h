@@ -124,6 +124,7 @@ struct PerfResult {
   int depth = 0;
   int qps = 0;
   int batch = 1;
+  uint64_t cq_mod = 1;  ///< write_bw: writes per completion (selective signalling)
   double seconds = 0;
   double bw_avg_MBps = 0;
   double bw_peak_MBps = 0;

@@ -38,11 +38,17 @@ DEFINE_string(size, "65536", "message size in bytes (suffixes K, M, KiB, MiB all
 DEFINE_bool(all, false, "run every power-of-two size from 2 B to 8 MiB");
 DEFINE_int64(iters, 0, "operations per connection and size (0: automatic, perftest-like)");
 DEFINE_double(duration, 0, "run each size for this many seconds instead of --iters");
-DEFINE_int32(depth, 16, "operations in flight per connection (bandwidth tests)");
+DEFINE_int32(depth, 128,
+             "operations in flight per connection (bandwidth tests; perftest's --tx-depth)");
 DEFINE_int32(qps, 1, "data connections (bandwidth tests)");
+DEFINE_int32(cq_mod, 100,
+             "write_bw: one completion per this many writes, like perftest's --cq-mod: the "
+             "writes go out with Connection::writeUnsignaled and every cq_mod-th is followed by "
+             "a flush() (at most --depth writes unconfirmed; capped at --depth). 1: one Request "
+             "per write (Connection::write), the per-operation path");
 DEFINE_bool(unsignaled, false,
-            "write_bw: Connection::writeUnsignaled with a flush() every --depth x 64 writes "
-            "(at most two outstanding) instead of one Request per write: the raw message rate");
+            "write_bw: --cq_mod of --depth x 64 writes with up to twice that unconfirmed: the "
+            "raw message rate");
 DEFINE_int32(slots, 0,
              "buffers per connection that bandwidth tests cycle through (0: one, shared by the "
              "operations in flight like perftest; with --verify one per operation in flight)");
@@ -184,6 +190,20 @@ Status validate(ClientConfig* cfg) {
                "--unsignaled applies to write_bw without --batch (unsignaled writes are batched "
                "by the engine)");
   }
+  const bool cq_mod_given = !gflags::GetCommandLineFlagInfoOrDie("cq_mod").is_default;
+  if (FLAGS_cq_mod < 1 || FLAGS_cq_mod > 65536)
+    return err(StatusCode::kInvalidArgument, "--cq_mod must be 1..65536");
+  if (cq_mod_given && FLAGS_unsignaled) {
+    return err(StatusCode::kInvalidArgument,
+               "give --cq_mod or --unsignaled, not both (--unsignaled is a --cq_mod of --depth "
+               "x 64)");
+  }
+  if (cq_mod_given && FLAGS_cq_mod > 1 &&
+      (cfg->kind != TestKind::kWriteBw || FLAGS_batch > 1)) {
+    return err(StatusCode::kInvalidArgument,
+               "--cq_mod applies to write_bw without --batch (reads, sends and batches complete "
+               "one by one)");
+  }
   cfg->batch = FLAGS_batch;
   cfg->depth = FLAGS_depth;
   cfg->qps = FLAGS_qps;
@@ -192,6 +212,17 @@ Status validate(ClientConfig* cfg) {
     if (FLAGS_qps != 1)
       return err(StatusCode::kInvalidArgument, "latency tests use one connection: drop --qps");
     cfg->depth = 1;
+  }
+  // Selective signalling (write_bw only): like perftest, a completion per cq_mod writes and at
+  // most tx-depth (--depth) writes outstanding; cq_mod is capped at the depth as perftest does.
+  if (cfg->kind == TestKind::kWriteBw && cfg->batch == 1) {
+    if (FLAGS_unsignaled) {
+      cfg->cq_mod = uint64_t(cfg->depth) * 64;
+      cfg->window = 2 * cfg->cq_mod;
+    } else {
+      cfg->window = uint64_t(cfg->depth);
+      cfg->cq_mod = std::min<uint64_t>(uint64_t(FLAGS_cq_mod), cfg->window);
+    }
   }
   if (cfg->kind == TestKind::kSendBw || cfg->kind == TestKind::kSendLat) {
     for (uint64_t s : cfg->sizes) {
@@ -211,6 +242,11 @@ Status validate(ClientConfig* cfg) {
                  "overwrite each other's data)");
     }
     cfg->slots = FLAGS_slots;
+  }
+  // Verified writes must not refill a slot whose previous write is still unconfirmed.
+  if (cfg->verify && cfg->cq_mod > 1) {
+    cfg->window = std::min<uint64_t>(cfg->window, uint64_t(cfg->slots));
+    cfg->cq_mod = std::min(cfg->cq_mod, cfg->window);
   }
   uint64_t max_size = *std::max_element(cfg->sizes.begin(), cfg->sizes.end());
   double bytes = double(regionBytes(cfg->kind, max_size, cfg->qps, cfg->slots));

@@ -316,8 +316,7 @@ class Client {
   /// whose completion confirms every write before it; at most `window` writes per connection are
   /// posted and not yet confirmed (perftest's tx-depth). The run ends when the last flush
   /// completed.
-  Status selectiveBandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res,
-                            Ctl* done) {
+  Status selectiveBandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res, Ctl* done) {
     const int Q = cfg_.qps;
     const uint64_t cq_mod = cfg_.cq_mod, window = cfg_.window;
     struct Flush {

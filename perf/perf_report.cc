@@ -48,8 +48,8 @@ std::string toJson(const PerfResult& r) {
     << ",\"p99\":" << num(r.lat.p99) << ",\"p999\":" << num(r.lat.p999)
     << ",\"max\":" << num(r.lat.max) << "}"
     << ",\"depth\":" << r.depth << ",\"qps\":" << r.qps << ",\"batch\":" << r.batch
-    << ",\"cq_mod\":" << r.cq_mod
-    << ",\"seconds\":" << num(r.seconds) << ",\"verify\":" << (r.verified ? "true" : "false");
+    << ",\"cq_mod\":" << r.cq_mod << ",\"seconds\":" << num(r.seconds)
+    << ",\"verify\":" << (r.verified ? "true" : "false");
   if (r.verified)
     o << ",\"verify_errors\":" << r.verify_errors << ",\"verified_bytes\":" << r.verified_bytes;
   if (r.cpu_measured) {

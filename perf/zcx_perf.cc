@@ -198,8 +198,7 @@ Status validate(ClientConfig* cfg) {
                "give --cq_mod or --unsignaled, not both (--unsignaled is a --cq_mod of --depth "
                "x 64)");
   }
-  if (cq_mod_given && FLAGS_cq_mod > 1 &&
-      (cfg->kind != TestKind::kWriteBw || FLAGS_batch > 1)) {
+  if (cq_mod_given && FLAGS_cq_mod > 1 && (cfg->kind != TestKind::kWriteBw || FLAGS_batch > 1)) {
     return err(StatusCode::kInvalidArgument,
                "--cq_mod applies to write_bw without --batch (reads, sends and batches complete "
                "one by one)");

@@ -40,6 +40,7 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   o.gid_index = FLAGS_gid_index;
   if (!FLAGS_ucx_tls.empty()) o.transport_params["ucx.tls"] = FLAGS_ucx_tls;
   if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;
+  if (!FLAGS_ucx_rma.empty()) o.transport_params["ucx.rma"] = FLAGS_ucx_rma;
   o.listen_address = listen;
   o.auth_secret_file = FLAGS_auth_secret_file;
   o.name = FLAGS_name;

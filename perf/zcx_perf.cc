@@ -92,6 +92,9 @@ DEFINE_bool(persistent, false, "server: keep serving clients instead of exiting 
 DEFINE_string(ucx_tls, "",
               "UCX transports (transport parameter ucx.tls), e.g. tcp,self or posix,cma,self");
 DEFINE_string(ucx_net_devices, "", "UCX network devices (ucx.net_devices), e.g. lo");
+DEFINE_string(ucx_rma, "",
+              "UCX one-sided operations (ucx.rma): checked (the target checks every access; "
+              "the default over tcp), native (UCX RMA, unchecked) or auto");
 DEFINE_string(mem, "alloc",
               "memory: alloc (Engine::allocate) or user (aligned malloc + registerMemory)");
 DEFINE_uint64(seed, 1, "seed of the --verify data pattern");

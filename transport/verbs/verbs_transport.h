@@ -111,9 +111,11 @@ class VerbsTransport final : public Transport {
   /// the first time after arm() (a sleep may have ended on one of them), otherwise at most once
   /// per kFdCheckPeriod. Each read is a system call that finds nothing while a busy loop polls
   /// the CQ (which needs none): measured between two soft-RoCE guests, four of them per round
-  /// took a quarter to half of the zcx client's CPU time in write_bw (perf/RESULTS.md).
+  /// took a quarter to half of the zcx client's CPU time in write_bw, and every 50 us they still
+  /// added 11-16 % to the 8 B latencies in one guest (perf/RESULTS.md). What they find while busy
+  /// (a cm or async event) can wait a millisecond; before a sleep they are read at once.
   bool fdsDue();
-  static constexpr std::chrono::microseconds kFdCheckPeriod{50};
+  static constexpr std::chrono::microseconds kFdCheckPeriod{1000};
   bool check_fds_next_ = true;
   std::chrono::steady_clock::time_point last_fd_check_{};
 };

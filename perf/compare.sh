@@ -127,18 +127,22 @@ arg() {
 }
 
 # zcx_bytes ZCX_ARGS: payload bytes one zcx_perf client run moves, warm-up included (the warm-up
-# rules of perf/perf_client.cc: Client::bandwidth, ::unsignaledBandwidth and ::latency).
+# rules of perf/perf_client.cc: Client::bandwidth, ::selectiveBandwidth and ::latency; zcx_perf's
+# defaults --depth 128 and --cq_mod 100; runs without --verify).
 zcx_bytes() {
   # shellcheck disable=SC2086
   set -- $1
-  local test size iters depth batch unsig=0
+  local test size iters depth batch cq unsig=0
   test=$(arg --test write_bw "$@"); size=$(arg --size 65536 "$@"); iters=$(arg --iters 0 "$@")
-  depth=$(arg --depth 16 "$@"); batch=$(arg --batch 1 "$@")
+  depth=$(arg --depth 128 "$@"); batch=$(arg --batch 1 "$@"); cq=$(arg --cq_mod 100 "$@")
   [[ " $* " == *" --unsignaled "* ]] && unsig=1
-  awk -v t="$test" -v s="$size" -v n="$iters" -v d="$depth" -v b="$batch" -v u="$unsig" 'BEGIN {
+  awk -v t="$test" -v s="$size" -v n="$iters" -v d="$depth" -v b="$batch" -v c="$cq" -v u="$unsig" '
+    function min3(a, x, y) { if (x < a) a = x; if (y < a) a = y; return a }
+    BEGIN {
     if (t ~ /_lat$/) { w = int(n / 10); if (w > 1000) w = 1000; m = n + w }
-    else if (u) { w = int(n / 10) + d * 64; if (w > 100000) w = 100000; m = n + w }
-    else { r = int((n + b - 1) / b); w = int(r / 10) + d; if (w > 1000) w = 1000; m = (r + w) * b }
+    else if (t == "write_bw" && b == 1 && (u || c > 1)) {  # selective signalling
+      win = u ? 2 * d * 64 : d; w = min3(int(n / 10) + win, n, 100000); m = n + w }
+    else { r = int((n + b - 1) / b); w = min3(int(r / 10) + d, r, 1000); m = (r + w) * b }
     printf "%.0f\n", m * s }'
 }
 

@@ -217,7 +217,8 @@ class Client {
     const int Q = cfg_.qps, D = cfg_.depth;
     const uint64_t B = cfg_.batch;  // messages per request
     iters = (iters + B - 1) / B;    // from here on, counts are requests
-    uint64_t warm = timed ? 2 * D : std::min<uint64_t>(iters / 10 + D, 1000);
+    // An unmeasured first round (compare.sh's zcx_bytes mirrors this rule).
+    uint64_t warm = timed ? 2 * D : std::min<uint64_t>({iters / 10 + D, iters, 1000});
     std::vector<std::vector<Request>> reqs(Q, std::vector<Request>(D));
     std::vector<std::vector<Clock::time_point>> at(Q, std::vector<Clock::time_point>(D));
     std::vector<uint64_t> posted(Q, 0), completed(Q, 0);
@@ -315,23 +316,45 @@ class Client {
   /// Connection::writeUnsignaled (no Request each) and every cq_mod-th is followed by a flush(),
   /// whose completion confirms every write before it; at most `window` writes per connection are
   /// posted and not yet confirmed (perftest's tx-depth). The run ends when the last flush
-  /// completed.
+  /// completed. Latency samples: per flush, from posting the first write it covers to its
+  /// completion (the oldest of those writes' post-to-completion time).
   Status selectiveBandwidth(uint64_t size, uint64_t iters, bool timed, PerfResult* res, Ctl* done) {
     const int Q = cfg_.qps;
     const uint64_t cq_mod = cfg_.cq_mod, window = cfg_.window;
     struct Flush {
       Request request;
-      uint64_t covers;  ///< posted writes when it was made: it confirms all of them
+      uint64_t covers;               ///< posted writes when it was made: it confirms all of them
+      Clock::time_point first_post;  ///< when the first write it covers was posted
     };
     std::vector<uint64_t> posted(Q, 0), confirmed(Q, 0);
     std::vector<std::deque<Flush>> flushes(Q);
+    // The first write after the newest flush, and whether one was posted since.
+    std::vector<Clock::time_point> group_start(Q);
+    std::vector<char> group_open(Q, 0);
+    bool measure = false;
+    double peak = 0;
+    uint64_t win_writes = 0;
+    Clock::time_point win_start{};
     auto flushNow = [&](int q) {
-      if (flushes[q].empty() || flushes[q].back().covers != posted[q])
-        flushes[q].push_back({data_[q].flush(), posted[q]});
+      if (flushes[q].empty() || flushes[q].back().covers != posted[q]) {
+        flushes[q].push_back({data_[q].flush(), posted[q], group_start[q]});
+        group_open[q] = 0;
+      }
     };
     auto waitOldest = [&](int q) -> Status {
       Flush& f = flushes[q].front();
       Status st = f.request.wait(std::chrono::milliseconds(120000));
+      if (measure && st.ok()) {
+        const auto now = Clock::now();
+        sample(now - f.first_post);
+        win_writes += f.covers - confirmed[q];
+        if (now - win_start >= 10ms) {
+          peak = std::max(peak, double(win_writes) * double(size) /
+                                    std::chrono::duration<double>(now - win_start).count() / 1e6);
+          win_start = now;
+          win_writes = 0;
+        }
+      }
       confirmed[q] = f.covers;
       flushes[q].pop_front();
       return st.withContext("flush");
@@ -355,6 +378,7 @@ class Client {
           const size_t off = slotOff(q, n);
           if (cfg_.verify)
             fillPattern(buf_.data() + off, size, FLAGS_seed, n + (uint64_t(q) << 40));
+          const auto now = Clock::now();
           Status st = data_[q].writeUnsignaled(buf_.region, off, remote_[q], off, size);
           if (st.code() == StatusCode::kResourceExhausted) {  // the engine's own limit
             if (flushes[q].empty()) flushNow(q);
@@ -362,6 +386,7 @@ class Client {
             continue;
           }
           ZCX_RETURN_IF_ERROR(st.withContext("writeUnsignaled"));
+          if (!group_open[q]) group_start[q] = now, group_open[q] = 1;
           ++posted[q];
           if (posted[q] % cq_mod == 0 || posted[q] == goal[q]) flushNow(q);
           if (stop_at != Clock::time_point{} && (posted[q] & 1023) == 0 &&
@@ -375,12 +400,16 @@ class Client {
         while (!flushes[q].empty()) ZCX_RETURN_IF_ERROR(waitOldest(q));
       return Status::Ok();
     };
-    const uint64_t warm = std::min<uint64_t>(iters / 10 + window, 100000);
+    // An unmeasured first round (compare.sh's zcx_bytes mirrors this rule).
+    const uint64_t warm =
+        timed ? 2 * window : std::min<uint64_t>({iters / 10 + window, iters, 100000});
     ZCX_RETURN_IF_ERROR(run(warm, Clock::time_point{}));
     const uint64_t before = std::accumulate(posted.begin(), posted.end(), uint64_t{0});
     rails_start_ = eng_.stats().devices;
     auto t0 = Clock::now();
     measure_start_ = t0;
+    measure = true;
+    win_start = t0;
     ZCX_RETURN_IF_ERROR(run(timed ? UINT64_MAX / 4 : iters,
                             timed ? t0 + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(FLAGS_duration))
@@ -388,7 +417,7 @@ class Client {
     auto t1 = Clock::now();
     const uint64_t total = std::accumulate(posted.begin(), posted.end(), uint64_t{0}) - before;
     double secs = std::chrono::duration<double>(t1 - t0).count();
-    setRates(res, total, size, secs);
+    setRates(res, total, size, secs, peak);
     for (int q = 0; q < Q; ++q) done->counts[q] = posted[q];
     return Status::Ok();
   }

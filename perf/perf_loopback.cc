@@ -30,6 +30,7 @@ int runLoopback(const ClientConfig& cfg) {
                                    "--gid_index=" + std::to_string(FLAGS_gid_index),
                                    "--ucx_tls=" + FLAGS_ucx_tls,
                                    "--ucx_net_devices=" + FLAGS_ucx_net_devices,
+                                   "--ucx_rma=" + FLAGS_ucx_rma,
                                    "--mem=" + FLAGS_mem,
                                    std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
                                    std::string("--metrics=") + (FLAGS_metrics ? "true" : "false"),

@@ -48,7 +48,7 @@ DEFINE_int32(cq_mod, 100,
              "per write (Connection::write), the per-operation path");
 DEFINE_bool(unsignaled, false,
             "write_bw: --cq_mod of --depth x 64 writes with up to twice that unconfirmed: the "
-            "raw message rate");
+            "raw message rate (with --verify both are capped at --slots)");
 DEFINE_int32(slots, 0,
              "buffers per connection that bandwidth tests cycle through (0: one, shared by the "
              "operations in flight like perftest; with --verify one per operation in flight)");
@@ -196,6 +196,10 @@ Status validate(ClientConfig* cfg) {
   const bool cq_mod_given = !gflags::GetCommandLineFlagInfoOrDie("cq_mod").is_default;
   if (FLAGS_cq_mod < 1 || FLAGS_cq_mod > 65536)
     return err(StatusCode::kInvalidArgument, "--cq_mod must be 1..65536");
+  if (FLAGS_mpi && (cq_mod_given || FLAGS_unsignaled)) {
+    return err(StatusCode::kInvalidArgument,
+               "--mpi measures one Request per write: drop --cq_mod and --unsignaled");
+  }
   if (cq_mod_given && FLAGS_unsignaled) {
     return err(StatusCode::kInvalidArgument,
                "give --cq_mod or --unsignaled, not both (--unsignaled is a --cq_mod of --depth "

@@ -44,19 +44,24 @@ run 1 --test write_bw --size 65536 --cq_mod 1 --depth 16 --iters 500
 run 16 --test write_bw --size 8 --depth 16 --unsignaled --iters 20000
 # A timed run ends on a flush too.
 run 100 --test write_bw --size 256 --duration 0.5
+# More unconfirmed writes than the engine takes (256 batches in flight; a 256 KiB write is a
+# batch of its own): writeUnsignaled pushes back and the run waits for its oldest flush.
+run 512 --test write_bw --size 262144 --depth 16 --slots 512 --unsignaled --iters 2000
 
-# refused ARGS...: a usage error (exit 2) that names the flag.
+# refused TEXT ARGS...: a usage error (exit 2) whose message contains TEXT.
 refused() {
-  local out rc=0
+  local text=$1 out rc=0
+  shift
   out=$("$perf" --loopback --quiet "${tls[@]}" "$@" 2>&1) || rc=$?
   if [ $rc -ne 2 ]; then fail "zcx_perf $*: expected exit 2, got $rc: $out"; return; fi
-  grep -q -- "--cq_mod\|--unsignaled" <<<"$out" || fail "zcx_perf $*: message does not name the flag: $out"
+  grep -q -- "$text" <<<"$out" || fail "zcx_perf $*: message does not say '$text': $out"
   echo "refused: $*"
 }
-refused --test write_bw --cq_mod 0
-refused --test read_bw --cq_mod 10
-refused --test write_bw --batch 4 --cq_mod 10
-refused --test write_bw --unsignaled --cq_mod 10
+refused "--cq_mod must be" --test write_bw --cq_mod 0
+refused "--cq_mod applies to write_bw" --test read_bw --cq_mod 10
+refused "--cq_mod applies to write_bw" --test write_bw --batch 4 --cq_mod 10
+refused "give --cq_mod or --unsignaled" --test write_bw --unsignaled --cq_mod 10
+refused "--mpi measures one Request" --mpi --cq_mod 10
 
 if [ $failures -ne 0 ]; then
   echo "zcx_perf_test ($2): $failures failure(s)"

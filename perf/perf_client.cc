@@ -378,7 +378,9 @@ class Client {
           const size_t off = slotOff(q, n);
           if (cfg_.verify)
             fillPattern(buf_.data() + off, size, FLAGS_seed, n + (uint64_t(q) << 40));
-          const auto now = Clock::now();
+          // The clock is read once per flush group, not per write (a read costs as much as half
+          // of an 8-byte writeUnsignaled).
+          const auto now = group_open[q] ? Clock::time_point{} : Clock::now();
           Status st = data_[q].writeUnsignaled(buf_.region, off, remote_[q], off, size);
           if (st.code() == StatusCode::kResourceExhausted) {  // the engine's own limit
             if (flushes[q].empty()) flushNow(q);

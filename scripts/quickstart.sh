@@ -94,7 +94,8 @@ for r in speed:
     print(f"{r['test']:<10} {size(r['size']):>7} {amount(r['size'] * r['iterations']):>9} "
           f"{bw:>9} {r['lat_us']['p50']:>10.2f} {r['lat_us']['p99']:>10.2f}  {ok}")
 print("latency: one-way for *_lat (half the round trip; read_lat: the full read), "
-      "post to completion for *_bw")
+      "post to completion for *_bw (write_bw: one completion per 100 writes, like perftest; "
+      "timed from the first of them)")
 shown += checked.values()
 bad = sum(v["verify_errors"] for v in shown)
 print("every checked byte arrived intact" if bad == 0 and shown else "VERIFICATION FAILED")

@@ -34,6 +34,26 @@ void setRates(PerfResult* res, uint64_t messages, uint64_t size, double secs, do
   res->msg_rate_Mpps = double(messages) / secs / 1e6;
 }
 
+/// The "BW peak" column: the highest rate over windows of at least 10 ms of completions.
+class PeakRate {
+ public:
+  explicit PeakRate(Clock::time_point start = {}) : start_(start) {}
+  void add(uint64_t bytes, Clock::time_point now) {
+    bytes_ += bytes;
+    if (now - start_ < 10ms) return;
+    mbps_ =
+        std::max(mbps_, double(bytes_) / std::chrono::duration<double>(now - start_).count() / 1e6);
+    start_ = now;
+    bytes_ = 0;
+  }
+  double mbps() const { return mbps_; }
+
+ private:
+  Clock::time_point start_;
+  uint64_t bytes_ = 0;
+  double mbps_ = 0;
+};
+
 class Client {
  public:
   Client(Engine& eng, const ClientConfig& cfg) : eng_(eng), cfg_(cfg) {}
@@ -231,8 +251,7 @@ class Client {
       std::vector<uint64_t> goal(Q);
       for (int q = 0; q < Q; ++q) goal[q] = posted[q] + target;
       auto t0 = Clock::now();
-      auto win_start = t0;
-      uint64_t win_ops = 0;
+      PeakRate window(t0);
       bool stopping = false;
       for (int q = 0; q < Q; ++q) {
         for (int k = 0; k < D && posted[q] < goal[q]; ++k) {
@@ -261,12 +280,9 @@ class Client {
             ++completed[q];
             --inflight;
             ++*total_done;
-            ++win_ops;
-            if (measure && now - win_start >= 10ms) {
-              double secs = std::chrono::duration<double>(now - win_start).count();
-              *peak = std::max(*peak, win_ops * B * size / secs / 1e6);
-              win_start = now;
-              win_ops = 0;
+            if (measure) {
+              window.add(B * size, now);
+              *peak = std::max(*peak, window.mbps());
             }
             if (!stopping && timed && now >= stop_at) stopping = true;
             if (!stopping && posted[q] < goal[q]) {
@@ -332,9 +348,7 @@ class Client {
     std::vector<Clock::time_point> group_start(Q);
     std::vector<char> group_open(Q, 0);
     bool measure = false;
-    double peak = 0;
-    uint64_t win_writes = 0;
-    Clock::time_point win_start{};
+    PeakRate peak;
     auto flushNow = [&](int q) {
       if (flushes[q].empty() || flushes[q].back().covers != posted[q]) {
         flushes[q].push_back({data_[q].flush(), posted[q], group_start[q]});
@@ -347,13 +361,7 @@ class Client {
       if (measure && st.ok()) {
         const auto now = Clock::now();
         sample(now - f.first_post);
-        win_writes += f.covers - confirmed[q];
-        if (now - win_start >= 10ms) {
-          peak = std::max(peak, double(win_writes) * double(size) /
-                                    std::chrono::duration<double>(now - win_start).count() / 1e6);
-          win_start = now;
-          win_writes = 0;
-        }
+        peak.add((f.covers - confirmed[q]) * size, now);
       }
       confirmed[q] = f.covers;
       flushes[q].pop_front();
@@ -411,7 +419,7 @@ class Client {
     auto t0 = Clock::now();
     measure_start_ = t0;
     measure = true;
-    win_start = t0;
+    peak = PeakRate(t0);
     ZCX_RETURN_IF_ERROR(run(timed ? UINT64_MAX / 4 : iters,
                             timed ? t0 + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(FLAGS_duration))
@@ -419,7 +427,7 @@ class Client {
     auto t1 = Clock::now();
     const uint64_t total = std::accumulate(posted.begin(), posted.end(), uint64_t{0}) - before;
     double secs = std::chrono::duration<double>(t1 - t0).count();
-    setRates(res, total, size, secs, peak);
+    setRates(res, total, size, secs, peak.mbps());
     for (int q = 0; q < Q; ++q) done->counts[q] = posted[q];
     return Status::Ok();
   }

@@ -219,17 +219,6 @@ Status validate(ClientConfig* cfg) {
       return err(StatusCode::kInvalidArgument, "latency tests use one connection: drop --qps");
     cfg->depth = 1;
   }
-  // Selective signalling (write_bw only): like perftest, a completion per cq_mod writes and at
-  // most tx-depth (--depth) writes outstanding; cq_mod is capped at the depth as perftest does.
-  if (cfg->kind == TestKind::kWriteBw && cfg->batch == 1) {
-    if (FLAGS_unsignaled) {
-      cfg->cq_mod = uint64_t(cfg->depth) * 64;
-      cfg->window = 2 * cfg->cq_mod;
-    } else {
-      cfg->window = uint64_t(cfg->depth);
-      cfg->cq_mod = std::min<uint64_t>(uint64_t(FLAGS_cq_mod), cfg->window);
-    }
-  }
   if (cfg->kind == TestKind::kSendBw || cfg->kind == TestKind::kSendLat) {
     for (uint64_t s : cfg->sizes) {
       if (s > (8u << 20))
@@ -249,10 +238,15 @@ Status validate(ClientConfig* cfg) {
     }
     cfg->slots = FLAGS_slots;
   }
-  // Verified writes must not refill a slot whose previous write is still unconfirmed.
-  if (cfg->verify && cfg->cq_mod > 1) {
-    cfg->window = std::min<uint64_t>(cfg->window, uint64_t(cfg->slots));
-    cfg->cq_mod = std::min(cfg->cq_mod, cfg->window);
+  // Selective signalling (write_bw only): like perftest, a completion per cq_mod writes and at
+  // most tx-depth (--depth) writes outstanding, cq_mod capped at that as perftest does. Verified
+  // writes must not refill a slot whose previous write is still unconfirmed: at most --slots.
+  if (cfg->kind == TestKind::kWriteBw && cfg->batch == 1) {
+    const uint64_t depth = uint64_t(cfg->depth);
+    cfg->window = FLAGS_unsignaled ? 2 * depth * 64 : depth;
+    if (cfg->verify) cfg->window = std::min<uint64_t>(cfg->window, uint64_t(cfg->slots));
+    cfg->cq_mod =
+        std::min<uint64_t>(FLAGS_unsignaled ? depth * 64 : uint64_t(FLAGS_cq_mod), cfg->window);
   }
   uint64_t max_size = *std::max_element(cfg->sizes.begin(), cfg->sizes.end());
   double bytes = double(regionBytes(cfg->kind, max_size, cfg->qps, cfg->slots));

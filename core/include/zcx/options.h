@@ -87,6 +87,9 @@ struct EngineOptions {
   /// How long progress keeps polling after the last event before it sleeps on the transport's
   /// event fd (the progress thread, and Request::wait / waitNotification in kManual mode).
   /// Longer: lower latency after a pause, more CPU. Zero: sleep as soon as nothing happens.
+  /// After the first 10 us of a spin that finds nothing, each further poll yields the CPU
+  /// (sched_yield), so a peer process on the same core (a one-CPU container, an oversubscribed
+  /// node) can run and send what this side waits for.
   std::chrono::microseconds progress_spin{50};
   /// Connect/accept handshake, including the transport's own connection setup.
   std::chrono::milliseconds connect_timeout{5000};

@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "perf_flags.h"
 
@@ -41,6 +43,33 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   if (!FLAGS_ucx_tls.empty()) o.transport_params["ucx.tls"] = FLAGS_ucx_tls;
   if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;
   if (!FLAGS_ucx_rma.empty()) o.transport_params["ucx.rma"] = FLAGS_ucx_rma;
+  // KEY=VALUE items separated by commas; a piece without '=' continues the previous value
+  // (ucx.tls=tcp,self,ucx.net_devices=lo).
+  std::vector<std::string> items;
+  const std::string& list = FLAGS_transport_params;
+  for (size_t start = 0; start < list.size();) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    std::string piece = list.substr(start, comma - start);
+    start = comma + 1;
+    if (piece.find('=') == std::string::npos && !items.empty()) {
+      items.back() += "," + piece;
+    } else {
+      items.push_back(std::move(piece));
+    }
+  }
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    if (eq == 0 || eq == std::string::npos) {
+      return Status(StatusCode::kInvalidArgument,
+                    "--transport_params: '" + item + "' is not KEY=VALUE");
+    }
+    // The engine checks keys and values: an unknown one fails Engine::create with its name.
+    if (!o.transport_params.emplace(item.substr(0, eq), item.substr(eq + 1)).second) {
+      return Status(StatusCode::kInvalidArgument, "--transport_params: " + item.substr(0, eq) +
+                                                      " is given twice (or also by --ucx_*)");
+    }
+  }
   o.listen_address = listen;
   o.auth_secret_file = FLAGS_auth_secret_file;
   o.name = FLAGS_name;

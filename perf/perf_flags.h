@@ -23,6 +23,7 @@ DECLARE_bool(persistent);
 DECLARE_string(ucx_tls);
 DECLARE_string(ucx_net_devices);
 DECLARE_string(ucx_rma);
+DECLARE_string(transport_params);
 DECLARE_string(mem);
 DECLARE_uint64(seed);
 DECLARE_int32(ready_fd);

@@ -31,6 +31,7 @@ int runLoopback(const ClientConfig& cfg) {
                                    "--ucx_tls=" + FLAGS_ucx_tls,
                                    "--ucx_net_devices=" + FLAGS_ucx_net_devices,
                                    "--ucx_rma=" + FLAGS_ucx_rma,
+                                   "--transport_params=" + FLAGS_transport_params,
                                    "--mem=" + FLAGS_mem,
                                    std::string("--quiet=") + (FLAGS_quiet ? "true" : "false"),
                                    std::string("--metrics=") + (FLAGS_metrics ? "true" : "false"),

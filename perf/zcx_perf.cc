@@ -95,6 +95,10 @@ DEFINE_string(ucx_net_devices, "", "UCX network devices (ucx.net_devices), e.g. 
 DEFINE_string(ucx_rma, "",
               "UCX one-sided operations (ucx.rma): checked (the target checks every access; "
               "the default over tcp), native (UCX RMA, unchecked) or auto");
+DEFINE_string(transport_params, "",
+              "more transport parameters, KEY=VALUE[,KEY=VALUE...] (EngineOptions::"
+              "transport_params), e.g. verbs.ack_timeout=14,verbs.sq_depth=256 or "
+              "ucx.tls=tcp,self,ucx.net_devices=lo");
 DEFINE_string(mem, "alloc",
               "memory: alloc (Engine::allocate) or user (aligned malloc + registerMemory)");
 DEFINE_uint64(seed, 1, "seed of the --verify data pattern");

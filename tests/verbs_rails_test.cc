@@ -94,7 +94,7 @@ TEST(VerbsRailsWire, DeviceListsNameDistinctDevices) {
   EXPECT_TRUE(std::is_sorted(all->begin(), all->end()));
 }
 
-TEST(VerbsRailsWire, SliceSizeAndRetryCountAreVerbsParameters) {
+TEST(VerbsRailsWire, SliceSizeRetryCountAndAckTimeoutAreVerbsParameters) {
   TransportConfig c;
   c.params["verbs.slice_size"] = "16384";
   auto o = verbs::parseOptions(c);
@@ -109,6 +109,14 @@ TEST(VerbsRailsWire, SliceSizeAndRetryCountAreVerbsParameters) {
   c.params["verbs.retry_count"] = "3";
   EXPECT_EQ(verbs::parseOptions(c)->retry_count, 3u);
   c.params["verbs.retry_count"] = "8";
+  EXPECT_EQ(verbs::parseOptions(c).status().code(), StatusCode::kInvalidArgument);
+  c.params.erase("verbs.retry_count");
+  EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 0u);  // rdma_cm's choice
+  c.params["verbs.ack_timeout"] = "0";                 // rdma_cm's own choice
+  EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 0u);
+  c.params["verbs.ack_timeout"] = "31";
+  EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 31u);
+  c.params["verbs.ack_timeout"] = "32";
   EXPECT_EQ(verbs::parseOptions(c).status().code(), StatusCode::kInvalidArgument);
 }
 

@@ -168,6 +168,17 @@ Status VerbsEndpoint::createQp(rdma_cm_id* id) {
   return Status();
 }
 
+void VerbsEndpoint::setAckTimeout(rdma_cm_id* id) {
+  // Set on the cm id before connect/accept: rdma_cm applies it when it moves the QP to RTS
+  // (the timeout cannot be changed on an RTS QP).
+  uint8_t t = static_cast<uint8_t>(transport_->options().ack_timeout);
+  if (t == 0) return;
+  if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof(t)) != 0) {
+    LOG(WARNING) << "verbs: cannot set the QP's ACK timeout to " << static_cast<int>(t) << " ("
+                 << errnoText(errno) << "); rdma_cm's default stays";
+  }
+}
+
 Status VerbsEndpoint::postRecv(uint32_t index) {
   ibv_sge sge{};
   sge.addr = reinterpret_cast<uintptr_t>(recv_ring_->address()) + uint64_t{index} * slot_size_;
@@ -214,6 +225,7 @@ void VerbsEndpoint::accept(CmIdPtr id, const ConnectData& data, uint8_t initiato
   param.rnr_retry_count = 7;
   param.flow_control = 1;
   read_limit_ = std::max<uint32_t>(1, param.initiator_depth);
+  setAckTimeout(id_.get());
   if (rdma_accept(id_.get(), &param) != 0) {
     breakConnection(
         Status(StatusCode::kConnectionBroken, "rdma_accept failed (" + errnoText(errno) + ")"));
@@ -248,6 +260,7 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
       param.retry_count = transport_->options().retry_count;
       param.rnr_retry_count = 7;
       param.flow_control = 1;
+      setAckTimeout(id_.get());
       if (rdma_connect(id_.get(), &param) != 0) {
         breakConnection(Status(StatusCode::kConnectionRefused,
                                "rdma_connect failed (" + errnoText(errno) + ")"));
@@ -278,8 +291,11 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
       // 0 means 655 ms per RNR NAK when our receive ring runs dry).
       ibv_qp_attr qa{};
       ibv_qp_init_attr qia{};
-      if (ibv_query_qp(qp_, &qa, IBV_QP_MAX_QP_RD_ATOMIC, &qia) == 0 && qa.max_rd_atomic > 0) {
-        read_limit_ = qa.max_rd_atomic;
+      if (ibv_query_qp(qp_, &qa, IBV_QP_MAX_QP_RD_ATOMIC | IBV_QP_TIMEOUT, &qia) == 0) {
+        if (qa.max_rd_atomic > 0) read_limit_ = qa.max_rd_atomic;
+        VLOG(1) << "verbs: QP " << qp_->qp_num << " connected, local ACK timeout "
+                << static_cast<int>(qa.timeout) << " (4.096 us x 2^" << static_cast<int>(qa.timeout)
+                << "), read depth " << read_limit_;
       }
       ibv_qp_attr rnr{};
       rnr.min_rnr_timer = 1;  // 0.01 ms

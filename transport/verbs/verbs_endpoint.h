@@ -62,6 +62,8 @@ class VerbsEndpoint final : public Endpoint {
   Status checkUsable() const;
   Status createQp(rdma_cm_id* id);
   Status postRecv(uint32_t index);
+  /// Asks rdma_cm for VerbsOptions::ack_timeout on this QP (before connect/accept).
+  void setAckTimeout(rdma_cm_id* id);
   Status queueRma(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
                   Completion* done);
   /// One op of one WR (SEND, BIND_MW): queued and flushed.

@@ -41,11 +41,16 @@ Result<VerbsOptions> parseOptions(const TransportConfig& config) {
       auto v = parseParam(key, value, 0, 7);
       if (!v.ok()) return v.status();
       options.retry_count = *v;
+    } else if (key == "verbs.ack_timeout") {
+      auto v = parseParam(key, value, 0, 31);
+      if (!v.ok()) return v.status();
+      options.ack_timeout = *v;
     } else {
       return Status(
           StatusCode::kInvalidArgument,
           "unknown verbs transport parameter '" + key +
-              "' (known: verbs.sq_depth, verbs.recv_depth, verbs.slice_size, verbs.retry_count)");
+              "' (known: verbs.sq_depth, verbs.recv_depth, verbs.slice_size, verbs.retry_count, "
+              "verbs.ack_timeout)");
     }
   }
   return options;

@@ -21,10 +21,18 @@ struct VerbsOptions {
   /// only by the connection's keepalive); a multi-rail transport uses 6 on rails other than 0,
   /// which have no keepalive of their own, so a dead rail fails and its slices move on.
   uint32_t retry_count = 7;
+  /// Local ACK timeout of the QP, as the IB exponent: an unacknowledged packet is resent after
+  /// 4.096 us x 2^ack_timeout (perftest's --qp-timeout, NCCL_IB_TIMEOUT). 0 keeps rdma_cm's
+  /// choice (on RoCE 17: 537 ms). Shorter recovers a lost packet sooner on a lossy network but
+  /// resends packets whose ACK is merely late: on soft-RoCE in a TCG guest, 14 (perftest's
+  /// default) gave 23-33 retransmissions per 64 KiB send_bw run, 16 gave 6-8, rdma_cm's 0-1.
+  /// A dead peer fails the QP after about retry_count x the timeout.
+  uint32_t ack_timeout = 0;
 };
 
 /// Accepts verbs.sq_depth and verbs.recv_depth (decimal numbers in [2, 65536]) and
-/// verbs.slice_size (bytes, [4096, 1 GiB]) and verbs.retry_count ([0, 7]); anything else is
+/// verbs.slice_size (bytes, [4096, 1 GiB]), verbs.retry_count ([0, 7]) and verbs.ack_timeout
+/// ([0, 31]); anything else is
 /// kInvalidArgument naming the key. The device, port and GID index are TransportConfig fields,
 /// not params (chooseDevice, verbs_device.h).
 Result<VerbsOptions> parseOptions(const TransportConfig& config);

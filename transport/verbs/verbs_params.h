@@ -22,8 +22,9 @@ struct VerbsOptions {
   /// which have no keepalive of their own, so a dead rail fails and its slices move on.
   uint32_t retry_count = 7;
   /// Local ACK timeout of the QP, as the IB exponent: an unacknowledged packet is resent after
-  /// 4.096 us x 2^ack_timeout (perftest's --qp-timeout, NCCL_IB_TIMEOUT). 0 keeps rdma_cm's
-  /// choice (on RoCE 17: 537 ms). Shorter recovers a lost packet sooner on a lossy network but
+  /// 4.096 us x 2^ack_timeout (perftest's --qp-timeout, default 14; NCCL_IB_TIMEOUT). 0 keeps
+  /// rdma_cm's choice (19, 2.1 s, on Debian 12's kernel with rxe: logged at VLOG(1) when a QP
+  /// connects). Shorter recovers a lost packet sooner on a lossy network but
   /// resends packets whose ACK is merely late: on soft-RoCE in a TCG guest, 14 (perftest's
   /// default) gave 23-33 retransmissions per 64 KiB send_bw run, 16 gave 6-8, rdma_cm's 0-1.
   /// A dead peer fails the QP after about retry_count x the timeout.

@@ -45,8 +45,7 @@ bool RequestState::finish(Status status) {
   std::function<void(const Status&)> cb;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (done_) return false;
-    done_ = true;
+    if (done_.load(std::memory_order_relaxed)) return false;
     status_ = std::move(status);
     cb = std::move(callback_);
     // Counted before anyone can see the request done: a waiter then reads its own operation
@@ -57,6 +56,8 @@ bool RequestState::finish(Status status) {
       metrics->record(op_kind, status_.code(), bytes_, posted, engine_->completionNow());
       metrics.reset();
     }
+    // Last: whoever sees done_ (without mu_, done()) sees the status and the counters too.
+    done_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
   engine_->wakeSleepingWaiters();
@@ -64,26 +65,26 @@ bool RequestState::finish(Status status) {
   return true;
 }
 
-bool RequestState::done() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return done_;
-}
+// Polled in every pipeline loop (Request::done/test): one acquire load, no lock. status_ never
+// changes once done_ is set.
+bool RequestState::done() const { return done_.load(std::memory_order_acquire); }
 
 Status RequestState::status() const {
+  if (done()) return status_;
   std::lock_guard<std::mutex> lock(mu_);
   return status_;
 }
 
 bool RequestState::waitUntil(Clock::time_point until) {
   std::unique_lock<std::mutex> lock(mu_);
-  return cv_.wait_until(lock, until, [&] { return done_; });
+  return cv_.wait_until(lock, until, [&] { return done_.load(std::memory_order_relaxed); });
 }
 
 void RequestState::onComplete(std::function<void(const Status&)> callback) {
   Status final_status;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!done_) {
+    if (!done_.load(std::memory_order_relaxed)) {
       callback_ = std::move(callback);
       return;
     }

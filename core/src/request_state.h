@@ -2,6 +2,7 @@
 // (the transport, the deadline, or a close), and only then runs the user's callback.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -72,7 +73,7 @@ class RequestState final : public transport::Completion {
   std::shared_ptr<EngineImpl> engine_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool done_ = false;
+  std::atomic<bool> done_{false};  ///< set once, under mu_, after status_
   Status status_;
   size_t bytes_ = 0;
   std::function<void(const Status&)> callback_;

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,41 @@ ExposeOptions exposeOptions() {
   return o;
 }
 
+Result<std::map<std::string, std::string>> parseTransportParams(const std::string& list) {
+  // KEY=VALUE items separated by commas; a piece without '=' continues the previous value
+  // (ucx.tls=tcp,self,ucx.net_devices=lo).
+  std::vector<std::string> items;
+  for (size_t start = 0; start <= list.size() && !list.empty();) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    std::string piece = list.substr(start, comma - start);
+    start = comma + 1;
+    if (piece.empty()) {
+      return Status(StatusCode::kInvalidArgument,
+                    "--transport_params: an empty item in '" + list + "' (KEY=VALUE,KEY=VALUE)");
+    }
+    if (piece.find('=') == std::string::npos && !items.empty()) {
+      items.back() += "," + piece;
+    } else {
+      items.push_back(std::move(piece));
+    }
+    if (comma == list.size()) break;
+  }
+  std::map<std::string, std::string> params;
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    if (eq == 0 || eq == std::string::npos) {
+      return Status(StatusCode::kInvalidArgument,
+                    "--transport_params: '" + item + "' is not KEY=VALUE");
+    }
+    if (!params.emplace(item.substr(0, eq), item.substr(eq + 1)).second) {
+      return Status(StatusCode::kInvalidArgument,
+                    "--transport_params: " + item.substr(0, eq) + " is given twice");
+    }
+  }
+  return params;
+}
+
 Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMode mode) {
   EngineOptions o;
   o.transport = FLAGS_transport;
@@ -43,31 +79,14 @@ Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMo
   if (!FLAGS_ucx_tls.empty()) o.transport_params["ucx.tls"] = FLAGS_ucx_tls;
   if (!FLAGS_ucx_net_devices.empty()) o.transport_params["ucx.net_devices"] = FLAGS_ucx_net_devices;
   if (!FLAGS_ucx_rma.empty()) o.transport_params["ucx.rma"] = FLAGS_ucx_rma;
-  // KEY=VALUE items separated by commas; a piece without '=' continues the previous value
-  // (ucx.tls=tcp,self,ucx.net_devices=lo).
-  std::vector<std::string> items;
-  const std::string& list = FLAGS_transport_params;
-  for (size_t start = 0; start < list.size();) {
-    size_t comma = list.find(',', start);
-    if (comma == std::string::npos) comma = list.size();
-    std::string piece = list.substr(start, comma - start);
-    start = comma + 1;
-    if (piece.find('=') == std::string::npos && !items.empty()) {
-      items.back() += "," + piece;
-    } else {
-      items.push_back(std::move(piece));
-    }
-  }
-  for (const std::string& item : items) {
-    const size_t eq = item.find('=');
-    if (eq == 0 || eq == std::string::npos) {
-      return Status(StatusCode::kInvalidArgument,
-                    "--transport_params: '" + item + "' is not KEY=VALUE");
-    }
+  auto extra = parseTransportParams(FLAGS_transport_params);
+  if (!extra.ok()) return extra.status();
+  for (auto& [key, value] : *extra) {
     // The engine checks keys and values: an unknown one fails Engine::create with its name.
-    if (!o.transport_params.emplace(item.substr(0, eq), item.substr(eq + 1)).second) {
-      return Status(StatusCode::kInvalidArgument, "--transport_params: " + item.substr(0, eq) +
-                                                      " is given twice (or also by --ucx_*)");
+    if (!o.transport_params.emplace(key, value).second) {
+      return Status(StatusCode::kInvalidArgument, "--transport_params: " + key +
+                                                      " is also set by --ucx_tls/--ucx_net_devices/"
+                                                      "--ucx_rma");
     }
   }
   o.listen_address = listen;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -15,6 +16,11 @@ inline Status err(StatusCode c, std::string m) { return Status(c, std::move(m));
 
 /// The ExposeOptions of every exposure zcx_perf makes (--expose_to).
 ExposeOptions exposeOptions();
+
+/// --transport_params: KEY=VALUE items separated by commas, where a piece without '=' continues
+/// the previous value ("ucx.tls=tcp,self,ucx.net_devices=lo"). kInvalidArgument for an empty
+/// item, an item without KEY=, or a key given twice. Keys and values are the engine's to check.
+Result<std::map<std::string, std::string>> parseTransportParams(const std::string& list);
 
 /// An engine with the flags' transport, device, security and metadata settings.
 Result<std::unique_ptr<Engine>> makeEngine(const std::string& listen, ProgressMode mode);

@@ -138,6 +138,9 @@ bool parseSize(const std::string& s, uint64_t* out) {
 }
 
 Status validate(ClientConfig* cfg) {
+  if (auto params = parseTransportParams(FLAGS_transport_params); !params.ok()) {
+    return params.status();
+  }
   if (!parseTest(FLAGS_test, &cfg->kind)) {
     return err(StatusCode::kInvalidArgument,
                "--test must be write_bw, read_bw, send_bw, write_lat, read_lat or send_lat, not '" +

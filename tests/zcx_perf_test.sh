@@ -62,6 +62,22 @@ refused "--cq_mod applies to write_bw" --test read_bw --cq_mod 10
 refused "--cq_mod applies to write_bw" --test write_bw --batch 4 --cq_mod 10
 refused "give --cq_mod or --unsignaled" --test write_bw --unsignaled --cq_mod 10
 refused "--mpi measures one Request" --mpi --cq_mod 10
+refused "'foo' is not KEY=VALUE" --transport_params foo
+refused "'=1' is not KEY=VALUE" --transport_params ucx.tls=tcp,=1
+refused "an empty item" --transport_params ucx.tls=tcp,
+refused "an empty item" --transport_params a=1,,b=2
+refused "ucx.rma is given twice" --transport_params ucx.rma=auto,ucx.rma=checked
+
+# --transport_params reaches the engine of both processes: a value with commas, and an unknown
+# key that the engine refuses by name.
+params="ucx.tls=${tls[3]}${tls[5]:+,ucx.net_devices=${tls[5]}},ucx.rma=checked"
+out=$(timeout 60 "$perf" --loopback --json --quiet --transport ucx --iters 100 \
+  --transport_params "$params" 2>&1)
+grep -q "\"transport_description\":\"ucx [0-9.]* tls=${tls[3]}.* rma=checked\"" <<<"$out" ||
+  fail "--transport_params $params did not reach the engine: $out"
+out=$(timeout 60 "$perf" --loopback --quiet --transport ucx --transport_params ucx.no_such=1 2>&1)
+grep -q "unknown ucx transport parameter 'ucx.no_such'" <<<"$out" ||
+  fail "an unknown transport parameter was not refused by name: $out"
 
 if [ $failures -ne 0 ]; then
   echo "zcx_perf_test ($2): $failures failure(s)"

@@ -36,7 +36,8 @@ constexpr auto kDeadlineCheckPeriod = std::chrono::milliseconds(1);
 // with both zcx_perf processes pinned to one core, checked write_bw over shm ran 1.04 s instead
 // of 0.03 s. So once a spin has found nothing for this long, each further fruitless pass yields
 // the CPU (sched_yield, about 1.2 us here when nothing else is runnable). Not from the start:
-// a reply due within a few microseconds (shm) must not wait behind a system call.
+// a reply due within a few microseconds (shm) must not wait behind a system call. The price: a
+// busy task sharing the core may keep it for its time slice, and an event then waits for it.
 constexpr auto kSpinBeforeYield = std::chrono::microseconds(10);
 
 void spinPause(Clock::duration idle) {

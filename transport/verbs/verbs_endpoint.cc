@@ -168,15 +168,21 @@ Status VerbsEndpoint::createQp(rdma_cm_id* id) {
   return Status();
 }
 
-void VerbsEndpoint::setAckTimeout(rdma_cm_id* id) {
+Status VerbsEndpoint::setAckTimeout(rdma_cm_id* id) {
   // Set on the cm id before connect/accept: rdma_cm applies it when it moves the QP to RTS
   // (the timeout cannot be changed on an RTS QP).
   uint8_t t = static_cast<uint8_t>(transport_->options().ack_timeout);
-  if (t == 0) return;
+  if (t == 0) return Status();
   if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof(t)) != 0) {
-    LOG(WARNING) << "verbs: cannot set the QP's ACK timeout to " << static_cast<int>(t) << " ("
-                 << errnoText(errno) << "); rdma_cm's default stays";
+    // Asked for explicitly: a connection with another timeout than the one asked for would
+    // only look like it works.
+    return Status(StatusCode::kUnavailable,
+                  "rdma_set_option(ACK_TIMEOUT " + std::to_string(t) + ") failed (" +
+                      errnoText(errno) +
+                      "); this kernel's rdma_cm cannot set it: drop the verbs.ack_timeout "
+                      "transport parameter to use its default");
   }
+  return Status();
 }
 
 Status VerbsEndpoint::postRecv(uint32_t index) {
@@ -225,7 +231,11 @@ void VerbsEndpoint::accept(CmIdPtr id, const ConnectData& data, uint8_t initiato
   param.rnr_retry_count = 7;
   param.flow_control = 1;
   read_limit_ = std::max<uint32_t>(1, param.initiator_depth);
-  setAckTimeout(id_.get());
+  if (Status s = setAckTimeout(id_.get()); !s.ok()) {
+    rdma_reject(id_.get(), nullptr, 0);
+    breakConnection(s.withContext("accepting the rdma_cm connection"));
+    return;
+  }
   if (rdma_accept(id_.get(), &param) != 0) {
     breakConnection(
         Status(StatusCode::kConnectionBroken, "rdma_accept failed (" + errnoText(errno) + ")"));
@@ -260,7 +270,10 @@ void VerbsEndpoint::onCmEvent(rdma_cm_event_type type, int status,
       param.retry_count = transport_->options().retry_count;
       param.rnr_retry_count = 7;
       param.flow_control = 1;
-      setAckTimeout(id_.get());
+      if (Status s = setAckTimeout(id_.get()); !s.ok()) {
+        breakConnection(s.withContext("connecting"));
+        return;
+      }
       if (rdma_connect(id_.get(), &param) != 0) {
         breakConnection(Status(StatusCode::kConnectionRefused,
                                "rdma_connect failed (" + errnoText(errno) + ")"));

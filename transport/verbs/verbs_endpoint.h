@@ -62,8 +62,9 @@ class VerbsEndpoint final : public Endpoint {
   Status checkUsable() const;
   Status createQp(rdma_cm_id* id);
   Status postRecv(uint32_t index);
-  /// Asks rdma_cm for VerbsOptions::ack_timeout on this QP (before connect/accept).
-  void setAckTimeout(rdma_cm_id* id);
+  /// Asks rdma_cm for VerbsOptions::ack_timeout on this QP (before connect/accept); an error
+  /// if it was set and rdma_cm refuses it.
+  Status setAckTimeout(rdma_cm_id* id);
   Status queueRma(std::span<const RmaOp> ops, bool is_read, std::optional<uint32_t> notify,
                   Completion* done);
   /// One op of one WR (SEND, BIND_MW): queued and flushed.

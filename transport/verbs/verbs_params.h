@@ -26,8 +26,9 @@ struct VerbsOptions {
   /// rdma_cm's choice (19, 2.1 s, on Debian 12's kernel with rxe: logged at VLOG(1) when a QP
   /// connects). Shorter recovers a lost packet sooner on a lossy network but
   /// resends packets whose ACK is merely late: on soft-RoCE in a TCG guest, 14 (perftest's
-  /// default) gave 23-33 retransmissions per 64 KiB send_bw run, 16 gave 6-8, rdma_cm's 0-1.
-  /// A dead peer fails the QP after about retry_count x the timeout.
+  /// default) gave 23-33 retransmissions per 64 KiB send_bw run, 16 gave 6-10, rdma_cm's 0-1.
+  /// With retry_count below 7, a peer that stopped answering fails the QP after (retry_count +
+  /// 1) times the timeout or more (devices may wait longer than the value asks).
   uint32_t ack_timeout = 0;
 };
 

@@ -89,7 +89,9 @@ struct EngineOptions {
   /// Longer: lower latency after a pause, more CPU. Zero: sleep as soon as nothing happens.
   /// After the first 10 us of a spin that finds nothing, each further poll yields the CPU
   /// (sched_yield), so a peer process on the same core (a one-CPU container, an oversubscribed
-  /// node) can run and send what this side waits for.
+  /// node) can run and send what this side waits for (a spin of 10 us or less never yields).
+  /// A busy task on the same core may then keep the CPU for its time slice: an event arriving
+  /// during it waits for that.
   std::chrono::microseconds progress_spin{50};
   /// Connect/accept handshake, including the transport's own connection setup.
   std::chrono::milliseconds connect_timeout{5000};

@@ -111,8 +111,8 @@ TEST(VerbsRailsWire, SliceSizeRetryCountAndAckTimeoutAreVerbsParameters) {
   c.params["verbs.retry_count"] = "8";
   EXPECT_EQ(verbs::parseOptions(c).status().code(), StatusCode::kInvalidArgument);
   c.params.erase("verbs.retry_count");
-  EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 0u);  // rdma_cm's choice
-  c.params["verbs.ack_timeout"] = "0";                 // rdma_cm's own choice
+  EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 0u);  // not set: rdma_cm's choice
+  c.params["verbs.ack_timeout"] = "0";                 // the same, asked for
   EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 0u);
   c.params["verbs.ack_timeout"] = "31";
   EXPECT_EQ(verbs::parseOptions(c)->ack_timeout, 31u);
